@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,examples]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# pytest exits 5 when it collects no test: treat that as a failure to notice, not a pass.
+test: lint
+	$(PY) -m pytest -n 2 -q tests
+
+demo: $(STAMP)
+	$(PY) -m examples.gpt.train --preset demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

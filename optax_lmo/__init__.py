@@ -1,0 +1,37 @@
+"""optax_lmo: LMO-based optimizers (Scion, unconstrained Scion, Muon, ...) for JAX and Optax."""
+
+from optax_lmo import norms
+from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
+from optax_lmo._src.coeffs import Coefficients, get_coefficients
+from optax_lmo._src.polar import Polar, polar
+from optax_lmo._src.spec import MatrixSpec, from_matrices, to_matrices
+from optax_lmo._src.transforms import (
+    MomentumState,
+    add_constrained_decay,
+    momentum,
+    orthogonalize,
+    scale_by_norm,
+    scale_by_radius,
+    sign,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COEFFICIENTS",
+    "Coefficients",
+    "MatrixSpec",
+    "MomentumState",
+    "Polar",
+    "add_constrained_decay",
+    "from_matrices",
+    "get_coefficients",
+    "momentum",
+    "norms",
+    "orthogonalize",
+    "polar",
+    "scale_by_norm",
+    "scale_by_radius",
+    "sign",
+    "to_matrices",
+]

@@ -1,0 +1,132 @@
+"""Matrix views of parameter leaves: which axes are fan-in, fan-out and batch.
+
+A leaf is seen as a batch of matrices ``(batch, fan_in, fan_out)`` in Flax
+layout (``y = x @ W``). Every axis that is neither fan-in nor fan-out is a
+batch axis (stacked layers, experts, heads); norms and LMOs act per matrix and
+never across a batch axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixSpec:
+  """Which axes of a leaf are fan-in and which are fan-out.
+
+  Axes may be negative. Axes named in neither tuple are batch axes.
+
+  Examples:
+    >>> import optax_lmo as ol
+    >>> ol.MatrixSpec()  # a Flax Dense kernel (d_in, d_out)
+    MatrixSpec(fan_in=(0,), fan_out=(1,))
+    >>> ol.MatrixSpec(fan_in=(1,), fan_out=(2,))  # stacked layers (L, d_in, d_out)
+    MatrixSpec(fan_in=(1,), fan_out=(2,))
+  """
+
+  fan_in: tuple[int, ...] = (0,)
+  fan_out: tuple[int, ...] = (1,)
+
+  def __post_init__(self):
+    object.__setattr__(self, "fan_in", tuple(int(a) for a in _as_tuple(self.fan_in)))
+    object.__setattr__(self, "fan_out", tuple(int(a) for a in _as_tuple(self.fan_out)))
+
+  def resolve(self, ndim: int, path: str = "") -> MatrixSpec:
+    """Returns this spec with non-negative axes, checked against ``ndim``."""
+    where = f"{path}: " if path else ""
+    axes = []
+    for a in self.fan_in + self.fan_out:
+      if not -ndim <= a < ndim:
+        raise ValueError(f"{where}axis {a} of {self} is out of range for ndim {ndim}.")
+      axes.append(a % ndim)
+    if len(set(axes)) != len(axes):
+      raise ValueError(f"{where}{self} names an axis twice.")
+    n_in = len(self.fan_in)
+    return MatrixSpec(tuple(axes[:n_in]), tuple(axes[n_in:]))
+
+  def batch_axes(self, ndim: int) -> tuple[int, ...]:
+    r = self.resolve(ndim)
+    used = set(r.fan_in + r.fan_out)
+    return tuple(a for a in range(ndim) if a not in used)
+
+  def dims(self, shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(batch, d_in, d_out)`` sizes of the matrix view of ``shape``."""
+    r = self.resolve(len(shape))
+    d_in = math.prod(shape[a] for a in r.fan_in)
+    d_out = math.prod(shape[a] for a in r.fan_out)
+    batch = math.prod(shape[a] for a in self.batch_axes(len(shape)))
+    return batch, d_in, d_out
+
+  def describe(self, shape: Sequence[int]) -> str:
+    b, i, o = self.dims(shape)
+    return f"{b}x{i}x{o}" if self.batch_axes(len(shape)) else f"{i}x{o}"
+
+
+def _as_tuple(x) -> tuple:
+  return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def default_spec(ndim: int, path: str = "", *, what: str = "this norm") -> MatrixSpec:
+  """The spec used when none is given: Flax layout for 2-D, an error for ndim >= 3."""
+  if ndim == 2:
+    return MatrixSpec((0,), (1,))
+  where = f"{path}: " if path else ""
+  if ndim >= 3:
+    raise ValueError(
+        f"{where}ndim {ndim} needs a MatrixSpec for {what} (which axes are fan-in, which"
+        " fan-out; the rest are batch axes), e.g. MatrixSpec(fan_in=(1,), fan_out=(2,))"
+        " for stacked layers (L, d_in, d_out)."
+    )
+  raise ValueError(f"{where}{what} needs a matrix (ndim >= 2), got ndim {ndim}.")
+
+
+def resolve_spec(
+    shape: Sequence[int], spec: MatrixSpec | None, path: str = "", *, what: str = "this norm"
+) -> MatrixSpec:
+  """``spec`` resolved against ``shape``, or the default for ``shape``."""
+  if spec is None:
+    return default_spec(len(shape), path, what=what)
+  return spec.resolve(len(shape), path)
+
+
+def to_matrices(x: jax.Array, spec: MatrixSpec) -> jax.Array:
+  """Views ``x`` as a ``(batch, d_in, d_out)`` stack (a transpose and a reshape)."""
+  spec = spec.resolve(x.ndim)
+  perm = spec.batch_axes(x.ndim) + spec.fan_in + spec.fan_out
+  b, i, o = spec.dims(x.shape)
+  return jnp.transpose(x, perm).reshape(b, i, o)
+
+
+def from_matrices(m_BxIxO: jax.Array, shape: Sequence[int], spec: MatrixSpec) -> jax.Array:
+  """Inverse of :func:`to_matrices` for a leaf of shape ``shape``."""
+  spec = spec.resolve(len(shape))
+  perm = spec.batch_axes(len(shape)) + spec.fan_in + spec.fan_out
+  permuted_shape = tuple(shape[a] for a in perm)
+  inverse = [0] * len(perm)
+  for i, a in enumerate(perm):
+    inverse[a] = i
+  return jnp.transpose(m_BxIxO.reshape(permuted_shape), inverse)
+
+
+def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
+  """Shape of the batch axes (what a per-matrix quantity such as a norm has)."""
+  return tuple(shape[a] for a in spec.batch_axes(len(shape)))
+
+
+def path_str(path) -> str:
+  """``"blocks/0/attn/qkv/kernel"`` from a JAX key path."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)

@@ -1,0 +1,363 @@
+"""Core gradient transformations: LMO per leaf, radius, momentum, constrained decay.
+
+Each is an ``optax.GradientTransformationExtraArgs``; the optimizers in
+``alias.py`` only chain them. A step of the template (SPEC section 1) is::
+
+    momentum(alpha) -> scale_by_norm(norms) -> scale_by_radius(rho)
+      [-> add_constrained_decay(1.0)]  -> optax.scale_by_learning_rate(lr)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_lmo._src import spec as spec_lib
+from optax_lmo._src.norms import Norm, Sign, Spectral
+from optax_lmo._src.polar import Polar
+from optax_lmo._src.spec import MatrixSpec
+
+PerLeaf = Any  # a value, a pytree of values matching the updates, or a callable updates -> pytree
+
+
+def per_leaf(x: PerLeaf, updates, *, kind: type | tuple = (), what: str = "value") -> list:
+  """Flattens ``x`` to one entry per leaf of ``updates``.
+
+  ``x`` is a single value of type ``kind`` (broadcast to every leaf), ``None``
+  (every leaf gets ``None``), a callable ``updates -> pytree``, or a pytree with
+  the structure of ``updates`` whose leaves may be ``None``.
+  """
+  treedef = jax.tree.structure(updates)
+  n = treedef.num_leaves
+  if x is None:
+    return [None] * n
+  if kind and isinstance(x, kind):
+    return [x] * n
+  if callable(x) and not isinstance(x, (Norm, MatrixSpec)):
+    x = x(updates)
+  if not isinstance(x, (list, tuple, dict)) and not _is_pytree_node(x):
+    return [x] * n
+  try:
+    return treedef.flatten_up_to(x)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f"The {what} tree does not match the structure of the updates: {e}. Give one"
+        f" {what} per leaf (None to leave a leaf alone), a single {what}, or a callable"
+        " from the parameter tree to such a tree."
+    ) from None
+
+
+def _is_pytree_node(x) -> bool:
+  leaves = jax.tree.leaves(x, is_leaf=lambda y: y is None)
+  return not (len(leaves) == 1 and leaves[0] is x)
+
+
+def _check_float(g, path: str):
+  if not jnp.issubdtype(jnp.asarray(g).dtype, jnp.floating):
+    raise TypeError(
+        f"{path}: an LMO needs a floating-point gradient, got dtype {jnp.asarray(g).dtype}."
+        " Map this leaf to None (no LMO) or exclude it from the optimizer."
+    )
+
+
+def scale_by_norm(
+    norms: Norm | PerLeaf,
+    *,
+    specs: MatrixSpec | PerLeaf = None,
+    dual_clip: PerLeaf = None,
+    batch: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Replaces each leaf by the unit-radius LMO of its norm.
+
+  .. math::
+    u = \mathrm{lmo}(g) = \arg\max_{\|x\| \le 1} \langle g, x \rangle
+
+  With ``dual_clip`` (a radius ``rho`` per leaf) the direction is scaled by
+  ``min(1, ||g||_* / rho)``, the dual norm taken per matrix as ``<g, lmo(g)>``;
+  followed by :func:`scale_by_radius` this gives the clipped step
+  ``min(rho, ||g||_*) lmo(g)`` of clipped Scion.
+
+  Spectral leaves whose matrix views share a shape and a norm are stacked and
+  orthogonalized in one batched call (``batch=True``), then unstacked.
+
+  Args:
+    norms: a :class:`~optax_lmo.norms.Norm` for every leaf, a pytree of norms
+      (``None`` leaves pass through untouched) or a callable from the updates
+      (shaped like the parameters) to such a pytree.
+    specs: a :class:`~optax_lmo.MatrixSpec` per leaf, in the same forms; ``None``
+      takes each norm's default view (an error for ndim >= 3 matrix norms).
+    dual_clip: ``None``, or the radius per leaf for the clipped step.
+    batch: stack same-shape spectral leaves into one polar call.
+
+  Returns:
+    A stateless ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> tx = ol.scale_by_norm({"w": ol.norms.Spectral(), "b": ol.norms.BiasRMS()})
+    >>> g = {"w": jnp.ones((4, 8)), "b": jnp.array([3.0, -4.0])}
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> [round(float(v), 4) for v in u["b"]]
+    [0.8485, -1.1314]
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    norm_l = per_leaf(norms, updates, kind=Norm, what="norm")
+    spec_l = per_leaf(specs, updates, kind=MatrixSpec, what="MatrixSpec")
+    clip_l = per_leaf(dual_clip, updates, what="dual_clip radius")
+    out = [g for _, g in flat]
+    groups: dict[Any, list] = {}
+    for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
+      if nrm is None:
+        continue
+      p = spec_lib.path_str(path)
+      if not isinstance(nrm, Norm):
+        raise TypeError(f"{p}: expected a Norm or None, got {nrm!r}.")
+      _check_float(g, p)
+      view = nrm.view(g.shape, spec_l[idx], p)
+      if not hasattr(nrm, "lmo_matrices") or type(nrm).lmo_matrices is Norm.lmo_matrices:
+        u = nrm.lmo(g, spec_l[idx], path=p).astype(jnp.float32)
+        out[idx] = _finish(g, u, clip_l[idx], None, view).astype(g.dtype)
+        continue
+      m = spec_lib.to_matrices(jnp.asarray(g, jnp.float32), view)
+      key = (nrm, m.shape[1:]) if (batch and nrm.spectral) else ("single", idx)
+      groups.setdefault(key, []).append((idx, m, view, nrm))
+    for items in groups.values():
+      nrm = items[0][3]
+      stack = jnp.concatenate([m for _, m, _, _ in items]) if len(items) > 1 else items[0][1]
+      u_stack = nrm.lmo_matrices(stack)
+      start = 0
+      for idx, m, view, _ in items:
+        u = u_stack[start : start + m.shape[0]]
+        start += m.shape[0]
+        g = out[idx]
+        out[idx] = _finish(g, u, clip_l[idx], m, view).astype(g.dtype)
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _finish(g, u, clip, m, view):
+  """Maps a matrix-view LMO back to the leaf, clipping by the dual norm if asked."""
+  if m is None:  # u already in leaf shape
+    if clip is not None:
+      dual = jnp.sum(jnp.asarray(g, jnp.float32) * u)
+      u = u * jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
+    return u
+  if clip is not None:
+    dual_B = jnp.sum(m * u, axis=(-2, -1), keepdims=True)
+    u = u * jnp.minimum(1.0, dual_B / jnp.asarray(clip, jnp.float32))
+  return spec_lib.from_matrices(u, g.shape, view)
+
+
+def orthogonalize(
+    *,
+    method: str = "auto",
+    coeffs: Any = "polar_express",
+    steps: int | None = None,
+    dtype: Any = None,
+    precision: Any = None,
+    input_layer: bool = False,
+    scaled: bool = True,
+    specs: MatrixSpec | PerLeaf = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The spectral LMO on every leaf: ``sqrt(d_out/d_in) * polar(g)`` in Flax layout.
+
+  .. math::
+    u = \sqrt{d_{out}/d_{in}}\; U V^\top, \qquad g = U \Sigma V^\top
+
+  ``scaled=False`` returns ``polar(g)`` itself. Leaves with ndim != 2 need a
+  :class:`~optax_lmo.MatrixSpec` in ``specs``; 0-D and 1-D leaves are an error
+  (route them elsewhere with ``optax.partition`` or use :func:`scale_by_norm`).
+
+  Args:
+    method, coeffs, steps, dtype, precision: see :func:`optax_lmo.polar`.
+    input_layer: use the input-layer factor ``max(1, sqrt(d_out/d_in))``.
+    scaled: apply the dimension factor.
+    specs: matrix views, as in :func:`scale_by_norm`.
+
+  Returns:
+    A stateless ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax, optax_lmo as ol
+    >>> g = jax.random.normal(jax.random.key(0), (32, 32))
+    >>> u, _ = ol.orthogonalize(method="svd").update(g, None)
+    >>> round(float(jax.numpy.linalg.norm(u, ord=2)), 4)
+    1.0
+  """
+  pol = Polar(method=method, coeffs=coeffs, steps=steps, dtype=dtype, precision=precision)
+  return scale_by_norm(Spectral(input_layer=input_layer, scaled=scaled, polar=pol), specs=specs)
+
+
+def sign(*, scaled: bool = False, specs: MatrixSpec | PerLeaf = None):
+  r"""Sign descent direction: ``sign(g)`` (or ``sign(g) / d_in`` with ``scaled=True``).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> u, _ = ol.sign().update(jnp.array([0.3, -2.0, 0.0]), None)
+    >>> u.tolist()
+    [1.0, -1.0, 0.0]
+  """
+  return scale_by_norm(Sign(scaled=scaled), specs=specs)
+
+
+def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformationExtraArgs:
+  r"""Multiplies each leaf by its radius ``rho``: ``u <- rho * u``.
+
+  Args:
+    radius: one number, a pytree of numbers matching the updates (``None``
+      leaves are left alone), or a callable from the updates to such a pytree.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> u, _ = ol.scale_by_radius({"a": 2.0, "b": None}).update(
+    ...     {"a": jnp.ones(2), "b": jnp.ones(2)}, None)
+    >>> u["a"].tolist(), u["b"].tolist()
+    ([2.0, 2.0], [1.0, 1.0])
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    rad = per_leaf(radius, updates, what="radius")
+    leaves, treedef = jax.tree.flatten(updates)
+    out = [
+        g if r is None else (jnp.asarray(r, jnp.float32) * g).astype(g.dtype)
+        for g, r in zip(leaves, rad, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class MomentumState(NamedTuple):
+  """State of :func:`momentum`."""
+
+  count: chex.Array  # [], int32: steps taken
+  trace: optax.Updates  # like params, mu_dtype: the averaged gradient d
+
+
+def momentum(
+    alpha: chex.Numeric = 0.1,
+    *,
+    nesterov: bool = False,
+    mu_dtype: Any = jnp.float32,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Momentum as an exponential average in the SPEC's ``alpha`` convention.
+
+  .. math::
+    d \leftarrow (1 - \alpha)\, d + \alpha\, g, \qquad
+    \text{output } d \text{ (or } (1-\alpha)\, d + \alpha\, g \text{ with Nesterov)}
+
+  ``alpha = 1 - beta``; ``alpha = 1`` is no momentum. The state is created
+  eagerly as zeros shaped (and sharded) like the parameters, in ``mu_dtype``.
+
+  Args:
+    alpha: weight of the new gradient, in ``(0, 1]``.
+    nesterov: feed ``(1 - alpha) d + alpha g`` forward (Muon, Disco).
+    mu_dtype: dtype of the trace (float32 by default; ``None`` keeps the params').
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with :class:`MomentumState`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> tx = ol.momentum(0.5)
+    >>> s = tx.init(jnp.zeros(1))
+    >>> u, s = tx.update(jnp.ones(1), s)
+    >>> u, s = tx.update(jnp.ones(1), s)
+    >>> u.tolist()
+    [0.75]
+  """
+  if not isinstance(alpha, jax.Array) and not 0.0 < float(alpha) <= 1.0:
+    raise ValueError(f"momentum alpha must be in (0, 1] (alpha = 1 - beta), got {alpha}.")
+
+  def init_fn(params):
+    dt = lambda p: p.dtype if mu_dtype is None else mu_dtype
+    return MomentumState(
+        count=jnp.zeros([], jnp.int32),
+        trace=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt(p)), params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    a = jnp.asarray(alpha, jnp.float32)
+    trace = jax.tree.map(
+        lambda g, d: ((1 - a) * d.astype(jnp.float32) + a * g.astype(jnp.float32)).astype(d.dtype),
+        updates,
+        state.trace,
+    )
+    if nesterov:
+      out = jax.tree.map(
+          lambda g, d: ((1 - a) * d.astype(jnp.float32) + a * g.astype(jnp.float32)).astype(
+              g.dtype
+          ),
+          updates,
+          trace,
+      )
+    else:
+      out = jax.tree.map(lambda g, d: d.astype(g.dtype), updates, trace)
+    return out, MomentumState(count=optax.safe_increment(state.count), trace=trace)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
+  r"""Adds ``weight_decay * W`` to the update: the shrink of constrained Scion (SCG).
+
+  Chained before ``optax.scale_by_learning_rate(lr)`` with ``weight_decay=1`` it
+  turns ``W <- W - lr rho u`` into SCG's
+
+  .. math::
+    W \leftarrow (1 - \gamma_t)\, W - \gamma_t\, \rho\, u
+
+  with the scheduled learning rate ``gamma_t``, which keeps ``||W|| <= rho``.
+  Other values give uSCG with weight decay ``mu`` (equal to SCG with radius
+  ``rho / mu`` and learning rate ``mu * gamma``).
+
+  Args:
+    weight_decay: one number, a pytree matching the params (``None``: no decay
+      on that leaf), or a callable from the updates to such a pytree.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> u, _ = ol.add_constrained_decay().update(jnp.zeros(2), None, jnp.ones(2))
+    >>> u.tolist()
+    [1.0, 1.0]
+  """
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError(
+          "add_constrained_decay needs the parameters: call tx.update(grads, state, params)."
+      )
+    wd = per_leaf(weight_decay, updates, what="weight_decay")
+    u_l, treedef = jax.tree.flatten(updates)
+    p_l = treedef.flatten_up_to(params)
+    out = [
+        u if w is None else (u + jnp.asarray(w, jnp.float32) * p).astype(u.dtype)
+        for u, p, w in zip(u_l, p_l, wd, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
