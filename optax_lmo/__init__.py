@@ -1,9 +1,18 @@
 """optax_lmo: LMO-based optimizers (Scion, unconstrained Scion, Muon, ...) for JAX and Optax."""
 
 from optax_lmo import norms
+from optax_lmo._src.alias import (
+    muon,
+    muon_rules,
+    normalized_sgd,
+    scion,
+    sign_descent,
+    unconstrained_scion,
+)
 from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
 from optax_lmo._src.coeffs import Coefficients, get_coefficients
 from optax_lmo._src.polar import Polar, polar
+from optax_lmo._src.rules import Group, Rules, default_rules, describe, gpt_rules
 from optax_lmo._src.spec import MatrixSpec, from_matrices, to_matrices
 from optax_lmo._src.transforms import (
     MomentumState,
@@ -20,18 +29,29 @@ __version__ = "0.1.0"
 __all__ = [
     "COEFFICIENTS",
     "Coefficients",
+    "Group",
+    "Rules",
     "MatrixSpec",
     "MomentumState",
     "Polar",
     "add_constrained_decay",
+    "default_rules",
+    "describe",
     "from_matrices",
     "get_coefficients",
+    "gpt_rules",
     "momentum",
+    "muon",
+    "muon_rules",
+    "normalized_sgd",
     "norms",
     "orthogonalize",
     "polar",
     "scale_by_norm",
     "scale_by_radius",
+    "scion",
     "sign",
+    "sign_descent",
     "to_matrices",
+    "unconstrained_scion",
 ]

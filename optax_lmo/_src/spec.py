@@ -120,7 +120,17 @@ def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
 
 
 def path_str(path) -> str:
-  """``"blocks/0/attn/qkv/kernel"`` from a JAX key path."""
+  """``"blocks/0/attn/qkv/kernel"`` from a JAX key path.
+
+  A trailing ``.value`` attribute (how Flax NNX variables flatten) is dropped, so
+  a path names the parameter, not its storage.
+  """
+  path = tuple(path)
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name in (
+      "value",
+      "raw_value",
+  ):
+    path = path[:-1]
   parts = []
   for k in path:
     for attr in ("key", "name", "idx"):

@@ -255,6 +255,7 @@ def momentum(
     alpha: chex.Numeric = 0.1,
     *,
     nesterov: bool = False,
+    bias_correction: bool = False,
     mu_dtype: Any = jnp.float32,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Momentum as an exponential average in the SPEC's ``alpha`` convention.
@@ -269,6 +270,9 @@ def momentum(
   Args:
     alpha: weight of the new gradient, in ``(0, 1]``.
     nesterov: feed ``(1 - alpha) d + alpha g`` forward (Muon, Disco).
+    bias_correction: divide by ``1 - (1 - alpha)^t`` as Adam does (``t`` the step;
+      with Nesterov the ``d`` term uses ``t + 1``), as ``optax.contrib.muon``
+      does. LMOs are scale invariant, so this only matters with Nesterov.
     mu_dtype: dtype of the trace (float32 by default; ``None`` keeps the params').
 
   Returns:
@@ -296,22 +300,24 @@ def momentum(
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     a = jnp.asarray(alpha, jnp.float32)
+    count = optax.safe_increment(state.count)
+    f32 = lambda x: x.astype(jnp.float32)
     trace = jax.tree.map(
-        lambda g, d: ((1 - a) * d.astype(jnp.float32) + a * g.astype(jnp.float32)).astype(d.dtype),
-        updates,
-        state.trace,
+        lambda g, d: ((1 - a) * f32(d) + a * f32(g)).astype(d.dtype), updates, state.trace
     )
+    # Bias-correction denominators 1 - beta^t (ones when switched off).
+    t = count.astype(jnp.float32)
+    c_g = 1 - (1 - a) ** t if bias_correction else 1.0
+    c_d = (1 - (1 - a) ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
     if nesterov:
       out = jax.tree.map(
-          lambda g, d: ((1 - a) * d.astype(jnp.float32) + a * g.astype(jnp.float32)).astype(
-              g.dtype
-          ),
+          lambda g, d: ((1 - a) * f32(d) / c_d + a * f32(g) / c_g).astype(g.dtype),
           updates,
           trace,
       )
     else:
-      out = jax.tree.map(lambda g, d: d.astype(g.dtype), updates, trace)
-    return out, MomentumState(count=optax.safe_increment(state.count), trace=trace)
+      out = jax.tree.map(lambda g, d: (f32(d) / c_d).astype(g.dtype), updates, trace)
+    return out, MomentumState(count=count, trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -346,11 +352,13 @@ def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
+    wd = per_leaf(weight_decay, updates, what="weight_decay")
+    if all(w is None for w in wd):
+      return updates, state
     if params is None:
       raise ValueError(
           "add_constrained_decay needs the parameters: call tx.update(grads, state, params)."
       )
-    wd = per_leaf(weight_decay, updates, what="weight_decay")
     u_l, treedef = jax.tree.flatten(updates)
     p_l = treedef.flatten_up_to(params)
     out = [
