@@ -22,6 +22,7 @@ from optax_lmo._src.transforms import (
     scale_by_norm,
     scale_by_radius,
     sign,
+    with_float32_state,
 )
 
 __version__ = "0.1.0"
@@ -54,4 +55,5 @@ __all__ = [
     "sign_descent",
     "to_matrices",
     "unconstrained_scion",
+    "with_float32_state",
 ]

@@ -212,6 +212,7 @@ def muon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: float = 0.0,
+    adam_nesterov: bool = False,
     rules: Any = None,
     polar: Polar | None = None,
     mu_dtype: Any = jnp.float32,
@@ -234,6 +235,8 @@ def muon(
     weight_decay: decoupled decay ``lambda`` of the LMO group.
     adam_learning_rate: AdamW's learning rate (or schedule); ``None``: ``learning_rate``.
     adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's hyperparameters.
+    adam_nesterov: NAdam-style Nesterov in the AdamW group (``optax.contrib.muon``
+      turns it on together with ``nesterov``).
     rules: routing; ``None`` uses :func:`muon_rules`.
     polar: :class:`~optax_lmo.Polar` options for the spectral leaves.
     mu_dtype: dtype of the momentum state.
@@ -255,10 +258,11 @@ def muon(
       learning_rate, r, alpha=1 - beta, nesterov=nesterov, bias_correction=bias_correction,
       decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype, what="muon",
   )
-  adam_tx = optax.adamw(
+  adam_tx = transforms.with_float32_state(optax.adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,
-  )
+      nesterov=adam_nesterov,
+  ))
 
   def labels(tree):
     groups = r.resolve(tree)
