@@ -15,7 +15,9 @@ import optax_lmo as ol
 OPTIMIZERS = {
     "scion": lambda learning_rate: ol.scion(learning_rate),
     "scion_clipped": lambda learning_rate: ol.scion(learning_rate, clip_to_dual_norm=True),
-    "unconstrained_scion": lambda learning_rate: ol.unconstrained_scion(learning_rate, weight_decay=0.01),
+    "unconstrained_scion": lambda learning_rate: ol.unconstrained_scion(
+        learning_rate, weight_decay=0.01
+    ),
     "muon": lambda learning_rate: ol.muon(learning_rate),
     "sign_descent": lambda learning_rate: ol.sign_descent(learning_rate),
     "normalized_sgd": lambda learning_rate: ol.normalized_sgd(learning_rate),

@@ -369,3 +369,31 @@ def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
+
+def with_float32_state(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """Runs ``inner`` on float32 copies of updates and params, so its state is float32.
+
+  Low-precision (bf16, fp16) parameters keep float32 optimizer state; the
+  updates come back in each leaf's own dtype.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, optax_lmo as ol
+    >>> tx = ol.with_float32_state(optax.adam(0.1))
+    >>> tx.init(jnp.zeros(2, jnp.bfloat16))[0].nu.dtype
+    dtype('float32')
+  """
+  f32 = lambda t: jax.tree.map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, t
+  )
+
+  def init_fn(params):
+    return inner.init(f32(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    out, state = inner.update(f32(updates), state, None if params is None else f32(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), out, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
