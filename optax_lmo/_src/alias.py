@@ -67,10 +67,16 @@ def _decay_fn(rules: rules_lib.Rules, default: float):
   return fn
 
 
+def _check_lr(learning_rate, what: str):
+  if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
+    raise ValueError(f"{what}: learning_rate must be >= 0, got {learning_rate}.")
+
+
 def _lmo_chain(
     learning_rate, rules, *, alpha, nesterov, bias_correction, decay, clip, polar, mu_dtype,
     what,
 ) -> optax.GradientTransformationExtraArgs:
+  _check_lr(learning_rate, what)
   radius = rules.field("radius", 1.0)
   return optax.chain(
       transforms.momentum(alpha, nesterov=nesterov, bias_correction=bias_correction,
@@ -258,6 +264,8 @@ def muon(
       learning_rate, r, alpha=1 - beta, nesterov=nesterov, bias_correction=bias_correction,
       decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype, what="muon",
   )
+  if adam_learning_rate is not None:
+    _check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,

@@ -43,6 +43,14 @@ class Group:
   decay: float | None = None
   spec: MatrixSpec | None = None
 
+  def __post_init__(self):
+    if self.norm is not None and not isinstance(self.norm, norms_lib.Norm):
+      raise TypeError(f"Group.norm must be an optax_lmo.norms.Norm or None, got {self.norm!r}.")
+    for name in ("radius", "lr_mult", "decay"):
+      v = getattr(self, name)
+      if isinstance(v, (int, float)) and not (np.isfinite(v) and v >= 0):
+        raise ValueError(f"Group.{name} must be a finite number >= 0, got {v}.")
+
 
 RuleList = Sequence[tuple[str, Group]]
 RuleFn = Callable[[str, Any], Group | None]
