@@ -11,8 +11,18 @@ from optax_lmo._src.alias import (
 )
 from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
 from optax_lmo._src.coeffs import Coefficients, get_coefficients
+from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.polar import Polar, polar
 from optax_lmo._src.rules import Group, Rules, default_rules, describe, gpt_rules
+from optax_lmo._src.schedules import (
+    TransferFit,
+    fit_transfer_exponents,
+    group_lr_multipliers,
+    norm_transfer_schedule,
+    optimal_lr,
+    transfer_batch,
+    transfer_lr,
+)
 from optax_lmo._src.spec import MatrixSpec, from_matrices, to_matrices
 from optax_lmo._src.transforms import (
     MomentumState,
@@ -34,18 +44,24 @@ __all__ = [
     "Rules",
     "MatrixSpec",
     "MomentumState",
+    "TransferFit",
     "Polar",
     "add_constrained_decay",
     "default_rules",
     "describe",
+    "fit_transfer_exponents",
     "from_matrices",
     "get_coefficients",
     "gpt_rules",
+    "group_lr_multipliers",
     "momentum",
     "muon",
     "muon_rules",
+    "norm_report",
+    "norm_transfer_schedule",
     "normalized_sgd",
     "norms",
+    "optimal_lr",
     "orthogonalize",
     "polar",
     "scale_by_norm",
@@ -54,6 +70,8 @@ __all__ = [
     "sign",
     "sign_descent",
     "to_matrices",
+    "transfer_batch",
+    "transfer_lr",
     "unconstrained_scion",
     "with_float32_state",
 ]

@@ -1,5 +1,6 @@
-"""Norms with their LMOs, dual norms and initializers (see ``optax_lmo._src.norms``)."""
+"""Norms with their LMOs, dual norms and initializers, and operator-norm diagnostics."""
 
+from optax_lmo._src.diagnostics import one_to_rms, rms_to_inf, rms_to_rms, sup_norm
 from optax_lmo._src.norms import (
     BiasRMS,
     ColNorm,
@@ -11,4 +12,17 @@ from optax_lmo._src.norms import (
     SpectralConv,
 )
 
-__all__ = ["Norm", "Spectral", "SpectralConv", "ColNorm", "RowNorm", "Sign", "BiasRMS", "Frobenius"]
+__all__ = [
+    "Norm",
+    "Spectral",
+    "SpectralConv",
+    "ColNorm",
+    "RowNorm",
+    "Sign",
+    "BiasRMS",
+    "Frobenius",
+    "rms_to_inf",
+    "one_to_rms",
+    "rms_to_rms",
+    "sup_norm",
+]

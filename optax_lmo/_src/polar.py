@@ -1,8 +1,10 @@
 """The polar factor ``polar(G) = U V^T`` by Newton–Schulz, Gram Newton–Schulz or SVD.
 
 All methods act on the last two axes; leading axes are a batch. Iterations run
-on the short side (tall inputs are transposed), inside ``jax.lax.fori_loop``
-(never unrolled), in a chosen dtype and matmul precision.
+on the short side (a tall stack is never copied: its products are written
+transposed), inside a ``jax.lax.while_loop`` (never unrolled), in a chosen dtype
+and matmul precision. ``benchmarks/orthogonalize.py`` measures the speed and
+accuracy claims made here.
 """
 
 from __future__ import annotations
@@ -13,14 +15,37 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from optax_lmo._src import coeffs as coeffs_lib
 
 METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")
 
 # `method="auto"` takes the Gram iteration when the long side is at least this
-# many times the short side (benchmarks/orthogonalize.py measures the choice).
+# many times the short side. Measured on a 2-core AVX-512 CPU, polar_express x 5,
+# m = 256, 512, 768 (benchmarks/results/orthogonalize.json, "aspect_sweep"):
+# float32 Gram/standard time is 1.29-1.31 at aspect 1, 0.95-1.03 at 1.5,
+# 0.80-0.85 at 2, 0.65-0.68 at 3 and 0.56-0.59 at 4, tracking the flop ratio
+# (1.27, 1.00, 0.84, 0.66, 0.56). With 16-bit iterates the Gram matrix stays
+# float32 (rounded to bfloat16 the iteration blows up), so its products run at
+# float32 speed: 1.02-1.06 at aspect 2, 0.85-0.91 at 3, 0.74-0.80 at 4.
 GRAM_MIN_ASPECT = 2.0
+GRAM_MIN_ASPECT_REDUCED = 3.0
+
+# Default Gram window (`restart_every=None`): the most steps between restarts
+# that keep the polar error equal to the standard iteration's in every measured
+# case ("restart_study" in the same file: polar_express x 5 and 8, jordan x 5 on
+# Gaussian, condition-1e3 and rank-deficient 256 x 1024 inputs). Rounding in the
+# Gram matrix grows like the product of a^2 over a window. Float32 with exact
+# products: windows up to 5 match the standard error (the five-step presets never
+# restart; 6+ loosen it slightly on 8 steps). bfloat16 iterates: window 5 raises
+# the rank-deficient error of polar_express x 5 from 0.25 to 0.35, 6+ blow up on
+# 8 steps, 3 matches or beats the standard error everywhere. TF32 products (GPU default
+# precision), emulated on CPU by rounding matmul inputs to 10 mantissa bits:
+# window 5 raised the condition-1e3 error of polar_express x 5 from 0.269 to
+# 0.335 (relative Frobenius), window 3 kept it.
+GRAM_WINDOW_FULL = 5
+GRAM_WINDOW_REDUCED = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +53,18 @@ class Polar:
   """How to compute the polar factor: a hashable bundle of :func:`polar` options.
 
   Attributes:
-    method: ``"auto"`` (Gram iteration for aspect ratio >= 2, else standard),
-      ``"newton_schulz"``, ``"gram_newton_schulz"`` or ``"svd"`` (exact oracle).
+    method: ``"auto"`` (Gram iteration for aspect ratio >= 2, >= 3 with 16-bit
+      iterates, where its products are exact float32 (CPU, or
+      ``precision="highest"``), else standard), ``"newton_schulz"``, ``"gram_newton_schulz"`` or
+      ``"svd"`` (exact oracle).
     coeffs: a registry name (``"polar_express"``, ``"jordan"``, ``"you5"``,
       ``"cubic"``) or a sequence of ``(a, b, c)`` triples.
     steps: Newton–Schulz steps; ``None`` takes the preset's default.
     dtype: iteration dtype (``None``: float32). bfloat16 is allowed.
-    precision: ``jax.lax.Precision`` passed to every matmul.
+    precision: ``jax.lax.Precision`` (or dot algorithm name) passed to every matmul.
     restart_every: Gram iteration only: re-form the Gram matrix from the
-      current iterate after this many steps (float rounding accumulates in it).
+      current iterate after this many steps (rounding accumulates in it);
+      ``None`` picks 5 for exact float32 products, else 3.
   """
 
   method: str = "auto"
@@ -44,7 +72,7 @@ class Polar:
   steps: int | None = None
   dtype: Any = None
   precision: Any = None
-  restart_every: int = 3
+  restart_every: int | None = None
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -52,7 +80,7 @@ class Polar:
     if not isinstance(self.coeffs, (str, coeffs_lib.Coefficients)):
       object.__setattr__(self, "coeffs", tuple(tuple(float(v) for v in t) for t in self.coeffs))
     coeffs_lib.get_coefficients(self.coeffs, self.steps)  # validate early
-    if self.restart_every < 1:
+    if self.restart_every is not None and self.restart_every < 1:
       raise ValueError(f"restart_every must be >= 1, got {self.restart_every}.")
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -75,7 +103,7 @@ def polar(
     steps: int | None = None,
     dtype: Any = None,
     precision: Any = None,
-    restart_every: int = 3,
+    restart_every: int | None = None,
 ) -> jax.Array:
   r"""Approximates the polar factor of each matrix in ``x`` (last two axes).
 
@@ -85,9 +113,17 @@ def polar(
   Newton–Schulz normalizes ``X = G / (||G||_F \cdot \text{safety})`` (dividing by
   the max-abs entry first, so scale invariance holds from 1e-20 to 1e20 in
   float32) and iterates ``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` on the
-  short side. The Gram variant keeps only ``m x m`` matrices (``m`` the short
-  side): ``X_k = Q_k X_0`` with ``Q`` a polynomial in ``A``, and restarts every
-  ``restart_every`` steps. A zero matrix maps to zeros; zero singular values stay zero.
+  short side: ``4 m^2 n + 2 m^3`` flops a step for ``m <= n``. The Gram variant
+  keeps only ``m x m`` matrices: ``X_k = Q_k X_0`` with ``Q`` a polynomial in
+  ``A``, ``2 m^3`` flops for a window's first step and ``8 m^3`` for each later
+  one, plus ``4 m^2 n`` per window to form ``A`` and apply ``Q``; it restarts
+  (re-forms ``A`` from the current iterate) every ``restart_every`` steps. A zero
+  matrix maps to zeros; zero singular values stay zero in float32.
+
+  The iterate is kept in ``dtype``; products accumulate in float32 at
+  ``precision`` and the result is cast back to ``x.dtype``. The Gram matrix is
+  always kept in float32: rounded to bfloat16 it loses positive
+  semi-definiteness, and the iteration blows up on ill-conditioned inputs.
 
   Singular values of the result against SVD in float32, on a 64x128 Gaussian
   matrix and on one with singular values log-spaced over 1e3 (condition 1e3);
@@ -103,6 +139,27 @@ def polar(
   cubic               30     [0.99, 1.01]    [0.99, 1.01]
   ==================  =====  ==============  ===============
 
+  Per iteration dtype, both methods, wide and tall, on 128x512 stacks: the
+  singular values in a Gaussian matrix, in one of condition 1e3, and in a rank-32
+  one (the 32 nonzero, then the largest of the 96 that should be 0); bfloat16
+  also covers bfloat16 inputs. ``tests/test_polar_fast.py`` asserts these bands:
+
+  =============  =====  ========  ============  =============  ============  =====
+  preset         steps  dtype     Gaussian      condition 1e3  rank 32       null
+  =============  =====  ========  ============  =============  ============  =====
+  polar_express  5      float32   [0.86, 1.13]  [0.30, 1.13]   [0.86, 1.13]  0.01
+  polar_express  5      bfloat16  [0.86, 1.13]  [0.30, 1.13]   [0.86, 1.13]  0.40
+  polar_express  8      float32   [0.99, 1.01]  [0.98, 1.01]   [0.99, 1.01]  0.01
+  polar_express  8      bfloat16  [0.99, 1.01]  [0.98, 1.01]   [0.99, 1.01]  1.01
+  jordan         5      float32   [0.67, 1.14]  [0.15, 1.21]   [0.67, 1.14]  0.01
+  jordan         5      bfloat16  [0.67, 1.14]  [0.15, 1.21]   [0.67, 1.14]  0.25
+  you5           5      float32   [0.97, 1.04]  [0.15, 1.15]   [0.97, 1.04]  0.01
+  you5           5      bfloat16  [0.97, 1.04]  [0.15, 1.15]   [0.97, 1.04]  0.25
+  =============  =====  ========  ============  =============  ============  =====
+
+  In bfloat16 the rounding noise in the null space grows like the slope at 0
+  of the composed polynomial, so converged presets map it to about 1.
+
   The smallest singular values converge last: a larger matrix (whose Frobenius
   normalization shrinks them further) needs more steps for the same band.
 
@@ -111,9 +168,12 @@ def polar(
     method: ``"auto"``, ``"newton_schulz"``, ``"gram_newton_schulz"`` or ``"svd"``.
     coeffs: registry name or ``(a, b, c)`` triples; the last triple repeats.
     steps: number of steps; ``None`` takes the preset's default.
-    dtype: iteration dtype, float32 when ``None``.
-    precision: matmul precision passed to every product.
+    dtype: iteration dtype, float32 when ``None``; bfloat16 is allowed.
+    precision: matmul precision (``jax.lax.Precision`` or a dot algorithm name)
+      passed to every product.
     restart_every: Gram method: steps between re-forming the Gram matrix.
+      ``None``: 5 when products are exact float32 (float32 iterates on CPU, or
+      ``precision="highest"``), else 3 (bfloat16 iterates, TF32 on GPU).
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -134,6 +194,8 @@ def polar(
     raise ValueError(f"polar needs ndim >= 2 (a matrix or a batch of them), got shape {x.shape}.")
   if method not in METHODS:
     raise ValueError(f"Unknown polar method {method!r}; choose one of {METHODS}.")
+  if restart_every is not None and restart_every < 1:
+    raise ValueError(f"restart_every must be >= 1, got {restart_every}.")
   out_dtype = x.dtype
   if x.size == 0:
     return x
@@ -143,21 +205,70 @@ def polar(
   table = c.schedule(steps)
   work = jnp.dtype(dtype) if dtype is not None else jnp.float32
 
-  m, n = x.shape[-2:]
-  tall = m > n
-  if tall:
-    x = jnp.swapaxes(x, -1, -2)
-    m, n = n, m
+  tall = x.shape[-2] > x.shape[-1]
   x0 = _normalize(x, c.safety).astype(work)
   if method == "auto":
-    method = "gram_newton_schulz" if n >= GRAM_MIN_ASPECT * m else "newton_schulz"
+    method = choose_method(x.shape, work, precision)
   if method == "newton_schulz":
-    out = _newton_schulz(x0, table, precision)
+    iterate = lambda x: _newton_schulz(x, table, precision, tall)
   else:
-    out = _gram_newton_schulz(x0, table, precision, restart_every)
-  if tall:
-    out = jnp.swapaxes(out, -1, -2)
+    if restart_every is None:
+      restart_every = GRAM_WINDOW_FULL if _exact_f32(work, precision) else GRAM_WINDOW_REDUCED
+    restarts = range(restart_every, table.shape[0], restart_every)
+    iterate = lambda x: _gram_newton_schulz(x, table, precision, tall, restarts)
+  if x0.ndim > 2 and jax.default_backend() == "cpu":
+    # XLA:CPU runs the matrices one at a time as fast or faster than batched dots
+    # (measured: 7-15% on lone 4 x 768 x n stacks, 2-5% on the GPT trees of
+    # benchmarks/orthogonalize.py, up to 25% on 256 x 64 x 64); accelerators want
+    # the batch.
+    flat = x0.reshape((-1,) + x0.shape[-2:])
+    out = jax.lax.map(iterate, flat).reshape(x0.shape)
+  else:
+    out = iterate(x0)
   return out.astype(out_dtype)
+
+
+def choose_method(
+    shape: Sequence[int], dtype: Any = None, precision: Any = None, backend: str | None = None
+) -> str:
+  """The method ``method="auto"`` picks for a stack of ``shape`` iterated in ``dtype``.
+
+  The Gram iteration carries its rounding from step to step in the Gram matrix,
+  where the standard iteration re-forms it from the iterate. It is only picked
+  where the Gram matrix's products are exact float32: on CPU, or at
+  ``precision="highest"``. At an accelerator's default precision (TF32 or
+  bfloat16 passes) ``auto`` keeps the standard iteration: on an H100 a 512 x 128
+  MLP gradient of condition 92 sent the TF32 Gram iteration to singular values
+  of 5e5 (an early version without a float32 Gram matrix and restarts), and the
+  standard iteration is the fast one there anyway.
+  """
+  m, n = sorted(shape[-2:])
+  work = jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float32)
+  backend = backend or jax.default_backend()
+  if backend != "cpu" and not _exact_name(precision):
+    return "newton_schulz"
+  threshold = GRAM_MIN_ASPECT if jnp.finfo(work).bits >= 32 else GRAM_MIN_ASPECT_REDUCED
+  return "gram_newton_schulz" if n >= threshold * m else "newton_schulz"
+
+
+def _exact_name(precision) -> bool:
+  if precision is None:
+    return False
+  name = str(getattr(precision, "name", precision)).lower()
+  return name in ("highest", "float32", "f32_f32_f32", "f64_f64_f64")
+
+
+def _exact_f32(work, precision) -> bool:
+  """Whether matmuls of ``work`` at ``precision`` round like float32 (or better).
+
+  ``precision=None`` is exact float32 on CPU; on GPU and TPU it may run TF32 or
+  bfloat16 passes.
+  """
+  if jnp.finfo(work).bits < 32:
+    return False
+  if precision is None or precision == jax.lax.Precision.DEFAULT:
+    return jax.default_backend() == "cpu"
+  return _exact_name(precision)
 
 
 def _normalize(x: jax.Array, safety: float) -> jax.Array:
@@ -173,52 +284,97 @@ def _mT(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, -1, -2)
 
 
-def _newton_schulz(x: jax.Array, table, precision) -> jax.Array:
-  """Standard iteration on a wide ``(..., m, n)`` stack, ``m <= n``."""
-  table = jnp.asarray(table, dtype=jnp.float32)
-  mm = lambda a, b: jnp.matmul(a, b, precision=precision)
-
-  def body(i, x):
-    a, b, c = (t.astype(x.dtype) for t in table[i])
-    gram = mm(x, _mT(x))
-    poly = b * gram + c * mm(gram, gram)
-    return a * x + mm(poly, x)
-
-  return jax.lax.fori_loop(0, table.shape[0], body, x)
+def _matmul(precision):
+  """``a @ b`` at ``precision``, accumulated and returned in float32."""
+  return lambda a, b: jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _gram_newton_schulz(x0: jax.Array, table, precision, restart_every: int) -> jax.Array:
-  """Gram iteration on a wide stack: only ``m x m`` products inside the loop.
+def _loop(lower, upper, body, init):
+  """``fori_loop`` always lowered to a ``while`` loop (never a scan, never unrolled)."""
 
-  With ``A_k = X_k X_k^T`` and ``P_k = a I + b A_k + c A_k^2`` the standard step
-  is ``X_{k+1} = P_k X_k``, so ``A_{k+1} = P_k A_k P_k`` and ``X_k = Q_k X_0``
-  with ``Q_{k+1} = P_k Q_k``. Every ``restart_every`` steps ``X`` is formed and
-  ``A`` recomputed from it, which bounds the rounding that builds up in ``A``.
+  def cond(carry):
+    return carry[0] < upper
+
+  def step(carry):
+    i, val = carry
+    return i + 1, body(i, val)
+
+  return jax.lax.while_loop(cond, step, (jnp.asarray(lower, jnp.int32), init))[1]
+
+
+def _sides(precision, tall: bool):
+  """``(gram, left)``: ``X X^T`` and ``P X`` on the wide view of a (possibly tall) stack.
+
+  A tall stack is kept as it is and the wide view's products are written
+  transposed (``X^T X`` and ``X P^T``), so no transposed copy is ever made.
   """
-  mm = lambda a, b: jnp.matmul(a, b, precision=precision)
-  m = x0.shape[-2]
-  eye = jnp.eye(m, dtype=x0.dtype)
+  mm = _matmul(precision)
+  if tall:
+    return (lambda x: mm(_mT(x), x)), (lambda p, x: mm(x, _mT(p)))
+  return (lambda x: mm(x, _mT(x))), mm
 
-  def body(table_chunk):
-    def step(i, carry):
-      q, a_mat = carry
-      a, b, c = (t.astype(a_mat.dtype) for t in table_chunk[i])
-      p = a * eye + b * a_mat + c * mm(a_mat, a_mat)
-      q = mm(p, q)
-      a_mat = mm(p, mm(a_mat, p))
-      return q, a_mat
 
-    return step
+def _newton_schulz(x: jax.Array, table: np.ndarray, precision, tall: bool) -> jax.Array:
+  """Standard iteration, 3 matmuls a step: ``X <- a X + (b A + c A A) X``, ``A = X X^T``.
 
-  x = x0
-  n_steps = table.shape[0]
-  for start in range(0, n_steps, restart_every):
-    chunk = jnp.asarray(table[start : start + restart_every], dtype=jnp.float32)
-    a_mat = mm(x, _mT(x))
-    q = jnp.broadcast_to(eye, a_mat.shape)
-    q, _ = jax.lax.fori_loop(0, chunk.shape[0], body(chunk), (q, a_mat))
-    x = mm(q, x)
-  return x
+  ``x`` is a stack whose wide view (``m <= n``) is ``x`` itself or, if ``tall``, its transpose.
+  """
+  table = jnp.asarray(table, dtype=jnp.float32)
+  mm = _matmul(precision)
+  gram_of, left = _sides(precision, tall)
+  work = x.dtype
+
+  def step(i, x):
+    a, b, c = table[i]
+    gram = gram_of(x).astype(work)
+    poly = (b * gram + c * mm(gram, gram)).astype(work)
+    return (a * x + left(poly, x)).astype(work)
+
+  return _loop(0, table.shape[0], step, x)
+
+
+def _gram_newton_schulz(
+    x: jax.Array, table: np.ndarray, precision, tall: bool, restarts: Sequence[int]
+) -> jax.Array:
+  """Gram iteration: only ``m x m`` products inside a window (``m`` the short side).
+
+  With ``R = X X^T`` and ``P = a I + b R + c R^2`` the standard step is
+  ``X <- P X``, so ``R <- P R P^T`` and ``X_k = Q_k X_0`` with ``Q <- P Q``. One
+  step costs 4 ``m x m`` products (``R R``, ``P Q`` and two for ``P R P``, done at
+  the start of the next step so a window's last step skips them); a window's first
+  step only ``R R`` (``Q = P``). A window starts from ``R = X X^T`` and ends with
+  ``X <- Q X`` (the restart at each step in ``restarts``): rounding that builds
+  up in ``R`` lasts one window. ``R`` is kept in float32 whatever the iterate's
+  dtype: it must stay positive semi-definite, which bfloat16 rounding breaks.
+  """
+  steps = table.shape[0]
+  bounds = [0] + sorted({int(r) for r in restarts if 0 < r < steps}) + [steps]
+  starts, ends = jnp.asarray(bounds[:-1], jnp.int32), jnp.asarray(bounds[1:], jnp.int32)
+  table = jnp.asarray(table, dtype=jnp.float32)
+  # The small products that carry R from step to step default to exact float32
+  # (free on CPU; on accelerators TF32 rounding would accumulate in R).
+  mm = _matmul(jax.lax.Precision.HIGHEST if precision is None else precision)
+  gram_of, left = _sides(precision, tall)
+  work = x.dtype
+  eye = jnp.eye(min(x.shape[-2:]), dtype=jnp.float32)
+
+  def run_window(w, x):
+    start = starts[w]
+    gram = gram_of(x)
+    a, b, c = table[start]
+    q = (a * eye + b * gram + c * mm(gram, gram)).astype(work)  # Q = P_0: one product
+
+    def step(j, carry):
+      q, gram, p = carry
+      gram = mm(p, mm(gram, p))  # R <- P R P, kept in float32
+      a, b, c = table[start + j]
+      p = (a * eye + b * gram + c * mm(gram, gram)).astype(work)
+      return mm(p, q).astype(work), gram, p
+
+    q, *_ = _loop(1, ends[w] - start, step, (q, gram, q))
+    return left(q, x).astype(work)
+
+  return _loop(0, len(bounds) - 1, run_window, x)
 
 
 def _polar_svd(x: jax.Array) -> jax.Array:

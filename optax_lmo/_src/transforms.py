@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lmo._src import distributed as distributed_lib
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.norms import Norm, Sign, Spectral
 from optax_lmo._src.polar import Polar
@@ -70,6 +71,7 @@ def scale_by_norm(
     specs: MatrixSpec | PerLeaf = None,
     dual_clip: PerLeaf = None,
     batch: bool = True,
+    distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each leaf by the unit-radius LMO of its norm.
 
@@ -92,6 +94,9 @@ def scale_by_norm(
       takes each norm's default view (an error for ndim >= 3 matrix norms).
     dual_clip: ``None``, or the radius per leaf for the clipped step.
     batch: stack same-shape spectral leaves into one polar call.
+    distribute: give each spectral matrix one owner device on the mesh the
+      updates live on (see ``distributed.py``); ``None``: when that mesh has more
+      than one device, ``False``: never.
 
   Returns:
     A stateless ``optax.GradientTransformationExtraArgs``.
@@ -132,14 +137,13 @@ def scale_by_norm(
       m = spec_lib.to_matrices(jnp.asarray(g, jnp.float32), view)
       key = (nrm, m.shape[1:]) if (batch and nrm.spectral) else ("single", idx)
       groups.setdefault(key, []).append((idx, m, view, nrm))
-    for items in groups.values():
-      nrm = items[0][3]
-      stack = jnp.concatenate([m for _, m, _, _ in items]) if len(items) > 1 else items[0][1]
-      u_stack = nrm.lmo_matrices(stack)
-      start = 0
-      for idx, m, view, _ in items:
-        u = u_stack[start : start + m.shape[0]]
-        start += m.shape[0]
+    u_groups = distributed_lib.lmo_groups(
+        [items[0][3] for items in groups.values()],
+        [[m for _, m, _, _ in items] for items in groups.values()],
+        distribute=distribute,
+    )
+    for items, us in zip(groups.values(), u_groups, strict=True):
+      for (idx, m, view, _), u in zip(items, us, strict=True):
         g = out[idx]
         out[idx] = _finish(g, u, clip_l[idx], m, view).astype(g.dtype)
     return jax.tree.unflatten(treedef, out), state
@@ -150,8 +154,10 @@ def scale_by_norm(
 def _finish(g, u, clip, m, view):
   """Maps a matrix-view LMO back to the leaf, clipping by the dual norm if asked."""
   if m is None:  # u already in leaf shape
-    if clip is not None:
-      dual = jnp.sum(jnp.asarray(g, jnp.float32) * u)
+    if clip is not None:  # the dual norm per matrix: sum over all but the batch axes
+      batch_axes = view.batch_axes(u.ndim)
+      axes = tuple(a for a in range(u.ndim) if a not in batch_axes)
+      dual = jnp.sum(jnp.asarray(g, jnp.float32) * u, axis=axes, keepdims=True)
       u = u * jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
     return u
   if clip is not None:
@@ -170,6 +176,7 @@ def orthogonalize(
     input_layer: bool = False,
     scaled: bool = True,
     specs: MatrixSpec | PerLeaf = None,
+    distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The spectral LMO on every leaf: ``sqrt(d_out/d_in) * polar(g)`` in Flax layout.
 
@@ -185,6 +192,7 @@ def orthogonalize(
     input_layer: use the input-layer factor ``max(1, sqrt(d_out/d_in))``.
     scaled: apply the dimension factor.
     specs: matrix views, as in :func:`scale_by_norm`.
+    distribute: whole-matrix ownership on a mesh, as in :func:`scale_by_norm`.
 
   Returns:
     A stateless ``optax.GradientTransformationExtraArgs``.
@@ -197,7 +205,8 @@ def orthogonalize(
     1.0
   """
   pol = Polar(method=method, coeffs=coeffs, steps=steps, dtype=dtype, precision=precision)
-  return scale_by_norm(Spectral(input_layer=input_layer, scaled=scaled, polar=pol), specs=specs)
+  nrm = Spectral(input_layer=input_layer, scaled=scaled, polar=pol)
+  return scale_by_norm(nrm, specs=specs, distribute=distribute)
 
 
 def sign(*, scaled: bool = False, specs: MatrixSpec | PerLeaf = None):

@@ -1,0 +1,1 @@
+"""Examples for optax_lmo (run as modules, e.g. ``python -m examples.gpt.train``)."""

@@ -1,0 +1,180 @@
+"""A decoder-only GPT in Flax NNX whose parameter names match ``optax_lmo.gpt_rules``.
+
+Parameter paths (what the rules match on)::
+
+  embed/embedding            (vocab, d)      token embedding    -> ColNorm
+  pos_embed/embedding        (seq, d)        learned positions  -> ColNorm (rotary: absent)
+  blocks/i/norm1/scale       (d,)                               -> BiasRMS
+  blocks/i/attn/qkv/kernel   (d, 3d)                            -> Spectral
+  blocks/i/attn/out/kernel   (d, d)                             -> Spectral
+  blocks/i/norm2/scale       (d,)                               -> BiasRMS
+  blocks/i/mlp/fc_in/kernel  (d, 4d)                            -> Spectral
+  blocks/i/mlp/fc_out/kernel (4d, d)                            -> Spectral
+  final_norm/scale           (d,)                               -> BiasRMS
+  head/kernel                (d, vocab)      untied output head -> RowNorm (or Sign)
+
+Pre-norm blocks (RMSNorm), causal attention with rotary or learned positions, and
+a GELU MLP whose activation can be scaled by sqrt(2) to keep its variance [S].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import optax_lmo
+from optax_lmo import norms
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  """Shape and initialization of the model."""
+
+  vocab_size: int = 128  # number of token ids (the tokenizer's vocabulary size)
+  seq_len: int = 128  # longest context; the size of the learned position table
+  width: int = 128  # model width d (residual stream)
+  depth: int = 4  # number of transformer blocks
+  heads: int = 4  # attention heads; must divide width
+  rotary: bool = True  # rotary position embedding (True) or a learned table pos_embed (False)
+  scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
+  init: str = "scion"  # "scion": geometry-consistent init x radius; "standard": Flax defaults
+  embed_radius: float = 1.0  # radius of the embedding ball (scion init)
+  hidden_radius: float = 3.0  # radius of the hidden-matrix ball (scion init)
+  output_radius: float = 10.0  # radius of the output-head ball (scion init)
+  output_norm: str = "rownorm"  # output-head geometry for the scion init: "rownorm" or "sign"
+  dtype: str = "float32"  # activation (compute) dtype; parameters are always float32
+
+  def __post_init__(self):
+    if self.width % self.heads:
+      raise ValueError(f"heads={self.heads} must divide width={self.width}.")
+    if self.rotary and (self.width // self.heads) % 2:
+      raise ValueError(f"rotary needs an even head dimension, got {self.width // self.heads}.")
+    if self.init not in ("scion", "standard"):
+      raise ValueError(f"init must be 'scion' or 'standard', got {self.init!r}.")
+    if self.output_norm not in ("rownorm", "sign"):
+      raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {self.output_norm!r}.")
+
+
+def _rotary(x_BxLxHxK: jax.Array) -> jax.Array:
+  """Rotary position embedding (half-split form) on the last axis."""
+  _, l, _, k = x_BxLxHxK.shape
+  half = k // 2
+  freq_F = 10000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_LxF = jnp.arange(l, dtype=jnp.float32)[:, None] * freq_F[None, :]
+  cos_Lx1xF = jnp.cos(angle_LxF)[:, None, :].astype(x_BxLxHxK.dtype)
+  sin_Lx1xF = jnp.sin(angle_LxF)[:, None, :].astype(x_BxLxHxK.dtype)
+  x1, x2 = x_BxLxHxK[..., :half], x_BxLxHxK[..., half:]
+  return jnp.concatenate([x1 * cos_Lx1xF - x2 * sin_Lx1xF, x1 * sin_Lx1xF + x2 * cos_Lx1xF], -1)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head self-attention with a fused qkv projection."""
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, dt = cfg.width, jnp.dtype(cfg.dtype)
+    self.heads, self.rotary = cfg.heads, cfg.rotary
+    self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dt, rngs=rngs)
+    self.out = nnx.Linear(d, d, use_bias=False, dtype=dt, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    b, l, d = x_BxLxD.shape
+    h = self.heads
+    qkv_BxLx3D = self.qkv(x_BxLxD)
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (
+        t.reshape(b, l, h, d // h) for t in jnp.split(qkv_BxLx3D, 3, axis=-1)
+    )
+    if self.rotary:
+      q_BxLxHxK, k_BxLxHxK = _rotary(q_BxLxHxK), _rotary(k_BxLxHxK)
+    o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    return self.out(o_BxLxHxK.reshape(b, l, d))
+
+
+class MLP(nnx.Module):
+  """``fc_out(gelu(fc_in(x)))``, optionally times sqrt(2)."""
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, dt = cfg.width, jnp.dtype(cfg.dtype)
+    self.gain = math.sqrt(2.0) if cfg.scale_gelu else 1.0
+    self.fc_in = nnx.Linear(d, 4 * d, use_bias=False, dtype=dt, rngs=rngs)
+    self.fc_out = nnx.Linear(4 * d, d, use_bias=False, dtype=dt, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    h_BxLxF = jax.nn.gelu(self.fc_in(x_BxLxD)) * self.gain
+    return self.fc_out(h_BxLxF)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, dt = cfg.width, jnp.dtype(cfg.dtype)
+    self.norm1 = nnx.RMSNorm(d, dtype=dt, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.norm2 = nnx.RMSNorm(d, dtype=dt, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.attn(self.norm1(x_BxLxD))
+    return x_BxLxD + self.mlp(self.norm2(x_BxLxD))
+
+
+class GPT(nnx.Module):
+  """Decoder-only transformer: token ids ``(B, L)`` -> float32 logits ``(B, L, vocab)``."""
+
+  def __init__(self, cfg: GPTConfig, *, rngs: nnx.Rngs):
+    d, dt = cfg.width, jnp.dtype(cfg.dtype)
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, d, dtype=dt, rngs=rngs)
+    self.pos_embed = None if cfg.rotary else nnx.Embed(cfg.seq_len, d, dtype=dt, rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
+    self.final_norm = nnx.RMSNorm(d, dtype=dt, rngs=rngs)
+    self.head = nnx.Linear(d, cfg.vocab_size, use_bias=False, dtype=dt, rngs=rngs)
+    if cfg.init == "scion":
+      scion_init(self, cfg, rngs.params())
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    x_BxLxD = self.embed(tokens_BxL)
+    if self.pos_embed is not None:
+      x_BxLxD = x_BxLxD + self.pos_embed(jnp.arange(tokens_BxL.shape[1]))[None]
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD)
+    return self.head(self.final_norm(x_BxLxD)).astype(jnp.float32)
+
+
+def rules(cfg: GPTConfig) -> optax_lmo.Rules:
+  """The optimizer rules that match this model (same radii as its scion init)."""
+  return optax_lmo.gpt_rules(
+      embed_radius=cfg.embed_radius,
+      hidden_radius=cfg.hidden_radius,
+      output_radius=cfg.output_radius,
+      output_norm=cfg.output_norm,
+  )
+
+
+def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
+  """Re-initializes every parameter with its norm's initializer times its radius.
+
+  Embedding tables: ColNorm rows (norm ``embed_radius``); hidden kernels:
+  semi-orthogonal x sqrt(d_out/d_in) (Spectral, ``hidden_radius``); the head:
+  RowNorm columns (or random signs, ``output_radius``); RMSNorm scales stay at 1.
+  """
+  head = norms.RowNorm() if cfg.output_norm == "rownorm" else norms.Sign()
+  named = [(path, v) for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)]
+  for (path, var), k in zip(named, jax.random.split(key, len(named)), strict=True):
+    name = "/".join(str(p) for p in path)
+    shape, dtype = var.get_value().shape, var.get_value().dtype
+    if name.endswith("embed/embedding"):
+      new = cfg.embed_radius * norms.ColNorm().init(k, shape)
+    elif name.endswith("head/kernel"):
+      new = cfg.output_radius * head.init(k, shape)
+    elif name.endswith("kernel"):
+      new = cfg.hidden_radius * norms.Spectral().init(k, shape)
+    elif name.endswith("scale"):
+      continue  # RMSNorm gains keep their init of ones (in the BiasRMS ball of radius 1)
+    else:
+      raise ValueError(f"{name}: scion_init has no initializer for this parameter.")
+    var.set_value(new.astype(dtype))

@@ -1,0 +1,194 @@
+"""The Flax NNX GPT example: it learns, resumes bit for bit, and refuses bad checkpoints."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import optax_lmo as ol
+from examples.gpt import checkpoint as ckpt_lib
+from examples.gpt import data as data_lib
+from examples.gpt import model as model_lib
+from examples.gpt import train as train_lib
+
+# A failed tensorstore read (the corrupt-checkpoint test) leaves an orbax callback on a closed
+# event loop; whichever test is running when it is garbage-collected would report it.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:(?s)Exception ignored in.*Event loop is closed:pytest.PytestUnraisableExceptionWarning"
+)
+
+# Tiny on purpose: every train() call costs a few seconds of compilation on CPU.
+TINY = dict(steps=20, width=32, depth=2, heads=2, batch=32, seq=64, lr=2**-4, eval_every=10,
+            eval_batches=2, ckpt_every=10, progress=False, plot=False)
+
+
+def _cfg(workdir, **kw) -> train_lib.TrainConfig:
+  return train_lib.make_config(**{**TINY, "workdir": str(workdir), **kw})
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """One uninterrupted 20-step run, shared by the tests below (they must not write into it)."""
+  workdir = tmp_path_factory.mktemp("full")
+  return workdir, train_lib.train(_cfg(workdir, plot=True))
+
+
+def test_twenty_steps_beat_unigram(full_run):
+  workdir, out = full_run
+  assert out["step"] == 20 and out["resumed_from"] is None
+  assert out["val_loss"] < out["unigram"] - 0.1, (out["val_loss"], out["unigram"])
+  text, _ = data_lib.load_text(None)
+  data = data_lib.build(text)
+  assert out["unigram"] == pytest.approx(data_lib.unigram_entropy(data.train_N, data.vocab_size))
+  records = [json.loads(line) for line in open(workdir / "log.jsonl")]
+  evals = [r for r in records if r["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [0, 10, 20]
+  assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+  head = out["params"]["head/kernel"]  # Flax layout (d, vocab): RMS->inf norm by hand
+  by_hand = np.sqrt(head.shape[0]) * np.linalg.norm(head, axis=0).max()
+  assert evals[-1]["output_norm"] == pytest.approx(by_hand, rel=1e-5)
+  assert os.path.getsize(workdir / "loss.png") > 0
+  assert sorted(os.listdir(workdir / "ckpt")) == ["10", "20"]
+
+
+def test_resume_is_bitwise_identical(full_run, tmp_path):
+  _, full = full_run
+  first = train_lib.train(_cfg(tmp_path, stop_after=10))
+  assert first["step"] == 10
+  second = train_lib.train(_cfg(tmp_path))
+  assert second["resumed_from"] == 10 and second["step"] == 20
+  assert full["params"].keys() == second["params"].keys()
+  for name, p in full["params"].items():
+    np.testing.assert_array_equal(second["params"][name], p, err_msg=name)
+  assert second["val_loss"] == full["val_loss"]
+  steps = [r["step"] for r in map(json.loads, open(tmp_path / "log.jsonl")) if r["kind"] == "eval"]
+  assert steps == [0, 10, 20]  # the log is continued, not duplicated
+
+
+def test_mismatched_checkpoint_is_refused(full_run):
+  workdir, _ = full_run
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"width \(checkpoint 32, this run 48\)"):
+    train_lib.train(_cfg(workdir, width=48))
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"optimizer \(checkpoint 'scion'"):
+    train_lib.train(_cfg(workdir, optimizer="adamw"))
+
+
+def _damage_arrays(step_dir):
+  """Overwrites the middle of every stored data file (orbax's OCDBT chunks)."""
+  n = 0
+  for root, _, files in os.walk(step_dir / "state"):
+    for f in files:
+      path = os.path.join(root, f)
+      size = os.path.getsize(path)
+      if "/d" in root and size > 64:
+        with open(path, "r+b") as fh:
+          fh.seek(size // 2)
+          fh.write(os.urandom(32))
+        n += 1
+  assert n > 0
+
+
+def _damage_meta(step_dir):
+  for root, _, files in os.walk(step_dir / "meta"):
+    for f in files:
+      with open(os.path.join(root, f), "w") as fh:
+        fh.write("{not json")
+
+
+@pytest.mark.parametrize("damage", [_damage_arrays, _damage_meta], ids=["arrays", "meta"])
+def test_corrupt_checkpoint_is_refused(full_run, tmp_path, damage):
+  workdir, _ = full_run
+  shutil.copytree(workdir / "ckpt", tmp_path / "ckpt")
+  damage(tmp_path / "ckpt" / "20")
+  with pytest.raises(ckpt_lib.CheckpointError, match="corrupt"):
+    train_lib.train(_cfg(tmp_path))
+
+
+def test_strict_leaf_check_names_the_leaf(tmp_path):
+  tree = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "c"), {"width": 3})
+  ck.save(1, tree)
+  ck.wait()
+  np.testing.assert_array_equal(ck.restore(1, tree)["w"], tree["w"])
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"w: checkpoint float32\[2, 3\]"):
+    ck.restore(1, {"w": np.zeros((2, 4), np.float32), "b": tree["b"]})
+  with pytest.raises(ckpt_lib.CheckpointError, match="missing"):
+    ck.restore(1, {**tree, "extra": np.zeros(1, np.float32)})
+  ck.close()
+
+
+def test_parameter_names_match_gpt_rules():
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
+  model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  rows = ol.describe(ol.gpt_rules(), nnx.state(model, nnx.Param), verbose=False)
+  got = {r["path"]: (r["shape"], r["norm"]) for r in rows}
+  d, v = 16, 11
+  want = {
+      "embed/embedding": ((v, d), "ColNorm"),
+      "pos_embed/embedding": ((8, d), "ColNorm"),
+      "final_norm/scale": ((d,), "BiasRMS"),
+      "head/kernel": ((d, v), "RowNorm"),
+  }
+  for i in range(2):
+    want.update({
+        f"blocks/{i}/norm1/scale": ((d,), "BiasRMS"),
+        f"blocks/{i}/norm2/scale": ((d,), "BiasRMS"),
+        f"blocks/{i}/attn/qkv/kernel": ((d, 3 * d), "Spectral"),
+        f"blocks/{i}/attn/out/kernel": ((d, d), "Spectral"),
+        f"blocks/{i}/mlp/fc_in/kernel": ((d, 4 * d), "Spectral"),
+        f"blocks/{i}/mlp/fc_out/kernel": ((4 * d, d), "Spectral"),
+    })
+  assert got == want
+  # The scion init puts every matrix on its ball: ||W|| = radius.
+  assert float(ol.norms.RowNorm().norm(model.head.kernel[...])) == pytest.approx(10.0, rel=1e-5)
+  assert float(ol.norms.ColNorm().norm(model.embed.embedding[...])) == pytest.approx(1.0, rel=1e-5)
+  qkv = model.blocks[0].attn.qkv.kernel[...]
+  assert float(ol.norms.Spectral().norm(qkv)) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_model_is_causal():
+  cfg = model_lib.GPTConfig(vocab_size=7, seq_len=8, width=16, depth=2, heads=2)
+  model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  x = np.array([[1, 2, 3, 4, 5, 6]])
+  y = np.array([[1, 2, 3, 4, 0, 0]])
+  a, b = model(x), model(y)
+  np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(a[:, 4:], b[:, 4:])
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+  data = data_lib.build("abcdefghij" * 300)
+  x1, y1 = data_lib.train_batch(data, seed=3, step=7, batch=4, seq=16)
+  x2, _ = data_lib.train_batch(data, seed=3, step=7, batch=4, seq=16)
+  x3, _ = data_lib.train_batch(data, seed=3, step=8, batch=4, seq=16)
+  np.testing.assert_array_equal(x1, x2)
+  assert not np.array_equal(x1, x3)
+  np.testing.assert_array_equal(x1[:, 1:], y1[:, :-1])
+  assert data.decode(data.encode("hij")) == "hij"
+
+
+def test_every_flag_has_help(capsys):
+  with pytest.raises(SystemExit):
+    train_lib.parse_args(["--help"])
+  text = capsys.readouterr().out
+  for f in dataclasses.fields(train_lib.TrainConfig):
+    assert "--" + f.name.replace("_", "-") in text
+  helps = train_lib._field_help(train_lib.TrainConfig)
+  assert set(helps) == {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  cfg = train_lib.parse_args(["--preset", "demo", "--steps", "7", "--no-rotary"])
+  assert cfg.steps == 7 and not cfg.rotary and cfg.workdir == "runs/demo"
+
+
+def test_optimizers_build_for_the_model():
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2)
+  model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  for name in train_lib.OPTIMIZERS:
+    tx = train_lib.make_optimizer(train_lib.make_config(optimizer=name, steps=10), cfg)
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates)), name

@@ -1,0 +1,275 @@
+"""Whole-matrix ownership on a mesh: mesh invariance, a loop free of collectives, state layout.
+
+The sharded checks need 8 devices, which XLA only simulates on CPU when
+``--xla_force_host_platform_device_count=8`` is set before jax is imported. So
+this module runs itself once as a subprocess (``python tests/test_sharding.py
+--worker``) that prints one JSON object, and the tests assert on it; the pytest
+process keeps its own jax untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+N_DEVICES = 8
+# Relative to the largest entry: float32 Newton–Schulz on batches of another
+# size sums in another order (measured ~1e-5); a shard orthogonalized on its own
+# would be off by O(1).
+TOL = 1e-4
+
+# (name, mesh shape, mesh axes, PartitionSpec of a 2-D leaf as a tuple)
+LAYOUTS = (
+    ("fsdp", (8,), ("fsdp",), ("fsdp",)),
+    ("fsdp_tp", (4, 2), ("fsdp", "tp"), ("fsdp", "tp")),
+    ("cols_tp", (4, 2), ("fsdp", "tp"), (None, "tp")),
+)
+AXIS_TYPES = ("Auto", "Explicit")
+
+
+# -- the worker (runs with 8 simulated devices) ------------------------------------
+
+
+def _worker() -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from jax.sharding import AxisType, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  import optax_lmo as ol
+  from optax_lmo import norms
+  from optax_lmo._src import distributed
+
+  assert jax.device_count() == N_DEVICES, jax.devices()
+  stacked = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
+  keys = jax.random.split(jax.random.key(0), 7)
+  grads = {
+      "a": jax.random.normal(keys[0], (32, 64)),
+      "b": jax.random.normal(keys[1], (32, 64)),
+      "tall": jax.random.normal(keys[2], (64, 32)),
+      "layers": jax.random.normal(keys[3], (3, 32, 64)),  # (L, d_in, d_out)
+      "square": jax.random.normal(keys[4], (32, 32)),
+      "embed": jax.random.normal(keys[5], (16, 32)),
+      "bias": jax.random.normal(keys[6], (32,)),
+  }
+  spectral = norms.Spectral()
+  tree_norms = {
+      "a": spectral,
+      "b": spectral,
+      "tall": spectral,
+      "layers": spectral,
+      "square": spectral,
+      "embed": norms.ColNorm(),
+      "bias": norms.BiasRMS(),
+  }
+  specs = {k: stacked if k == "layers" else None for k in grads}
+  tx = optax.chain(ol.momentum(0.5, nesterov=True), ol.scale_by_norm(tree_norms, specs=specs))
+
+  def update(g):
+    return tx.update(g, tx.init(g))[0]
+
+  one = jax.devices()[0]
+  ref = jax.device_get(jax.jit(update)(jax.device_put(grads, one)))
+
+  def max_err(u, ref):
+    return max(
+        float(np.max(np.abs(np.asarray(u[k]) - ref[k])) / np.max(np.abs(ref[k]))) for k in grads
+    )
+
+  def leaf_spec(x, spec2):
+    if x.ndim == 2:
+      return P(*spec2)
+    if x.ndim == 3:
+      return P(None, *spec2)
+    return P()
+
+  def placed(mesh, spec2):
+    return {
+        k: jax.device_put(v, NamedSharding(mesh, leaf_spec(v, spec2)))
+        for k, v in grads.items()
+    }
+
+  out: dict = {"invariance": {}, "hlo": {}, "state": {}, "self_check": {}}
+  for name, shape, axes, spec2 in LAYOUTS:
+    for at in AXIS_TYPES:
+      mesh = jax.make_mesh(shape, axes, axis_types=(getattr(AxisType, at),) * len(shape))
+      g = placed(mesh, spec2)
+      with jax.set_mesh(mesh):
+        compiled = jax.jit(update).lower(g).compile()
+        u = compiled(g)
+      err = max_err(u, ref)
+      same = all(u[k].sharding.is_equivalent_to(g[k].sharding, g[k].ndim) for k in grads)
+      out["invariance"][f"{name}/{at}"] = {"err": err, "same_sharding": same}
+      out["hlo"][f"{name}/{at}"] = distributed.hlo_collectives(compiled.as_text())
+
+  # Layout switch off: XLA's own partitioning of the same update (what we avoid).
+  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+  g = placed(mesh, ("fsdp",))
+  off = optax.chain(
+      ol.momentum(0.5), ol.scale_by_norm(tree_norms, specs=specs, distribute=False)
+  )
+  fn = jax.jit(lambda g: off.update(g, off.init(g))[0])
+  ref_off = jax.device_get(fn(jax.device_put(grads, one)))
+  with jax.set_mesh(mesh):
+    compiled = fn.lower(g).compile()
+    u = compiled(g)
+    out["hlo"]["off"] = distributed.hlo_collectives(compiled.as_text())
+  out["invariance"]["off"] = {"err": max_err(u, ref_off), "same_sharding": True}
+
+  # The checker itself: a matmul loop on a sharded matrix gathers inside the loop.
+  x = jax.device_put(jnp.ones((64, 64)), NamedSharding(mesh, P("fsdp")))
+  naive = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, y: y @ y.T / 64, x))
+  out["self_check"] = distributed.hlo_collectives(naive.lower(x).compile().as_text())
+
+  # Momentum state after init (eager, and jit with out_shardings) and after update.
+  chain = optax.chain(ol.momentum(0.1), ol.scale_by_norm(tree_norms, specs=specs))
+  for at in AXIS_TYPES:
+    mesh = jax.make_mesh((4, 2), ("fsdp", "tp"), axis_types=(getattr(AxisType, at),) * 2)
+    params = placed(mesh, ("fsdp", "tp"))
+    shardings = {k: v.sharding for k, v in params.items()}
+    with jax.set_mesh(mesh):
+      eager = chain.init(params)
+      state_shardings = (
+          ol.MomentumState(count=NamedSharding(mesh, P()), trace=shardings),
+          optax.EmptyState(),
+      )
+      jitted = jax.jit(chain.init, out_shardings=state_shardings)(params)
+
+      @jax.jit
+      def step(params, state):
+        u, state = chain.update(params, state, params)
+        return optax.apply_updates(params, u), state
+
+      new_params, after = step(params, eager)
+
+    def trace_ok(state, params=params, shardings=shardings):
+      trace = state[0].trace
+      return all(
+          trace[k].shape == params[k].shape
+          and trace[k].sharding.is_equivalent_to(shardings[k], params[k].ndim)
+          for k in params
+      )
+
+    out["state"][at] = {
+        "eager": trace_ok(eager),
+        "jit": trace_ok(jitted),
+        "after_update": trace_ok(after),
+        "params_after_update": all(
+            new_params[k].sharding.is_equivalent_to(shardings[k], params[k].ndim) for k in params
+        ),
+    }
+  return out
+
+
+# -- the tests ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker() -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+  ).strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+  proc = subprocess.run(
+      [sys.executable, __file__, "--worker"],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("layout", [f"{n}/{t}" for n, *_ in LAYOUTS for t in AXIS_TYPES])
+def test_update_is_mesh_invariant(worker, layout):
+  r = worker["invariance"][layout]
+  assert r["err"] < TOL, r
+
+
+@pytest.mark.parametrize("layout", [f"{n}/Explicit" for n, *_ in LAYOUTS])
+def test_explicit_mesh_returns_each_leaf_in_its_layout(worker, layout):
+  assert worker["invariance"][layout]["same_sharding"]
+
+
+def test_distribute_false_is_also_correct(worker):
+  assert worker["invariance"]["off"]["err"] < TOL
+
+
+@pytest.mark.parametrize("layout", [f"{n}/{t}" for n, *_ in LAYOUTS for t in AXIS_TYPES])
+def test_no_collective_inside_newton_schulz_loop(worker, layout):
+  h = worker["hlo"][layout]
+  assert h["loops"] > 0, h  # the Newton–Schulz loops are there ...
+  assert h["in_loops"] == 0, h  # ... and free of collectives
+  assert h["ops"].get("all-to-all", 0) > 0, h  # the matrices did move to their owners
+
+
+def test_hlo_checker_sees_collectives_in_loops(worker):
+  assert worker["self_check"]["in_loops"] > 0, worker["self_check"]
+
+
+@pytest.mark.parametrize("axis_type", AXIS_TYPES)
+@pytest.mark.parametrize("when", ["eager", "jit", "after_update", "params_after_update"])
+def test_state_is_sharded_like_params(worker, axis_type, when):
+  assert worker["state"][axis_type][when]
+
+
+# -- the plan (pure Python, no devices) -----------------------------------------------
+
+
+def _abstract_mesh(shape, names):
+  import jax
+
+  return jax.sharding.AbstractMesh(shape, names)
+
+
+def test_plan_balances_leftovers_across_groups():
+  from optax_lmo._src import distributed
+
+  rows = ((), ("fsdp",), ())
+  d = 64
+  groups = [[((1, i, o), rows)] * 4 for i, o in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d))]
+  plan = distributed.make_plan(groups, _abstract_mesh((8,), ("fsdp",)))
+  # Padding every group to 8 would cost max = sum of one matrix of each: 2x the ideal.
+  assert plan.imbalance < 1.2, plan
+  assert sum(plan.load) == pytest.approx(8 * plan.ideal)
+  for unit in plan.units:
+    assert unit.rounds == 0 and len(unit.extra) == 4
+
+
+def test_plan_full_rounds_are_perfectly_balanced():
+  from optax_lmo._src import distributed
+
+  rows = ((), ("fsdp", "tp"), ())
+  groups = [[((2, 32, 64), rows)] * 4, [((1, 64, 64), rows)] * 16]
+  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  assert plan.imbalance == pytest.approx(1.0)
+  assert [u.rounds for u in plan.units] == [1, 2]
+
+
+def test_plan_lone_matrix_is_not_spread_over_replicated_axes():
+  from optax_lmo._src import distributed
+
+  # Rows over fsdp, replicated over tp: one matrix has 4 candidate owners on fsdp
+  # already, so tp adds none (no slice in, no all-gather out).
+  groups = [[((1, 64, 64), ((), ("fsdp",), ()))]]
+  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  assert plan.units[0].replicated == ()
+  groups = [[((8, 64, 64), ((), ("fsdp",), ()))]]
+  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  assert plan.units[0].replicated == ("tp",)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+  print(json.dumps(_worker()))
