@@ -83,17 +83,83 @@ def sharding() -> str | None:
                     f"{peer['bytes_over_matrices']:.2f}", f"{peer['flops_over_ideal']:.2f}"]
     rows.append([w, depth, mesh, ours["collectives"], ours["in_loop"],
                  f"{ours['bytes_over_matrices']:.2f}", f"{ours['flops_over_ideal']:.2f}",
-                 *peer_cells])
+                 f"{ours['plan_imbalance']:.3f}", *peer_cells])
   m = d["meta"]
   head = (f"One update on {m['devices']} simulated CPU devices, {m['sharding']}, from the "
           f"compiled HLO (exact). Bytes: summed per-device collective output over the "
           f"matrices' bytes. Flops: per-device flops over single-device flops / 8. optax's "
-          f"in-loop count is with its Newton–Schulz loop kept rolled.\n\n")
+          f"in-loop count is with its Newton–Schulz loop kept rolled. Plan: the busiest "
+          f"device's planned flops over the ideal share; at depth 4 the HLO figure counts "
+          f"both branches of the `lax.cond` that lets devices holding only padding skip "
+          f"the work, so the plan is what runs.\n\n")
   return head + _table(["width", "depth", "mesh", "ours: collectives", "in loop", "bytes",
-                        "flops", "optax: collectives", "in loop", "bytes", "flops"], rows)
+                        "flops (HLO)", "flops (plan)", "optax: collectives", "in loop",
+                        "bytes", "flops"], rows)
 
 
-SECTIONS = {"orthogonalize": orthogonalize, "sharding": sharding}
+def lr_transfer() -> str | None:
+  d = _load("lr_transfer.json")
+  if d is None:
+    return None
+  c, rows = d["config"], []
+  for opt, by_width in d["best"].items():
+    for w, b in by_width.items():
+      rows.append([opt, w, f"2^{b['log2_lr']:.0f}", f"{b['val_loss']:.4f}",
+                   f"{b['output_norm']:.3g}", f"{b['log2_output_norm']:.2f}"])
+  head = (f"Best learning rate per width, {c['depth']}-layer char GPT on "
+          f"{os.path.basename(c['data'])}, {c['steps']} steps of {c['batch']}x{c['seq']} "
+          f"tokens, grid of powers of 2 ({c['points']} points centred on each default, "
+          f"extended past an edge holding the best); {d['machine']['device']}; "
+          f"`{d['command']}`.\n\n")
+  table = _table(["optimizer", "width", "best lr", "val loss",
+                  "output norm RMS->inf", "log2"], rows)
+  t = d["targets"]
+  spread = ", ".join(
+      f"{o} {t[o]['best_lr_spread_log2']:.0f} / {t[o]['output_norm_spread_log2']:.2f}"
+      for o in t if o != "summary")
+  s = t["summary"]
+  foot = (f"\n\nSpread across widths of log2 best lr / log2 output norm: {spread}. Targets: "
+          f"Scion's best lr within one power of 2 at every width: "
+          f"{_mark(s['scion_best_lr_within_one_power_of_2'])}; AdamW's moves: "
+          f"{_mark(s['adamw_best_lr_moves'])}; Scion's output norm within 0.5 in log2: "
+          f"{_mark(s['scion_output_norm_within_half_log2'])}.")
+  return head + table + foot
+
+
+def convergence() -> str | None:
+  d = _load("convergence.json")
+  if d is None or "adamw_best" not in d:
+    return None
+  c, b = d["config"], d["adamw_best"]
+  rows = [["adamw (best)", f"{b['lr']:.3g}", b["steps"], f"{b['val_loss']:.4f}", b["steps"],
+           "1.00"]]
+  for label, r in d["to_target"].items():
+    s = r["steps_to_target"]
+    rows.append([label, f"{r['lr']:.3g}", r["steps"], f"{r['final_val_loss']:.4f}",
+                 "not reached" if s is None else f"{s:.0f}",
+                 "-" if s is None else f"{r['ratio_to_adamw']:.2f}"])
+  head = (f"Steps to AdamW's best final validation loss ({len(b['lrs_tried'])} AdamW learning "
+          f"rates), GPT width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} tokens "
+          f"per step on {os.path.basename(c['data'])}, evaluated every {c['eval_every']} steps "
+          f"(crossings interpolated); {d['machine']['device']}; `{d['command']}`.\n\n")
+  table = _table(["run", "lr", "steps", "final val loss", "steps to target", "x AdamW"], rows)
+  t = d["targets"]
+
+  def mark(key):
+    return "not run" if t.get(key) is None else _mark(t[key])
+
+  foot = (f"\n\nTarget: Scion reaches it in <= 0.67x AdamW's steps: on its full-length curve "
+          f"{mark('scion_curve_reaches_target_within_0_67x')}; with a 0.67x schedule "
+          f"{mark('scion_0_67x_schedule_beats_target')}")
+  if "scion_any_lr_curve_within_0_67x" in t:
+    foot += (f"; at any Scion lr tried, curve {mark('scion_any_lr_curve_within_0_67x')}, "
+             f"0.67x schedule {mark('scion_any_lr_0_67x_schedule_beats_target')}")
+  foot += "."
+  return head + table + foot
+
+
+SECTIONS = {"orthogonalize": orthogonalize, "sharding": sharding, "lr_transfer": lr_transfer,
+            "convergence": convergence}
 
 
 def main() -> None:

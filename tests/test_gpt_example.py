@@ -6,6 +6,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -56,6 +57,31 @@ def test_twenty_steps_beat_unigram(full_run):
   assert sorted(os.listdir(workdir / "ckpt")) == ["10", "20"]
 
 
+def test_eval_records_carry_the_norm_report(full_run):
+  workdir, out = full_run
+  evals = [r for r in map(json.loads, open(workdir / "log.jsonl")) if r["kind"] == "eval"]
+  params = out["params"]
+  matrices = sorted(name for name, p in params.items() if p.ndim == 2)
+  for r in evals:
+    keys = list(r)
+    assert keys[:4] == ["kind", "step", "val_loss", "output_norm"]
+    norm_keys = [k for k in keys if k.count("/") >= 2]
+    assert norm_keys[0] == "head/kernel/rms_to_inf"  # the [NT] output norm leads the report
+    assert sorted({k.rsplit("/", 1)[0] for k in norm_keys}) == matrices  # no RMSNorm gains
+    assert r["head/kernel/rms_to_inf"] == pytest.approx(r["output_norm"], rel=1e-5)
+  last = evals[-1]  # the final parameters, against numpy by hand
+  for name in matrices:
+    w = params[name].astype(np.float64)
+    d_in, d_out = w.shape
+    sigma = np.linalg.svd(w, compute_uv=False)[0]
+    assert last[f"{name}/rms_to_rms"] == pytest.approx(np.sqrt(d_in / d_out) * sigma, rel=1e-4)
+    rows = np.linalg.norm(w, axis=1).max() / np.sqrt(d_out)
+    assert last[f"{name}/one_to_rms"] == pytest.approx(rows, rel=1e-5)
+    cols = np.sqrt(d_in) * np.linalg.norm(w, axis=0).max()
+    assert last[f"{name}/rms_to_inf"] == pytest.approx(cols, rel=1e-5)
+    assert last[f"{name}/sup"] == pytest.approx(np.abs(w).max(), rel=1e-6)
+
+
 def test_resume_is_bitwise_identical(full_run, tmp_path):
   _, full = full_run
   first = train_lib.train(_cfg(tmp_path, stop_after=10))
@@ -76,6 +102,18 @@ def test_mismatched_checkpoint_is_refused(full_run):
     train_lib.train(_cfg(workdir, width=48))
   with pytest.raises(ckpt_lib.CheckpointError, match=r"optimizer \(checkpoint 'scion'"):
     train_lib.train(_cfg(workdir, optimizer="adamw"))
+
+
+@pytest.mark.parametrize("field, saved, value", [
+    ("depth", 2, 3), ("optimizer", "scion", "muon"), ("dtype", "float32", "bfloat16"),
+    ("heads", 2, 4),
+])
+def test_each_config_mismatch_is_named(full_run, field, saved, value):
+  """Refused before any model is built (cheap); the message names the field and both values."""
+  workdir, _ = full_run
+  want = rf"{field} \(checkpoint {saved!r}, this run {value!r}\).*same flags"
+  with pytest.raises(ckpt_lib.CheckpointError, match=want):
+    train_lib.train(_cfg(workdir, **{field: value}))
 
 
 def _damage_arrays(step_dir):
@@ -119,6 +157,25 @@ def test_strict_leaf_check_names_the_leaf(tmp_path):
     ck.restore(1, {"w": np.zeros((2, 4), np.float32), "b": tree["b"]})
   with pytest.raises(ckpt_lib.CheckpointError, match="missing"):
     ck.restore(1, {**tree, "extra": np.zeros(1, np.float32)})
+  ck.close()
+
+
+def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
+  tree = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "c"), {"width": 3})
+  ck.save(1, tree)
+  ck.wait()
+  err = ckpt_lib.CheckpointError
+  with pytest.raises(err, match=r"b: checkpoint float32\[3\], expected bfloat16\[3\]"):
+    ck.restore(1, {**tree, "b": np.zeros(3, jnp.bfloat16)})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"unexpected \['b'\]"):
+    ck.restore(1, {"w": tree["w"]})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"missing \['v'\]; unexpected \['w'\]"):
+    ck.restore(1, {"v": tree["w"], "b": tree["b"]})
+  other = ckpt_lib.Checkpointer(str(tmp_path / "c"), {"width": 4})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"width \(checkpoint 3, this run 4\)"):
+    other.restore(1, tree)
+  other.close()
   ck.close()
 
 

@@ -1,4 +1,4 @@
-"""Whole-matrix ownership on a mesh: mesh invariance, a loop free of collectives, state layout.
+"""Whole-matrix ownership on a mesh: invariance, no collective in loops, state layout, aliases.
 
 The sharded checks need 8 devices, which XLA only simulates on CPU when
 ``--xla_force_host_platform_device_count=8`` is set before jax is imported. So
@@ -31,6 +31,11 @@ LAYOUTS = (
     ("cols_tp", (4, 2), ("fsdp", "tp"), (None, "tp")),
 )
 AXIS_TYPES = ("Auto", "Explicit")
+# (optimizer, distribute): None and True take the same path, so True is checked once.
+ALIAS_CASES = (
+    ("scion", None), ("scion", True), ("scion", False), ("unconstrained_scion", None),
+    ("muon", None), ("muon", False),
+)
 
 
 # -- the worker (runs with 8 simulated devices) ------------------------------------
@@ -166,6 +171,44 @@ def _worker() -> dict:
             new_params[k].sharding.is_equivalent_to(shardings[k], params[k].ndim) for k in params
         ),
     }
+
+  # The optimizers pass `distribute` through: two steps of each alias on an FSDP mesh
+  # equal the single-device steps, with (None) and without (False) the owner exchange.
+  model = {
+      "embed": {"embedding": grads["embed"]},
+      "blocks": {"qkv": {"kernel": grads["a"]}, "out": {"kernel": grads["square"]},
+                 "fc": {"kernel": grads["tall"]}},
+      "norm": {"scale": grads["bias"]},
+      "head": {"kernel": grads["b"]},
+  }
+  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+  on_mesh = jax.tree.map(
+      lambda v: jax.device_put(v, NamedSharding(mesh, P("fsdp") if v.ndim == 2 else P())), model
+  )
+  out["alias"] = {}
+  refs = {}  # one device: `distribute` changes nothing there
+  for name, distribute in ALIAS_CASES:
+    opt = getattr(ol, name)(0.1, distribute=distribute)
+
+    def two_steps(p, opt=opt):
+      state = opt.init(p)
+      for _ in range(2):
+        u, state = opt.update(jax.tree.map(jnp.sin, p), state, p)
+        p = optax.apply_updates(p, u)
+      return p
+
+    if name not in refs:
+      refs[name] = jax.device_get(jax.jit(two_steps)(jax.device_put(model, one)))
+    with jax.set_mesh(mesh):
+      compiled = jax.jit(two_steps).lower(on_mesh).compile()
+      got = compiled(on_mesh)
+    errs = jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b))),
+        got, refs[name]))
+    out["alias"][f"{name}/{distribute}"] = {
+        "err": max(errs),
+        "all_to_all": distributed.hlo_collectives(compiled.as_text())["ops"].get("all-to-all", 0),
+    }
   return out
 
 
@@ -223,6 +266,16 @@ def test_hlo_checker_sees_collectives_in_loops(worker):
 @pytest.mark.parametrize("when", ["eager", "jit", "after_update", "params_after_update"])
 def test_state_is_sharded_like_params(worker, axis_type, when):
   assert worker["state"][axis_type][when]
+
+
+@pytest.mark.parametrize(("name", "distribute"), ALIAS_CASES)
+def test_alias_distribute_is_mesh_invariant_and_honoured(worker, name, distribute):
+  r = worker["alias"][f"{name}/{distribute}"]
+  assert r["err"] < TOL, r
+  if distribute is False:
+    assert r["all_to_all"] == 0, r  # no owner exchange: XLA partitions the polar factor
+  else:
+    assert r["all_to_all"] > 0, r  # the matrices moved to their owners
 
 
 # -- the plan (pure Python, no devices) -----------------------------------------------

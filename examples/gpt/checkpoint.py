@@ -10,8 +10,20 @@ checks, before touching the model, that
 2. the stored tree has the same leaf paths, shapes and dtypes as the target;
 3. every restored leaf has its saved checksum (catches corrupt bytes).
 
-Orbax only finalizes a step once all of it is written, so the latest step is
-always a complete one; a damaged one is an error, never silently skipped.
+Arrays laid out over a device mesh are written shard by shard by the processes
+that hold them (orbax's own sharded save) and read back straight into the
+layout of the target, which may be another mesh, or one device: a checkpoint
+written on 8 devices restores onto 4 or 1, and back. A checksum covers a leaf's
+whole value, so it does not depend on the layout; for an array no single
+process holds whole (multi-process runs) every process gathers it to compute
+the checksum: a full copy per host, cheap at the example's sizes (a large
+model would checksum per shard instead).
+
+Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
+``<step>`` only once all of it is written, so the latest step is always a
+complete one; a damaged one is an error, never silently skipped. A process
+killed mid-save leaves that temporary directory behind: the next start deletes
+it (``tests/test_crash_resume.py`` kills the example mid-save and checks).
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
 FORMAT = 1  # bump when the layout of ``state`` or ``meta`` changes
 
@@ -48,8 +62,20 @@ def flatten(tree) -> tuple[dict[str, Any], Any]:
   return out, treedef
 
 
+def _on_mesh(x) -> bool:
+  """A ``jax.Array`` laid out over a device mesh: orbax saves and restores it by shards."""
+  return isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+
+
+def _value(x) -> np.ndarray:
+  """The whole value of ``x`` on the host (gathered when other processes hold parts of it)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def _checksum(x) -> str:
-  a = np.ascontiguousarray(np.asarray(x))
+  a = np.ascontiguousarray(_value(x))
   return hashlib.sha256(a.tobytes()).hexdigest()[:16]
 
 
@@ -63,7 +89,9 @@ class Checkpointer:
   def __init__(self, directory: str, config: dict, *, keep: int = 2):
     self.directory = os.path.abspath(directory)
     self.config = config
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # cleanup_tmp_directories: remove the unfinished saves of a killed run on start.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -72,7 +100,7 @@ class Checkpointer:
   def save(self, step: int, tree) -> None:
     """Writes ``tree`` (any pytree of arrays) as step ``step`` (asynchronously)."""
     flat, _ = flatten(tree)
-    flat = {k: np.asarray(v) for k, v in flat.items()}
+    flat = {k: v if _on_mesh(v) else np.asarray(v) for k, v in flat.items()}
     meta = {
         "format": FORMAT,
         "step": int(step),
@@ -107,11 +135,16 @@ class Checkpointer:
     return meta
 
   def restore(self, step: int, target):
-    """The checkpoint at ``step`` in the structure of ``target`` (arrays or ShapeDtypeStructs)."""
+    """The checkpoint at ``step`` in the structure of ``target`` (arrays or ShapeDtypeStructs).
+
+    Every leaf comes back with the sharding of its target leaf (when the target
+    is a ``jax.Array`` or a ``ShapeDtypeStruct`` with one), whatever mesh wrote it.
+    """
     where = f"checkpoint {os.path.join(self.directory, str(step))}"
     meta = self.check(step)
     target_flat, treedef = flatten(target)
-    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype) for k, v in target_flat.items()}
+    abstract = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=getattr(v, "sharding", None))
+                for k, v in target_flat.items()}
     self._check_leaves(where, {k: v[0] for k, v in meta["leaves"].items()}, abstract)
     try:
       restored = self.manager.restore(

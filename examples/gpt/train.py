@@ -3,6 +3,8 @@
   python -m examples.gpt.train --preset demo          # `make demo`: ~2 minutes on 2 CPU cores
   python -m examples.gpt.train --optimizer muon --steps 2000 --workdir runs/muon
   python -m examples.gpt.train --help                 # every flag
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+    python -m examples.gpt.train --mesh data=2,fsdp=4   # sharded over 8 devices (see mesh.py)
 
 Writes to ``--workdir``: ``log.jsonl`` (one JSON record per log point and per
 evaluation), ``loss.png`` (loss curves and the output-layer norm) and ``ckpt/``
@@ -22,6 +24,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +36,7 @@ from flax import nnx
 import optax_lmo
 from examples.gpt import checkpoint as ckpt_lib
 from examples.gpt import data as data_lib
+from examples.gpt import mesh as mesh_lib
 from examples.gpt import model as model_lib
 from optax_lmo import norms
 
@@ -80,6 +84,10 @@ class TrainConfig:
   stop_after: int | None = None  # stop at this step as if interrupted (saves a checkpoint first)
   progress: bool = True  # show a tqdm progress bar
   plot: bool = True  # write loss.png at the end
+  mesh: str | None = None  # device mesh, e.g. data=2,fsdp=4 (axes data, fsdp, tp; see mesh.py)
+  coordinator: str | None = None  # multi-process: HOST:PORT of process 0 (jax.distributed)
+  num_processes: int = 1  # multi-process: how many processes run this command
+  process_id: int = 0  # multi-process: this process's index (process 0 writes the log)
 
 
 CHOICES = {
@@ -107,9 +115,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                  eval_batches=8, ckpt_every=200, workdir="runs/demo"),
 }
 
-# Fields that do not change the computation: a checkpoint may be resumed across them.
+# Fields that do not change the computation: a checkpoint may be resumed across them. The
+# mesh and process layout change only where numbers are computed (results agree to float
+# tolerance), so a checkpoint resumes on another mesh.
 RUN_CONTROL = ("preset", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_ckpts",
-               "workdir", "resume", "stop_after", "progress", "plot")
+               "workdir", "resume", "stop_after", "progress", "plot", "mesh", "coordinator",
+               "num_processes", "process_id")
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -177,11 +188,14 @@ def _check(cfg: TrainConfig) -> None:
     if v is not None and v not in allowed:
       raise ValueError(f"{name}={v!r}; choose from {allowed}.")
   for name in ("steps", "batch", "seq", "width", "depth", "heads", "eval_every", "eval_batches",
-               "log_every", "ckpt_every", "keep_ckpts"):
+               "log_every", "ckpt_every", "keep_ckpts", "num_processes"):
     if getattr(cfg, name) < 1:
       raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
   if not 0.0 <= cfg.decay_frac <= 1.0:
     raise ValueError(f"decay_frac must be in [0, 1], got {cfg.decay_frac}.")
+  if not 0 <= cfg.process_id < cfg.num_processes:
+    raise ValueError(f"process_id must be in [0, {cfg.num_processes}), got {cfg.process_id}.")
+  mesh_lib.parse(cfg.mesh)
 
 
 # ---- optimizer -------------------------------------------------------------------------------
@@ -246,18 +260,20 @@ def _loss(model: model_lib.GPT, x_BxL, y_BxL):
 
 @nnx.jit
 def train_step(model, optimizer, x_BxL, y_BxL):
-  loss, grads = nnx.value_and_grad(_loss)(model, x_BxL, y_BxL)
+  # gathered: FSDP's whole weights for the forward pass (the model itself without a mesh)
+  loss, grads = nnx.value_and_grad(_loss)(mesh_lib.gathered(model), x_BxL, y_BxL)
   optimizer.update(model, grads)
   return loss
 
 
 @nnx.jit
 def eval_step(model, x_BxL, y_BxL):
-  return _loss(model, x_BxL, y_BxL)
+  return _loss(mesh_lib.gathered(model), x_BxL, y_BxL)
 
 
 @nnx.jit
 def _weight_norms(model: model_lib.GPT) -> dict[str, jax.Array]:
+  model = mesh_lib.gathered(model)
   hidden = [
       norms.Spectral().norm(m.kernel[...])
       for b in model.blocks for m in (b.attn.qkv, b.attn.out, b.mlp.fc_in, b.mlp.fc_out)
@@ -276,12 +292,47 @@ def weight_norms(model: model_lib.GPT) -> dict[str, float]:
   ``(d, vocab)``); ``embed_norm`` is ColNorm (1 -> RMS), ``hidden_norm_max`` the
   largest scaled spectral norm (RMS -> RMS) over the block matrices.
   """
-  return {k: float(v) for k, v in _weight_norms(model).items()}
+  wn = _weight_norms(model)  # jit returns the keys sorted; the output norm goes first
+  return {k: float(wn[k]) for k in ("output_norm", "embed_norm", "hidden_norm_max")}
 
 
-def evaluate(model, data: data_lib.Dataset, cfg: TrainConfig) -> float:
+def norm_diagnostics(model: model_lib.GPT, rules: optax_lmo.Rules) -> dict[str, float]:
+  """``optax_lmo.norm_report`` of the model's matrices: ``"<path>/<norm>"`` to a float.
+
+  The output head's ``head/kernel/rms_to_inf`` (the [NT] output norm) comes first,
+  then its other norms, then every other matrix's ``rms_to_rms``, ``one_to_rms``,
+  ``rms_to_inf`` and ``sup``; vectors (RMSNorm gains) are skipped.
+  """
+  params = nnx.state(model, nnx.Param)
+  fn, order = _report_fn(rules, jax.tree.structure(params))
+  values = fn(params)  # one compiled call (op by op it took seconds on a mesh)
+  return {k: np.asarray(v).tolist() for k, v in zip(order, values, strict=True)}
+
+
+_REPORT_FN: dict = {}
+
+
+def _report_fn(rules: optax_lmo.Rules, treedef):
+  """A jitted ``norm_report`` returning values in the eager key order (a jitted dict is sorted).
+
+  Cached for one (rules, tree structure): the training loop passes the same rules every time.
+  """
+  key = (id(rules), treedef)
+  if _REPORT_FN.get("key") != key:
+    order: list[str] = []
+
+    def report(params):
+      out = optax_lmo.norm_report(params, rules)
+      order[:] = list(out)  # recorded while tracing
+      return tuple(out.values())
+
+    _REPORT_FN.update(key=key, fn=jax.jit(report), order=order, rules=rules)
+  return _REPORT_FN["fn"], _REPORT_FN["order"]
+
+
+def evaluate(model, data: data_lib.Dataset, cfg: TrainConfig, mesh=None) -> float:
   losses = [
-      float(eval_step(model, jnp.asarray(x), jnp.asarray(y)))
+      float(eval_step(model, mesh_lib.put_batch(x, mesh), mesh_lib.put_batch(y, mesh)))
       for x, y in data_lib.val_batches(data, batch=cfg.batch, seq=cfg.seq,
                                        max_batches=cfg.eval_batches)
   ]
@@ -289,10 +340,15 @@ def evaluate(model, data: data_lib.Dataset, cfg: TrainConfig) -> float:
 
 
 class _Log:
-  """``log.jsonl``: appends records; on resume drops those past the restored step."""
+  """``log.jsonl``: appends records; on resume drops those past the restored step.
 
-  def __init__(self, path: str, keep_until: int | None):
-    self.path = path
+  ``active=False`` (processes other than 0) neither reads nor writes the file.
+  """
+
+  def __init__(self, path: str, keep_until: int | None, active: bool = True):
+    self.path, self.active = path, active
+    if not active:
+      return
     kept = []
     if keep_until is not None and os.path.exists(path):
       with open(path) as f:
@@ -307,6 +363,8 @@ class _Log:
       f.writelines(kept)
 
   def write(self, **record) -> None:
+    if not self.active:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -357,8 +415,11 @@ def _resume_config(cfg: TrainConfig, data: data_lib.Dataset) -> dict:
   return out
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None = None) -> dict:
   """Trains (or resumes) the run ``cfg`` describes; returns its summary.
+
+  ``on_eval(step, val_loss, model)``, if given, is called after every evaluation
+  (``benchmarks/stability.py`` checks the weights there).
 
   Returns:
     A dict with ``step`` (the last step done), ``val_loss`` (validation loss at
@@ -373,17 +434,20 @@ def train(cfg: TrainConfig) -> dict:
   """
   _check(cfg)
   cfg = resolve(cfg)
+  mesh_lib.init_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id, cfg.mesh)
   data = data_lib.load(cfg.data, val_frac=cfg.val_frac)
   os.makedirs(cfg.workdir, exist_ok=True)
   ckpt = ckpt_lib.Checkpointer(os.path.join(cfg.workdir, "ckpt"), _resume_config(cfg, data),
                                keep=cfg.keep_ckpts)
   try:
-    return _train(cfg, data, ckpt)
+    with mesh_lib.use(mesh_lib.make_mesh(cfg.mesh)):  # the LMO and mesh.gathered find it here
+      return _train(cfg, data, ckpt, on_eval)
   finally:
     ckpt.close()
 
 
-def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer) -> dict:
+def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer,
+           on_eval: Callable[[int, float, Any], None] | None = None) -> dict:
   unigram = data_lib.unigram_entropy(data.train_N, data.vocab_size)
   resume = cfg.resume if cfg.resume is not None else cfg.preset != "demo"
   latest = ckpt.latest_step()
@@ -397,14 +461,18 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
       output_radius=cfg.output_radius, output_norm=cfg.output_norm, dtype=cfg.dtype,
   )
   tx = make_optimizer(cfg, gcfg)
+  rules = model_lib.rules(gcfg)  # for the norm diagnostics logged at each evaluation
 
   @nnx.jit  # one compiled initializer instead of many small eager ops
   def create():
     model = model_lib.GPT(gcfg, rngs=nnx.Rngs(params=cfg.seed))
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-  model, optimizer = create()
-  if cfg.optimizer in ("scion", "unconstrained_scion", "muon"):  # what each parameter gets
+  mesh, lead = mesh_lib.make_mesh(cfg.mesh), mesh_lib.is_lead()
+  model, optimizer = create() if mesh is None else mesh_lib.create(create, mesh)
+  step_fn = train_step if mesh is None else mesh_lib.jit_step(train_step, model, optimizer, mesh,
+                                                              cfg.batch)
+  if lead and cfg.optimizer in ("scion", "unconstrained_scion", "muon"):  # what each leaf gets
     rows = optax_lmo.describe(tx, nnx.state(model, nnx.Param), verbose=False)
     with open(os.path.join(cfg.workdir, "describe.txt"), "w") as f:
       f.write(str(rows) + "\n")
@@ -433,7 +501,7 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
     print(f"starting fresh: replacing the checkpoints in {cfg.workdir}/ckpt", flush=True)
     for s in ckpt.manager.all_steps():
       ckpt.manager.delete(s)
-  log = _Log(os.path.join(cfg.workdir, "log.jsonl"), keep_until=resumed_from)
+  log = _Log(os.path.join(cfg.workdir, "log.jsonl"), keep_until=resumed_from, active=lead)
   if resumed_from is None:
     log.write(kind="config", step=0, config=dataclasses.asdict(cfg), vocab_size=data.vocab_size,
               data=data.source, unigram=unigram, n_params=_n_params(model))
@@ -442,11 +510,14 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
 
   def do_eval(step: int, record: bool = True) -> None:
     nonlocal val_loss, out_norm
-    val_loss = evaluate(model, data, cfg)
+    val_loss = evaluate(model, data, cfg, mesh)
     wn = weight_norms(model)
     out_norm = wn["output_norm"]
+    if on_eval is not None:
+      on_eval(step, val_loss, model)
     if record:
-      log.write(kind="eval", step=step, val_loss=val_loss, **wn)
+      log.write(kind="eval", step=step, val_loss=val_loss, **wn,
+                **norm_diagnostics(model, rules))
 
   from tqdm.auto import tqdm
 
@@ -455,12 +526,13 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
   step, tokens, t_mark = start, 0, time.perf_counter()
   if start == 0:
     do_eval(0)
-  with tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True,
+  with tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,
             desc=cfg.optimizer, file=sys.stdout) as bar:
     while step < stop:
       x_BxL, y_BxL = data_lib.train_batch(data, seed=cfg.seed, step=step, batch=cfg.batch,
                                           seq=cfg.seq)
-      loss = train_step(model, optimizer, jnp.asarray(x_BxL), jnp.asarray(y_BxL))
+      loss = step_fn(model, optimizer, mesh_lib.put_batch(x_BxL, mesh),
+                     mesh_lib.put_batch(y_BxL, mesh))
       step, tokens = step + 1, tokens + x_BxL.size
       bar.update(1)
       if step % cfg.log_every == 0 or step == stop:
@@ -481,10 +553,10 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
     do_eval(step, record=step != start)  # a stop between evaluations, or nothing left to do
 
   png = os.path.join(cfg.workdir, "loss.png")
-  if cfg.plot:
+  if cfg.plot and lead:
     plot(log.read(), png, unigram, f"{cfg.optimizer}, {_n_params(model) / 1e6:.2f}M params",
          radius=cfg.output_radius if cfg.optimizer == "scion" else None)
-  params = {ckpt_lib.leaf_name(p): np.asarray(x) for p, x in
+  params = {ckpt_lib.leaf_name(p): mesh_lib.to_host(x) for p, x in
             jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
   latest = ckpt.latest_step()
   return dict(step=step, val_loss=val_loss, unigram=unigram, output_norm=out_norm, params=params,
@@ -503,6 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     out = train(cfg)
   except ckpt_lib.CheckpointError as e:
     raise SystemExit(f"error: {e}") from None
+  if not mesh_lib.is_lead():
+    return
   where = f"resumed from step {out['resumed_from']}" if out["resumed_from"] is not None else "fresh"
   print(f"\n{cfg.optimizer}: {out['step']} steps ({where}) in {time.perf_counter() - t0:.0f} s")
   print(f"  final validation loss   {out['val_loss']:.4f} nats/char")

@@ -74,7 +74,7 @@ def _check_lr(learning_rate, what: str):
 
 def _lmo_chain(
     learning_rate, rules, *, alpha, nesterov, bias_correction, decay, clip, polar, mu_dtype,
-    what,
+    distribute, what,
 ) -> optax.GradientTransformationExtraArgs:
   _check_lr(learning_rate, what)
   radius = rules.field("radius", 1.0)
@@ -85,6 +85,7 @@ def _lmo_chain(
           _norms_fn(rules, polar, what=what),
           specs=rules.field("spec"),
           dual_clip=radius if clip else None,
+          distribute=distribute,
       ),
       transforms.scale_by_radius(radius),
       transforms.add_constrained_decay(_decay_fn(rules, decay)),
@@ -104,6 +105,7 @@ def scion(
     clip_to_dual_norm: bool = False,
     polar: Polar | None = None,
     mu_dtype: Any = jnp.float32,
+    distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: stochastic conditional gradient under a per-layer norm (SCG).
 
@@ -126,6 +128,11 @@ def scion(
     clip_to_dual_norm: clipped Scion: step ``gamma min(rho, ||d||_*) lmo(d)``.
     polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
     mu_dtype: dtype of the momentum state.
+    distribute: on a device mesh, give each spectral matrix one owner device
+      (gather once, orthogonalize locally, scatter once; see
+      :func:`~optax_lmo.scale_by_norm`). ``None``: whenever the updates live on
+      a mesh with more than one device; ``False``: never (XLA partitions the
+      polar factor itself, re-gathering the matrix inside every iteration).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -149,7 +156,7 @@ def scion(
   decay = weight_decay if weight_decay is not None else (1.0 if constrained else 0.0)
   tx = _lmo_chain(
       learning_rate, r, alpha=momentum, nesterov=nesterov, bias_correction=False, decay=decay,
-      clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
+      clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
       what="scion" if constrained else "unconstrained_scion",
   )
   return rules_lib.register(tx, r, default_decay=decay, mu_dtype=mu_dtype)
@@ -165,6 +172,7 @@ def unconstrained_scion(
     clip_to_dual_norm: bool = False,
     polar: Polar | None = None,
     mu_dtype: Any = jnp.float32,
+    distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unconstrained Scion (uSCG): steepest descent under a per-layer norm.
 
@@ -184,7 +192,7 @@ def unconstrained_scion(
   return scion(
       learning_rate, rules=rules, momentum=momentum, nesterov=nesterov, constrained=False,
       weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
-      mu_dtype=mu_dtype,
+      mu_dtype=mu_dtype, distribute=distribute,
   )
 
 
@@ -222,6 +230,7 @@ def muon(
     rules: Any = None,
     polar: Polar | None = None,
     mu_dtype: Any = jnp.float32,
+    distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon: the spectral LMO on hidden matrices, AdamW on everything else.
 
@@ -246,6 +255,11 @@ def muon(
     rules: routing; ``None`` uses :func:`muon_rules`.
     polar: :class:`~optax_lmo.Polar` options for the spectral leaves.
     mu_dtype: dtype of the momentum state.
+    distribute: on a device mesh, give each spectral matrix one owner device
+      (gather once, orthogonalize locally, scatter once; see
+      :func:`~optax_lmo.scale_by_norm`). ``None``: whenever the updates live on
+      a mesh with more than one device; ``False``: never (XLA partitions the
+      polar factor itself, re-gathering the matrix inside every iteration).
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
@@ -262,7 +276,8 @@ def muon(
   r = muon_rules() if rules is None else rules_lib.as_rules(rules)
   lmo_tx = _lmo_chain(
       learning_rate, r, alpha=1 - beta, nesterov=nesterov, bias_correction=bias_correction,
-      decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype, what="muon",
+      decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
+      what="muon",
   )
   if adam_learning_rate is not None:
     _check_lr(adam_learning_rate, "muon (AdamW group)")
