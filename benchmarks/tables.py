@@ -158,8 +158,53 @@ def convergence() -> str | None:
   return head + table + foot
 
 
-SECTIONS = {"orthogonalize": orthogonalize, "sharding": sharding, "lr_transfer": lr_transfer,
-            "convergence": convergence}
+def step_overhead() -> str | None:
+  d = _load("step_overhead.json")
+  if d is None:
+    return None
+  c = d["config"]
+  rows = []
+  for name, r in d["optimizers"].items():
+    rows.append([name, f"{r['step_s']:.2f}", f"{r['step_over_adamw']:.3f}",
+                 f"{r['step_cpu_over_adamw']:.3f}", f"{r['update_s']:.3f}"])
+  head = (f"Full training step (forward, backward, update in one jit) of the example GPT, "
+          f"width {c['width']}, depth {c['depth']}, seq {c['seq']}, batch {c['batch']} "
+          f"({c['n_params'] / 1e6:.1f}M params), medians of {c['reps']} interleaved rounds, "
+          f"{d['device']} ({d['cpu_count']} cores, load average {d['load_average_1m']:.1f}); "
+          f"`{d['command']}`.\n\n")
+  table = _table(["optimizer", "step (s)", "step / adamw", "CPU time / adamw",
+                  "update alone (s)"], rows)
+  t, f, b = d["targets"], d["flops"], d["bounds"]
+  foot = "\n\nTargets: " + "; ".join(
+      f"{k.replace('_over_', ' / ')} <= {v['target']}: {v['value']:.3f}, {_mark(v['met'])}"
+      for k, v in t.items())
+  foot += (f". Newton–Schulz is {f['lmo_ours_over_fwd_bwd']:.1%} of a step's flops for ours "
+           f"and {f['lmo_optax_over_fwd_bwd']:.1%} for optax, so even an update as cheap as "
+           f"AdamW's gives scion / optax_muon = "
+           f"{b['scion_over_optax_muon_if_scion_cost_as_adamw']:.3f}: 0.85 would need the "
+           f"forward and backward pass in {b['fwd_bwd_s_at_most_for_0.85']:.1f} s "
+           f"(measured {b['fwd_bwd_s_measured']:.1f} s).")
+  return head + table + foot
+
+
+def stability() -> str | None:
+  d = _load("stability.json")
+  if d is None:
+    return None
+  c = d["config"]
+  return (f"Constrained `scion` on the demo GPT (width {c['width']}, depth {c['depth']}) for "
+          f"{d['steps']} steps, checked at {d['n_evals']} evaluations: no NaN or Inf "
+          f"({d['n_train_losses_checked']} train losses and every parameter), every leaf's "
+          f"norm at most its radius x (1 + {d['tol']:g}): largest norm / radius "
+          f"{d['max_ratio']:.7f} (at initialization, on the sphere), "
+          f"{len(d['violations'])} violations, final validation loss "
+          f"{d['final_val_loss']:.4f} (unigram {d['unigram']:.4f}); "
+          f"{'passed' if d['ok'] else '**failed**'}.")
+
+
+SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
+            "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
+            "stability": stability}
 
 
 def main() -> None:

@@ -25,3 +25,14 @@ def test_module_docstrings(name):
 def test_readme_snippets():
   result = doctest.testfile(str(ROOT / "README.md"), module_relative=False, optionflags=FLAGS)
   assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_lists_every_public_name():
+  import optax_lmo
+  import optax_lmo.norms
+
+  readme = (ROOT / "README.md").read_text(encoding="utf-8")
+  names = [n for n in optax_lmo.__all__ if n != "norms"]
+  names += [f"norms.{n}" for n in optax_lmo.norms.__all__]
+  missing = [n for n in names if f"`{n}`" not in readme]
+  assert not missing, f"README's API section lacks {missing}"
