@@ -249,3 +249,11 @@ def test_optimizers_build_for_the_model():
     tx = train_lib.make_optimizer(train_lib.make_config(optimizer=name, steps=10), cfg)
     updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
     assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates)), name
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_refused():
+  cfg = train_lib.make_config(mesh="data=2,fsdp=4", batch=12)
+  with pytest.raises(ValueError, match=r"batch=12 .* data x fsdp = 8"):
+    train_lib._check(cfg)
+  train_lib._check(train_lib.make_config(mesh="data=2,fsdp=4", batch=16))  # a multiple is fine
+  train_lib._check(train_lib.make_config(mesh="tp=8", batch=3))  # tp does not split the batch

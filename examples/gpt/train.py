@@ -195,7 +195,11 @@ def _check(cfg: TrainConfig) -> None:
     raise ValueError(f"decay_frac must be in [0, 1], got {cfg.decay_frac}.")
   if not 0 <= cfg.process_id < cfg.num_processes:
     raise ValueError(f"process_id must be in [0, {cfg.num_processes}), got {cfg.process_id}.")
-  mesh_lib.parse(cfg.mesh)
+  sizes = mesh_lib.parse(cfg.mesh)
+  split = math.prod(sizes.get(a, 1) for a in mesh_lib.BATCH_AXES)
+  if cfg.batch % split:
+    raise ValueError(f"batch={cfg.batch} does not split over the mesh's data x fsdp = {split} "
+                     f"devices; use a multiple of {split}.")
 
 
 # ---- optimizer -------------------------------------------------------------------------------
