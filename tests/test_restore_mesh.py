@@ -17,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-import subprocess
 import sys
 import tempfile
 
 import pytest
+from _simulated import run_worker
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_DEVICES = 8
 TINY = dict(width=32, depth=1, heads=2, batch=16, seq=32, steps=3, eval_every=100,
             eval_batches=1, ckpt_every=100, optimizer="muon", progress=False, plot=False)
@@ -141,23 +139,8 @@ def _worker(tmp: str) -> dict:
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-      env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
-  ).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   with tempfile.TemporaryDirectory() as tmp:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", tmp],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, tmp, devices=N_DEVICES, timeout=600)
 
 
 @pytest.mark.parametrize("case", ["8to4", "8to1", "1to8"])

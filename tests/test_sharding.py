@@ -10,14 +10,11 @@ process keeps its own jax untouched.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
 import sys
 
 import pytest
+from _simulated import run_worker
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_DEVICES = 8
 # Relative to the largest entry: float32 Newton–Schulz on batches of another
 # size sums in another order (measured ~1e-5); a shard orthogonalized on its own
@@ -217,22 +214,7 @@ def _worker() -> dict:
 
 @pytest.fixture(scope="module")
 def worker() -> dict:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-      env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
-  ).strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-  proc = subprocess.run(
-      [sys.executable, __file__, "--worker"],
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_worker(__file__, devices=N_DEVICES, timeout=300)
 
 
 @pytest.mark.parametrize("layout", [f"{n}/{t}" for n, *_ in LAYOUTS for t in AXIS_TYPES])
