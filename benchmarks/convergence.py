@@ -36,12 +36,10 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -54,10 +52,10 @@ if ROOT not in sys.path:  # `python benchmarks/convergence.py` from anywhere: im
 import jax  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from examples.gpt import data as data_lib  # noqa: E402
 from examples.gpt import train as train_lib  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 REDUCED = dict(steps=200, batch=8, seq=64, eval_every=20, eval_batches=8)
 FULL = dict(steps=600, batch=32, seq=128, eval_every=25, eval_batches=16)
 ADAMW_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -69,19 +67,6 @@ PEERS = (  # (label, optimizer, init, fraction of the steps), in the order they 
     ("scion@0.67", "scion", "scion", 0.67),
 )
 TARGET_RATIO = 0.67
-
-
-def device_name() -> str:
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"CPU: {model}, {os.cpu_count()} cores"
-  return f"{dev.platform.upper()}: {dev.device_kind}"
 
 
 def crossing(curve: list[tuple[int, float]], target: float) -> float | None:
@@ -229,35 +214,16 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--full", action="store_true",
-                      help=f"the bigger configuration {FULL} instead of {REDUCED}")
-  parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data",
-                                                     "tinyshakespeare.txt"),
-                      help="a UTF-8 text file (default: ../shared/data/tinyshakespeare.txt)")
+  parser = _common.sweep_parser(__doc__, FULL, REDUCED, "convergence.json")
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--depth", type=int, default=4)
-  parser.add_argument("--heads", type=int, default=4)
-  parser.add_argument("--steps", type=int, help="override the configuration's steps")
-  parser.add_argument("--batch", type=int, help="override the configuration's batch")
-  parser.add_argument("--seq", type=int, help="override the configuration's sequence length")
   parser.add_argument("--eval-every", type=int, dest="eval_every")
-  parser.add_argument("--eval-batches", type=int, dest="eval_batches")
   parser.add_argument("--skip", nargs="*", default=[], help="labels of peer runs to leave out")
   parser.add_argument("--scion-lrs", type=float, nargs="*", default=[], dest="scion_lrs",
                       help="more Scion learning rates, each run at 1x and 0.67x the steps")
   parser.add_argument("--extend", type=int, default=1,
                       help="AdamW runs allowed past the edge of its grid while the best sits on it")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--report", action="store_true",
-                      help="no training: print the table and redraw the PNG from --out")
-  parser.add_argument("--resume", action="store_true",
-                      help="keep the runs already in --out when its config matches this one")
-  parser.add_argument("--out", default=os.path.join(RESULTS, "convergence.json"))
-  args = parser.parse_args(argv)
-  for k, v in (FULL if args.full else REDUCED).items():
-    if getattr(args, k) is None:
-      setattr(args, k, v)
+  args = _common.parse_sweep(parser, argv, FULL, REDUCED)
   if args.report:
     with open(args.out) as f:
       result = json.load(f)
@@ -280,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
       tuning_budget="AdamW: 5 learning rates; every other optimizer: 1 (its default)",
       reduced_from=None if args.full else dict(
           FULL, note="REDUCED sizes so the benchmark fits ~30 min on 2 busy CPU cores"))
-  dev = device_name()
+  dev = _common.device_name()
   result = dict(benchmark="convergence", date=datetime.datetime.now(datetime.UTC).isoformat(),
                 command=" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                 config=config, machine=dict(device=dev, backend=jax.default_backend(),

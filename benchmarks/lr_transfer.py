@@ -42,7 +42,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -63,11 +62,11 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import optax_lmo as ol  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from examples.gpt import data as data_lib  # noqa: E402
 from examples.gpt import model as model_lib  # noqa: E402
 from examples.gpt import train as train_lib  # noqa: E402
 
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
 OPTIMIZERS = {"scion": "scion", "unconstrained_scion": "scion", "adamw": "standard"}  # -> init
 REDUCED = dict(steps=100, batch=8, seq=64, points=7, eval_batches=16)
 FULL = dict(steps=122, batch=32, seq=128, points=7, eval_batches=32)
@@ -80,21 +79,8 @@ def lr_grid(optimizer: str, points: int) -> list[float]:
   return [2.0**k for k in range(lo, lo + points)]
 
 
-def device_name() -> str:
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"CPU: {model}, {os.cpu_count()} cores"
-  return f"{dev.platform.upper()}: {dev.device_kind}"
-
-
 def machine_info() -> dict:
-  return dict(device=device_name(), backend=jax.default_backend(), jax=jax.__version__,
+  return dict(device=_common.device_name(), backend=jax.default_backend(), jax=jax.__version__,
               optax=optax.__version__, python=platform.python_version(),
               load_average_at_start=os.getloadavg())
 
@@ -297,35 +283,16 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--full", action="store_true",
-                      help=f"the bigger configuration {FULL} instead of {REDUCED}")
-  parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data",
-                                                     "tinyshakespeare.txt"),
-                      help="a UTF-8 text file (default: ../shared/data/tinyshakespeare.txt)")
+  parser = _common.sweep_parser(__doc__, FULL, REDUCED, "lr_transfer.json")
   parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512])
   parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
   parser.add_argument("--depth", type=int, default=2)
-  parser.add_argument("--heads", type=int, default=4)
-  parser.add_argument("--steps", type=int, help="override the configuration's steps")
-  parser.add_argument("--batch", type=int, help="override the configuration's batch")
-  parser.add_argument("--seq", type=int, help="override the configuration's sequence length")
   parser.add_argument("--points", type=int, help="grid points per optimizer (odd)")
-  parser.add_argument("--eval-batches", type=int, dest="eval_batches")
   parser.add_argument("--skip", nargs="*", default=[], metavar="OPT@WIDTH",
                       help="sweeps to leave out, e.g. unconstrained_scion@512 (recorded)")
   parser.add_argument("--extend", type=int, default=2,
                       help="runs allowed past each edge of the grid while the best sits on it")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--report", action="store_true",
-                      help="no training: print the table and redraw the PNG from --out")
-  parser.add_argument("--resume", action="store_true",
-                      help="keep the runs already in --out when its config matches this one")
-  parser.add_argument("--out", default=os.path.join(RESULTS, "lr_transfer.json"))
-  args = parser.parse_args(argv)
-  for k, v in (FULL if args.full else REDUCED).items():
-    if getattr(args, k) is None:
-      setattr(args, k, v)
+  args = _common.parse_sweep(parser, argv, FULL, REDUCED)
   if args.report:
     with open(args.out) as f:
       result = json.load(f)

@@ -32,7 +32,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -46,8 +45,11 @@ import optax_lmo as ol
 from optax_lmo._src import coeffs as coeffs_lib
 from optax_lmo._src import polar as polar_lib
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python benchmarks/orthogonalize.py` from anywhere
+  sys.path.insert(0, ROOT)
 
+from benchmarks import _common  # noqa: E402
 
 # -- inputs --------------------------------------------------------------------
 
@@ -280,19 +282,6 @@ def restart_study(m, n, batch, presets, dtypes) -> list:
 # -- main ----------------------------------------------------------------------------
 
 
-def device_name() -> str:
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"CPU: {model}, {os.cpu_count()} cores"
-  return f"{dev.platform.upper()}: {dev.device_kind}"
-
-
 def print_tree_table(rows, mm_rate):
   print(f"\nplain float32 matmul: {mm_rate / 1e9:.0f} GFLOP/s (median over the run)")
   head = (f"{'width':>5} {'method':<22} {'median ms':>9} {'GFLOP':>7} {'GFLOP/s':>8} "
@@ -336,12 +325,12 @@ def main(argv=None):
   p.add_argument("--study-shape", type=int, nargs=3, default=[2, 256, 1024],
                  metavar=("BATCH", "M", "N"))
   p.add_argument("--skip", nargs="*", default=[], choices=["trees", "aspect", "study"])
-  p.add_argument("--out", default=os.path.join(RESULTS, "orthogonalize.json"))
+  p.add_argument("--out", default=os.path.join(_common.RESULTS, "orthogonalize.json"))
   args = p.parse_args(argv)
 
   probe, probe_flops = matmul_probe(args.matmul_size)
   result = {
-      "device": device_name(),
+      "device": _common.device_name(),
       "backend": jax.default_backend(),
       "jax": jax.__version__,
       "optax": optax.__version__,

@@ -42,7 +42,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -56,14 +55,15 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import optax_lmo as ol  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from benchmarks.orthogonalize import polar_flops  # noqa: E402
 from examples.gpt import data as data_lib  # noqa: E402
 from examples.gpt import model as model_lib  # noqa: E402
 from examples.gpt import train as train_lib  # noqa: E402
 from optax_lmo._src import polar as polar_lib  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 OPTIMIZERS = ("adamw", "scion", "muon", "optax_muon")
+TARGETS = {"adamw": 1.15, "optax_muon": 0.85}  # scion step / peer step at most
 OPTAX_NS = ol.Polar(method="newton_schulz", coeffs="jordan", steps=5)  # optax.contrib's iteration
 
 
@@ -150,19 +150,6 @@ def matmul_rate(size: int = 1024, reps: int = 5) -> float:
   return 2 * size**3 / min(_timed(f, a) for _ in range(reps))
 
 
-def device_name() -> str:
-  dev = jax.devices()[0]
-  if dev.platform == "cpu":
-    model = platform.processor() or "cpu"
-    try:
-      with open("/proc/cpuinfo") as f:
-        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-      pass
-    return f"CPU: {model}"
-  return f"{dev.platform.upper()}: {dev.device_kind}"
-
-
 def run(args) -> dict:
   data = data_lib.load(None)
   x_np, y_np = data_lib.train_batch(data, seed=0, step=0, batch=args.batch, seq=args.seq)
@@ -219,18 +206,14 @@ def run(args) -> dict:
       for n in names
   }
   ratios, targets = {}, {}
-  if "scion" in names and "adamw" in names:
-    ratios["scion_over_adamw"] = med["step/scion"] / med["step/adamw"]
-    ratios["scion_over_adamw_paired"] = paired("step/scion", "step/adamw")
-    ratios["scion_over_adamw_cpu"] = med_cpu["step/scion"] / med_cpu["step/adamw"]
-    targets["scion_over_adamw"] = {"value": ratios["scion_over_adamw"], "target": 1.15,
-                                   "met": ratios["scion_over_adamw"] <= 1.15}
-  if "scion" in names and "optax_muon" in names:
-    ratios["scion_over_optax_muon"] = med["step/scion"] / med["step/optax_muon"]
-    ratios["scion_over_optax_muon_paired"] = paired("step/scion", "step/optax_muon")
-    ratios["scion_over_optax_muon_cpu"] = med_cpu["step/scion"] / med_cpu["step/optax_muon"]
-    targets["scion_over_optax_muon"] = {"value": ratios["scion_over_optax_muon"], "target": 0.85,
-                                        "met": ratios["scion_over_optax_muon"] <= 0.85}
+  for peer, target in TARGETS.items():  # scion's step over each peer's
+    if "scion" not in names or peer not in names:
+      continue
+    key = f"scion_over_{peer}"
+    ratios[key] = med["step/scion"] / med[f"step/{peer}"]
+    ratios[f"{key}_paired"] = paired("step/scion", f"step/{peer}")
+    ratios[f"{key}_cpu"] = med_cpu["step/scion"] / med_cpu[f"step/{peer}"]
+    targets[key] = {"value": ratios[key], "target": target, "met": ratios[key] <= target}
   flops = flop_counts(args, data.vocab_size)
   rate = float(np.median(mm))
   flops["matmul_flop_per_s"] = rate
@@ -312,11 +295,11 @@ def main(argv=None):
   p.add_argument("--reps", type=int, default=5, help="timed rounds (medians reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
   p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
-  p.add_argument("--out", default=str(RESULTS / "step_overhead.json"))
+  p.add_argument("--out", default=os.path.join(_common.RESULTS, "step_overhead.json"))
   args = p.parse_args(argv)
 
   res = {
-      "device": device_name(),
+      "device": _common.device_name(cores=False),
       "cpu_count": os.cpu_count(),
       "backend": jax.default_backend(),
       "jax": jax.__version__,
