@@ -300,38 +300,27 @@ def weight_norms(model: model_lib.GPT) -> dict[str, float]:
   return {k: float(wn[k]) for k in ("output_norm", "embed_norm", "hidden_norm_max")}
 
 
-def norm_diagnostics(model: model_lib.GPT, rules: optax_lmo.Rules) -> dict[str, float]:
-  """``optax_lmo.norm_report`` of the model's matrices: ``"<path>/<norm>"`` to a float.
+def norm_reporter(rules: optax_lmo.Rules) -> Callable[[model_lib.GPT], dict[str, float]]:
+  """``model -> optax_lmo.norm_report`` of its matrices, ``"<path>/<norm>"`` to a float.
 
   The output head's ``head/kernel/rms_to_inf`` (the [NT] output norm) comes first,
   then its other norms, then every other matrix's ``rms_to_rms``, ``one_to_rms``,
-  ``rms_to_inf`` and ``sup``; vectors (RMSNorm gains) are skipped.
+  ``rms_to_inf`` and ``sup``; vectors (RMSNorm gains) are skipped. One compiled
+  call per report (op by op it took seconds on a mesh).
   """
-  params = nnx.state(model, nnx.Param)
-  fn, order = _report_fn(rules, jax.tree.structure(params))
-  values = fn(params)  # one compiled call (op by op it took seconds on a mesh)
-  return {k: np.asarray(v).tolist() for k, v in zip(order, values, strict=True)}
+  order: list[str] = []
 
+  @jax.jit
+  def values(params):
+    out = optax_lmo.norm_report(params, rules)
+    order[:] = list(out)  # recorded while tracing: a dict returned by jit comes back sorted
+    return tuple(out.values())
 
-_REPORT_FN: dict = {}
+  def report(model: model_lib.GPT) -> dict[str, float]:
+    got = values(nnx.state(model, nnx.Param))
+    return {k: np.asarray(v).tolist() for k, v in zip(order, got, strict=True)}
 
-
-def _report_fn(rules: optax_lmo.Rules, treedef):
-  """A jitted ``norm_report`` returning values in the eager key order (a jitted dict is sorted).
-
-  Cached for one (rules, tree structure): the training loop passes the same rules every time.
-  """
-  key = (id(rules), treedef)
-  if _REPORT_FN.get("key") != key:
-    order: list[str] = []
-
-    def report(params):
-      out = optax_lmo.norm_report(params, rules)
-      order[:] = list(out)  # recorded while tracing
-      return tuple(out.values())
-
-    _REPORT_FN.update(key=key, fn=jax.jit(report), order=order, rules=rules)
-  return _REPORT_FN["fn"], _REPORT_FN["order"]
+  return report
 
 
 def evaluate(model, data: data_lib.Dataset, cfg: TrainConfig, mesh=None) -> float:
@@ -465,7 +454,7 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
       output_radius=cfg.output_radius, output_norm=cfg.output_norm, dtype=cfg.dtype,
   )
   tx = make_optimizer(cfg, gcfg)
-  rules = model_lib.rules(gcfg)  # for the norm diagnostics logged at each evaluation
+  norm_report = norm_reporter(model_lib.rules(gcfg))  # logged at each evaluation
 
   @nnx.jit  # one compiled initializer instead of many small eager ops
   def create():
@@ -521,7 +510,7 @@ def _train(cfg: TrainConfig, data: data_lib.Dataset, ckpt: ckpt_lib.Checkpointer
       on_eval(step, val_loss, model)
     if record:
       log.write(kind="eval", step=step, val_loss=val_loss, **wn,
-                **norm_diagnostics(model, rules))
+                **norm_report(model))
 
   from tqdm.auto import tqdm
 
