@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 
@@ -55,3 +56,10 @@ def parse_sweep(parser: argparse.ArgumentParser, argv, full: dict, reduced: dict
     if getattr(args, k) is None:
       setattr(args, k, v)
   return args
+
+
+def write_json(result: dict, path: str) -> None:
+  """Writes ``result`` to ``path`` (creating its folder), one key per line at the top level."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)

@@ -288,13 +288,11 @@ def main(argv: list[str] | None = None) -> None:
             f" ({r['seconds']:.0f} s)", flush=True)
       summarize(result)
       result["wall_s"] = time.perf_counter() - t_start
-      with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+      _common.write_json(result, args.out)
       plot(result, png)
   result["complete"] = True
   result["wall_s"] = time.perf_counter() - t_start
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  _common.write_json(result, args.out)
   plot(result, png)
   print_table(result)
   print(f"\nwrote {args.out} and {png} in {result['wall_s']:.0f} s")

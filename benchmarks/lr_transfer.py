@@ -345,8 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         result["best"] = best_points(result["runs"])
         result["targets"] = targets(result["best"], result["runs"])
         result["wall_s"] = time.perf_counter() - t_start
-        with open(args.out, "w") as f:  # after every run: a cut-short sweep keeps what it did
-          json.dump(result, f, indent=1)
+        _common.write_json(result, args.out)  # after every run: a cut-short sweep keeps it
         if not lrs:  # the grid is done: go on past an edge while the best run sits on it
           nxt = extension(result["runs"], opt, width, grids[opt], args.extend)
           lrs += [] if nxt is None else [nxt]
@@ -354,13 +353,11 @@ def main(argv: list[str] | None = None) -> None:
       result["best"] = best_points(result["runs"])
       result["targets"] = targets(result["best"], result["runs"])
       result["wall_s"] = time.perf_counter() - t_start
-      with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+      _common.write_json(result, args.out)
     plot(result, png)
   result["complete"] = True
   result["wall_s"] = time.perf_counter() - t_start
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  _common.write_json(result, args.out)
   plot(result, png)
   print_table(result)
   print(f"\nwrote {args.out} and {png} in {result['wall_s']:.0f} s")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
@@ -379,9 +378,7 @@ def main(argv=None):
     result["restart_study"] = restart_study(m, n, batch, presets,
                                             [jnp.dtype("float32"), jnp.dtype("bfloat16")])
     print_study_table(result["restart_study"])
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  _common.write_json(result, args.out)
   print(f"\nwrote {args.out}")
 
 

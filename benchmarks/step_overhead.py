@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import sys
@@ -312,9 +311,7 @@ def main(argv=None):
       **run(args),
   }
   print_table(res)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(res, f, indent=1)
+  _common.write_json(res, args.out)
   print(f"\nwrote {args.out}")
 
 
