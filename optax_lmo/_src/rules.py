@@ -35,6 +35,11 @@ class Group:
     decay: weight decay in the uSCG spelling ``W <- W - lr (rho u + decay W)``;
       ``None`` takes the optimizer's default.
     spec: the matrix view; ``None`` takes the norm's default (Flax layout for 2-D).
+    role: what the leaf does in the model (``"embedding"``, ``"input"``,
+      ``"hidden"``, ``"output"``, ``"tied"``, ``"vector"``); informational,
+      shown by :func:`describe`. ``None``: not stated.
+    evidence: why the leaf got this group (e.g. the traced ops that use it, or
+      ``"name rule"``); shown by :func:`describe`.
   """
 
   norm: norms_lib.Norm | None
@@ -42,6 +47,8 @@ class Group:
   lr_mult: float = 1.0
   decay: float | None = None
   spec: MatrixSpec | None = None
+  role: str | None = None
+  evidence: str = ""
 
   def __post_init__(self):
     if self.norm is not None and not isinstance(self.norm, norms_lib.Norm):
