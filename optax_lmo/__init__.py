@@ -3,7 +3,6 @@
 from optax_lmo import norms
 from optax_lmo._src.alias import (
     muon,
-    muon_rules,
     normalized_sgd,
     scion,
     sign_descent,
@@ -11,9 +10,11 @@ from optax_lmo._src.alias import (
 )
 from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
 from optax_lmo._src.coeffs import Coefficients, get_coefficients
+from optax_lmo._src.describe import Description, describe
 from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.polar import Polar, polar
-from optax_lmo._src.rules import Group, Rules, default_rules, describe, gpt_rules
+from optax_lmo._src.route import RouteState, route
+from optax_lmo._src.rules import Group, Plan, Rules, default_rules, gpt_rules, muon_rules
 from optax_lmo._src.schedules import (
     TransferFit,
     fit_transfer_exponents,
@@ -32,6 +33,7 @@ from optax_lmo._src.transforms import (
     scale_by_norm,
     scale_by_radius,
     sign,
+    state_dtype,
     with_float32_state,
 )
 
@@ -40,7 +42,10 @@ __version__ = "0.1.0"
 __all__ = [
     "COEFFICIENTS",
     "Coefficients",
+    "Description",
     "Group",
+    "Plan",
+    "RouteState",
     "Rules",
     "MatrixSpec",
     "MomentumState",
@@ -64,11 +69,13 @@ __all__ = [
     "optimal_lr",
     "orthogonalize",
     "polar",
+    "route",
     "scale_by_norm",
     "scale_by_radius",
     "scion",
     "sign",
     "sign_descent",
+    "state_dtype",
     "to_matrices",
     "transfer_batch",
     "transfer_lr",

@@ -1,10 +1,11 @@
 r"""The optimizers: Scion, unconstrained Scion, Muon, sign descent, normalized SGD.
 
-Each is only a chain of the core transforms (no math here). For leaf ``W`` with
+Each is only a chain of the public transforms (no math and no routing logic here):
+:func:`~optax_lmo.route` resolves the rules into a plan, the rest reads it. For leaf ``W`` with
 gradient ``g``, radius ``rho``, learning rate ``gamma_t`` and decay ``mu``:
 
 .. math::
-  d \leftarrow (1-\alpha) d + \alpha g, \qquad
+  d \leftarrow \beta d + (1-\beta) g, \qquad
   W \leftarrow W - \gamma_t\,(\rho\, \mathrm{lmo}(d) + \mu W)
 
 Constrained Scion (SCG) is the case ``mu = 1``: ``W <- (1 - gamma) W - gamma rho lmo(d)``,
@@ -22,49 +23,16 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import chex
-import jax
-import jax.numpy as jnp
 import optax
 
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import transforms
 from optax_lmo._src.polar import Polar
-from optax_lmo._src.spec import path_str
-
-
-def _norms_fn(rules: rules_lib.Rules, polar: Polar | None, *, what: str):
-  """``tree -> tree of Norm``, with ``polar`` swapped into every spectral norm."""
-
-  def fn(tree):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    out = []
-    for p, x in flat:
-      g = rules.group_for(path_str(p), x)
-      if g is None or g.norm is None:
-        raise ValueError(
-            f"{path_str(p)}: {what} needs a norm for every leaf; give this leaf a Group"
-            " with a norm (or use muon, which sends norm-less leaves to AdamW)."
-        )
-      n = g.norm
-      if polar is not None and hasattr(n, "polar"):
-        n = dataclasses.replace(n, polar=polar)
-      out.append(n)
-    return treedef.unflatten(out)
-
-  return fn
-
-
-def _decay_fn(rules: rules_lib.Rules, default: float):
-  def fn(tree):
-    groups = rules.field("decay", default)(tree)
-    return jax.tree.map(lambda d: None if d == 0 else d, groups)
-
-  return fn
+from optax_lmo._src.route import route
 
 
 def _check_lr(learning_rate, what: str):
@@ -73,61 +41,77 @@ def _check_lr(learning_rate, what: str):
 
 
 def _lmo_chain(
-    learning_rate, rules, *, alpha, nesterov, bias_correction, decay, clip, polar, mu_dtype,
-    distribute, what,
+    learning_rate, plan: rules_lib.Plan, *, beta, nesterov, bias_correction, decay, clip,
+    mu_dtype, distribute,
 ) -> optax.GradientTransformationExtraArgs:
-  _check_lr(learning_rate, what)
-  radius = rules.field("radius", 1.0)
+  """momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate."""
+
+  def leaf_decay(g):
+    d = decay if g.decay is None else g.decay
+    return None if isinstance(d, (int, float)) and d == 0 else d
+
+  radius = plan.tree(lambda g: g.radius if g.norm is not None else None)
   return optax.chain(
-      transforms.momentum(alpha, nesterov=nesterov, bias_correction=bias_correction,
+      transforms.momentum(beta, nesterov=nesterov, bias_correction=bias_correction,
                           mu_dtype=mu_dtype),
       transforms.scale_by_norm(
-          _norms_fn(rules, polar, what=what),
-          specs=rules.field("spec"),
+          plan.tree(lambda g: g.norm),
+          specs=plan.tree(lambda g: g.spec),
           dual_clip=radius if clip else None,
           distribute=distribute,
       ),
       transforms.scale_by_radius(radius),
-      transforms.add_constrained_decay(_decay_fn(rules, decay)),
-      transforms.scale_by_radius(rules.field("lr_mult", 1.0)),  # per-group lr multiplier
+      transforms.add_constrained_decay(plan.tree(leaf_decay)),
+      transforms.scale_by_radius(plan.tree(lambda g: g.lr_mult)),  # per-group lr multiplier
       optax.scale_by_learning_rate(learning_rate),
   )
+
+
+def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
+          distribute):
+  _check_lr(learning_rate, name)
+  build = lambda plan: _lmo_chain(
+      learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
+      clip=clip, mu_dtype=mu_dtype, distribute=distribute,
+  )
+  return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay)
 
 
 def scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
     rules: Any = None,
-    momentum: chex.Numeric = 0.1,
+    beta: chex.Numeric = 0.9,
     nesterov: bool = False,
-    constrained: bool = True,
-    weight_decay: float | None = None,
     clip_to_dual_norm: bool = False,
     polar: Polar | None = None,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
     distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: stochastic conditional gradient under a per-layer norm (SCG).
 
   .. math::
-    d \leftarrow (1-\alpha) d + \alpha g, \qquad
+    d \leftarrow \beta d + (1-\beta) g, \qquad
     W \leftarrow (1 - \gamma_t) W - \gamma_t\, \rho\, \mathrm{lmo}(d)
 
-  Every leaf stays in its norm ball ``||W|| <= rho`` once inside it.
+  Every leaf stays in its norm ball ``||W|| <= rho`` once inside it. The
+  unconstrained form, with weight decay, is :func:`unconstrained_scion`; a
+  group's ``decay`` overrides the constrained shrink (1) for its leaves.
 
   Args:
     learning_rate: ``gamma``, a float or an optax schedule.
     rules: which leaf gets which norm, radius, lr multiplier, decay and view: a
-      :class:`~optax_lmo.Rules`, a ``[(regex, Group), ...]`` list or a callable
-      ``(path, leaf) -> Group``; ``None`` uses :func:`~optax_lmo.default_rules`.
-    momentum: ``alpha`` (``1 - beta``); 1 disables momentum.
-    nesterov: feed ``(1 - alpha) d + alpha g`` to the LMO.
-    constrained: ``True`` is SCG (decay 1); ``False`` is uSCG (decay 0).
-    weight_decay: ``mu`` in the uSCG spelling ``W <- W - gamma (rho u + mu W)``;
-      ``None`` takes 1 when constrained, else 0. A group's ``decay`` overrides it.
+      :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
+      ``[(regex, Group), ...]`` list or a callable ``(path, leaf) -> Group``;
+      ``None`` uses :func:`~optax_lmo.default_rules`. Checked at ``init``.
+    beta: momentum, the decay of the running average (optax's convention; the
+      Scion paper's ``alpha`` is ``1 - beta``, its default 0.1 is ``beta=0.9``);
+      0 disables momentum.
+    nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
     clip_to_dual_norm: clipped Scion: step ``gamma min(rho, ||d||_*) lmo(d)``.
     polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
-    mu_dtype: dtype of the momentum state.
+    mu_dtype: dtype of the momentum state; ``None``: the parameters' dtype,
+      float32 for bfloat16/float16 parameters.
     distribute: on a device mesh, give each spectral matrix one owner device
       (gather once, orthogonalize locally, scatter once; see
       :func:`~optax_lmo.scale_by_norm`). ``None``: whenever the updates live on
@@ -135,7 +119,8 @@ def scion(
       polar factor itself, re-gathering the matrix inside every iteration).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs``. Every numeric argument can be
+    injected with ``optax.inject_hyperparams``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, optax_lmo as ol
@@ -152,66 +137,55 @@ def scion(
     Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs,
     ICML 2025, arXiv:2502.07529.
   """
-  r = rules_lib.as_rules(rules)
-  decay = weight_decay if weight_decay is not None else (1.0 if constrained else 0.0)
-  tx = _lmo_chain(
-      learning_rate, r, alpha=momentum, nesterov=nesterov, bias_correction=False, decay=decay,
-      clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
-      what="scion" if constrained else "unconstrained_scion",
-  )
-  return rules_lib.register(tx, r, default_decay=decay, mu_dtype=mu_dtype)
+  return _uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
+               clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute)
 
 
 def unconstrained_scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
     rules: Any = None,
-    momentum: chex.Numeric = 0.1,
+    beta: chex.Numeric = 0.9,
     nesterov: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: chex.Numeric = 0.0,
     clip_to_dual_norm: bool = False,
     polar: Polar | None = None,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
     distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unconstrained Scion (uSCG): steepest descent under a per-layer norm.
 
   .. math::
-    d \leftarrow (1-\alpha) d + \alpha g, \qquad
+    d \leftarrow \beta d + (1-\beta) g, \qquad
     W \leftarrow W - \gamma_t\, (\rho\, \mathrm{lmo}(d) + \mu W)
 
-  Same arguments as :func:`scion`; ``weight_decay`` is ``mu`` (default 0).
+  With ``weight_decay = mu`` this equals :func:`scion` with radius ``rho / mu``
+  and learning rate ``mu gamma``.
+
+  Args:
+    learning_rate: ``gamma``, a float or an optax schedule.
+    rules: routing, as in :func:`scion`.
+    beta: momentum (decay of the running average); 0 disables it.
+    nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
+    weight_decay: ``mu``; a group's ``decay`` overrides it for its leaves.
+    clip_to_dual_norm: clipped step ``gamma min(rho, ||d||_*) lmo(d)``.
+    polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
+    mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
+    distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> tx = ol.unconstrained_scion(0.5, momentum=1.0)
+    >>> tx = ol.unconstrained_scion(0.5, beta=0.0)
     >>> u, _ = tx.update({"b": jnp.array([3.0, -4.0])}, tx.init({"b": jnp.zeros(2)}))
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
-  return scion(
-      learning_rate, rules=rules, momentum=momentum, nesterov=nesterov, constrained=False,
-      weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
-      mu_dtype=mu_dtype, distribute=distribute,
-  )
-
-
-def muon_rules(*, radius: float = 1.0, input_layer: bool = False) -> rules_lib.Rules:
-  """Default Muon routing: hidden 2-D matrices -> Spectral; embeddings, head, 0-1-D -> AdamW.
-
-  Embeddings and output heads are recognized by module name as in
-  :func:`~optax_lmo.default_rules`; ``input_layer=True`` uses the factor
-  ``max(1, sqrt(d_out/d_in))`` (KellerJordan/Muon and ``optax.contrib.muon``).
-  """
-  spectral = rules_lib.Group(norms_lib.Spectral(input_layer=input_layer), radius=radius)
-
-  def fallback(path, leaf):
-    nd = len(getattr(leaf, "shape", ()))
-    if nd == 2 and not (rules_lib._EMBED.search(path) or rules_lib._HEAD.search(path)):
-      return spectral
-    return rules_lib.Group(None)
-
-  return rules_lib.Rules((), fallback=fallback, strict=True)
+  return _uscg(learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
+               decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
+               distribute=distribute)
 
 
 def muon(
@@ -220,16 +194,16 @@ def muon(
     beta: chex.Numeric = 0.95,
     nesterov: bool = True,
     bias_correction: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: chex.Numeric = 0.0,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: float = 0.0,
+    adam_b1: chex.Numeric = 0.9,
+    adam_b2: chex.Numeric = 0.999,
+    adam_eps: chex.Numeric = 1e-8,
+    adam_weight_decay: chex.Numeric = 0.0,
     adam_nesterov: bool = False,
     rules: Any = None,
     polar: Polar | None = None,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
     distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon: the spectral LMO on hidden matrices, AdamW on everything else.
@@ -243,7 +217,7 @@ def muon(
 
   Args:
     learning_rate: learning rate (or schedule) of the LMO group.
-    beta: momentum coefficient (``alpha = 1 - beta``).
+    beta: momentum, the decay of the running average.
     nesterov: Nesterov momentum.
     bias_correction: Adam-style bias correction of the momentum, as
       ``optax.contrib.muon`` does (it changes the Nesterov mix).
@@ -252,14 +226,14 @@ def muon(
     adam_b1, adam_b2, adam_eps, adam_weight_decay: AdamW's hyperparameters.
     adam_nesterov: NAdam-style Nesterov in the AdamW group (``optax.contrib.muon``
       turns it on together with ``nesterov``).
-    rules: routing; ``None`` uses :func:`muon_rules`.
+    rules: routing; ``None`` uses :func:`~optax_lmo.muon_rules`.
     polar: :class:`~optax_lmo.Polar` options for the spectral leaves.
-    mu_dtype: dtype of the momentum state.
-    distribute: on a device mesh, give each spectral matrix one owner device
-      (gather once, orthogonalize locally, scatter once; see
-      :func:`~optax_lmo.scale_by_norm`). ``None``: whenever the updates live on
-      a mesh with more than one device; ``False``: never (XLA partitions the
-      polar factor itself, re-gathering the matrix inside every iteration).
+    mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
+    distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; every numeric argument can be
+    injected with ``optax.inject_hyperparams``.
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
@@ -273,12 +247,7 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  r = muon_rules() if rules is None else rules_lib.as_rules(rules)
-  lmo_tx = _lmo_chain(
-      learning_rate, r, alpha=1 - beta, nesterov=nesterov, bias_correction=bias_correction,
-      decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
-      what="muon",
-  )
+  _check_lr(learning_rate, "muon")
   if adam_learning_rate is not None:
     _check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(
@@ -287,59 +256,81 @@ def muon(
       nesterov=adam_nesterov,
   ))
 
-  def labels(tree):
-    groups = r.resolve(tree)
-    return jax.tree.map(
-        lambda g: "adam" if g is None or g.norm is None else "lmo",
-        groups,
-        is_leaf=lambda g: g is None or isinstance(g, rules_lib.Group),
+  def build(plan):
+    lmo_tx = _lmo_chain(
+        learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
+        decay=weight_decay, clip=False, mu_dtype=mu_dtype, distribute=distribute,
     )
+    labels = plan.treedef.unflatten(
+        ["adam" if g is None or g.norm is None else "lmo" for g in plan.groups]
+    )
+    return optax.partition({"lmo": lmo_tx, "adam": adam_tx}, labels)
 
-  tx = optax.partition({"lmo": lmo_tx, "adam": adam_tx}, labels)
-  return rules_lib.register(tx, r, default_decay=weight_decay, mu_dtype=mu_dtype,
-                            fallback="AdamW")
+  return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",
+               polar=polar, needs_norm=False, fallback="AdamW", mu_dtype=mu_dtype,
+               decay=weight_decay)
 
 
 def sign_descent(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    momentum: chex.Numeric = 0.1,
-    weight_decay: float = 0.0,
-    mu_dtype: Any = jnp.float32,
+    beta: chex.Numeric = 0.9,
+    weight_decay: chex.Numeric = 0.0,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Signum: uSCG with the (unscaled) Sign LMO on every leaf.
 
   .. math::
     W \leftarrow W - \gamma_t\,(\mathrm{sign}(d) + \mu W)
 
+  Args:
+    learning_rate: ``gamma``, a float or an optax schedule.
+    beta: momentum (decay of the running average); 0 disables it.
+    weight_decay: ``mu``.
+    mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> tx = ol.sign_descent(0.1, momentum=1.0)
+    >>> tx = ol.sign_descent(0.1, beta=0.0)
     >>> u, _ = tx.update(jnp.array([2.0, -0.5]), tx.init(jnp.zeros(2)))
     >>> u.tolist()
     [-0.10000000149011612, 0.10000000149011612]
   """
-  r = rules_lib.Rules((), fallback=lambda p, x: rules_lib.Group(norms_lib.Sign(scaled=False)))
-  return scion(learning_rate, rules=r, momentum=momentum, constrained=False,
-               weight_decay=weight_decay, mu_dtype=mu_dtype)
+  sign = rules_lib.Group(norms_lib.Sign(scaled=False), role="any", evidence="sign_descent")
+  return _uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: sign),
+               name="sign_descent", beta=beta, nesterov=False, decay=weight_decay, clip=False,
+               polar=None, mu_dtype=mu_dtype, distribute=None)
 
 
 def normalized_sgd(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    momentum: chex.Numeric = 0.1,
-    weight_decay: float = 0.0,
-    mu_dtype: Any = jnp.float32,
+    beta: chex.Numeric = 0.9,
+    weight_decay: chex.Numeric = 0.0,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Normalized SGD: uSCG with the Frobenius LMO ``g / ||g||_F`` on every leaf.
 
+  Args:
+    learning_rate: ``gamma``, a float or an optax schedule.
+    beta: momentum (decay of the running average); 0 disables it.
+    weight_decay: ``mu``.
+    mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> tx = ol.normalized_sgd(1.0, momentum=1.0)
+    >>> tx = ol.normalized_sgd(1.0, beta=0.0)
     >>> u, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
     >>> [round(float(v), 4) for v in u]
     [-0.6, -0.8]
   """
-  r = rules_lib.Rules((), fallback=lambda p, x: rules_lib.Group(norms_lib.Frobenius()))
-  return scion(learning_rate, rules=r, momentum=momentum, constrained=False,
-               weight_decay=weight_decay, mu_dtype=mu_dtype)
+  frob = rules_lib.Group(norms_lib.Frobenius(), role="any", evidence="normalized_sgd")
+  return _uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: frob),
+               name="normalized_sgd", beta=beta, nesterov=False, decay=weight_decay, clip=False,
+               polar=None, mu_dtype=mu_dtype, distribute=None)

@@ -53,6 +53,12 @@ class Norm:
   # True for norms whose LMO is a polar factor (grouped, batched and distributed).
   spectral: ClassVar[bool] = False
 
+  def with_polar(self, polar: Polar) -> Norm:
+    """This norm with ``polar`` options for its polar factor (itself if it has none)."""
+    if "polar" in {f.name for f in dataclasses.fields(self)}:
+      return dataclasses.replace(self, polar=polar)
+    return self
+
   # -- views ---------------------------------------------------------------
   def view(self, shape, spec: MatrixSpec | None = None, path: str = "") -> MatrixSpec:
     """The resolved matrix view this norm uses for a leaf of ``shape``."""

@@ -4,13 +4,16 @@ Rules are an ordered list of ``(pattern, Group)`` pairs matched with
 ``re.search`` against the leaf path (``"blocks/0/attn/qkv/kernel"``), or a
 callable ``(path, leaf) -> Group | None``. The first match wins. Nothing is
 guessed silently: with ``strict=True`` an unmatched leaf is an error naming it,
-and :func:`describe` prints what every leaf gets.
+and :func:`~optax_lmo.describe` shows what every leaf gets. A :class:`Rules`
+resolves once per tree structure into a :class:`Plan` that the transforms read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,6 +67,37 @@ RuleFn = Callable[[str, Any], Group | None]
 
 
 @dataclasses.dataclass(frozen=True)
+class Plan:
+  """Each leaf's :class:`Group`, resolved once for one tree structure.
+
+  Attributes:
+    treedef: the tree structure the plan was resolved for.
+    paths: each leaf's path (``"blocks/0/attn/qkv/kernel"``), in flattening order.
+    shapes: each leaf's shape.
+    groups: each leaf's :class:`Group` (``None`` where no rule matched and not strict).
+  """
+
+  treedef: Any
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  groups: tuple[Group | None, ...]
+
+  def tree(self, fn: Callable[[Group], Any]) -> Any:
+    """A pytree shaped like the resolved tree holding ``fn(group)`` (``None`` where no group)."""
+    return self.treedef.unflatten([None if g is None else fn(g) for g in self.groups])
+
+  def with_polar(self, polar) -> Plan:
+    """This plan with ``polar`` (a :class:`~optax_lmo.Polar`) in every spectral norm."""
+    if polar is None:
+      return self
+    groups = tuple(
+        g if g is None or g.norm is None else dataclasses.replace(g, norm=g.norm.with_polar(polar))
+        for g in self.groups
+    )
+    return dataclasses.replace(self, groups=groups)
+
+
+@dataclasses.dataclass(frozen=True)
 class Rules:
   """An ordered rule list (or a callable) plus what to do with unmatched leaves.
 
@@ -73,11 +107,14 @@ class Rules:
     fallback: a callable ``(path, leaf) -> Group | None`` used when no rule
       matches (``None``: no fallback).
     strict: raise on a leaf that neither a rule nor the fallback matches.
+    check: called once with each new :class:`Plan` (e.g. to warn about a tree
+      without an output head).
   """
 
   rules: RuleList | RuleFn = ()
   fallback: RuleFn | None = None
   strict: bool = True
+  check: Callable[[Plan], None] | None = None
 
   def __post_init__(self):
     if not callable(self.rules):
@@ -87,9 +124,15 @@ class Rules:
         if not isinstance(g, Group):
           raise TypeError(f"Rule {p!r} must map to a Group, got {g!r}.")
       object.__setattr__(self, "rules", pairs)
+    object.__setattr__(self, "_plans", {})
 
   def group_for(self, path: str, leaf) -> Group | None:
-    """The group of one leaf, or ``None`` when nothing matches and not strict."""
+    """The group of one leaf, or ``None`` when nothing matches and not strict.
+
+    Raises:
+      ValueError: strict and nothing matches, or the group's norm cannot view
+        the leaf (e.g. ndim >= 3 without a :class:`~optax_lmo.MatrixSpec`).
+    """
     g = None
     if callable(self.rules):
       g = self.rules(path, leaf)
@@ -103,39 +146,56 @@ class Rules:
     if g is None and self.strict:
       raise ValueError(
           f"{path}: no rule matches this leaf (shape {tuple(np.shape(leaf))}). Add a"
-          " (pattern, Group(...)) rule for it, or pass strict=False."
+          " (pattern, Group(...)) rule for it, use ol.infer_rules(...) to route from the"
+          " model's computation, or pass strict=False."
       )
-    if g is not None and g.norm is not None and g.spec is None and g.norm.needs_matrix:
-      if np.ndim(leaf) >= 3 and not isinstance(g.norm, norms_lib.SpectralConv):
-        raise ValueError(
-            f"{path}: ndim {np.ndim(leaf)} needs a MatrixSpec (which axes are fan-in?);"
-            " give the matching Group a spec=MatrixSpec(fan_in=..., fan_out=...)."
-        )
+    if g is not None and g.norm is not None:
+      _check_view(path, np.shape(leaf), g)
     return g
+
+  def plan(self, tree) -> Plan:
+    """Resolves every leaf of ``tree`` once (cached per tree structure and leaf shapes).
+
+    Args:
+      tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` (parameters or updates).
+
+    Returns:
+      A :class:`Plan`.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    key = (treedef, tuple(tuple(np.shape(x)) for _, x in flat))
+    cached = self._plans.get(key)
+    if cached is not None:
+      return cached
+    paths = tuple(spec_lib.path_str(p) for p, _ in flat)
+    groups = tuple(self.group_for(p, x) for p, (_, x) in zip(paths, flat, strict=True))
+    plan = Plan(treedef, paths, tuple(tuple(np.shape(x)) for _, x in flat), groups)
+    if self.check is not None:
+      self.check(plan)
+    self._plans[key] = plan
+    return plan
 
   def resolve(self, tree) -> Any:
     """A pytree like ``tree`` holding each leaf's :class:`Group` (or ``None``)."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    groups = [self.group_for(spec_lib.path_str(p), x) for p, x in flat]
-    return jax.tree.unflatten(treedef, groups)
+    return self.plan(tree).tree(lambda g: g)
 
-  def field(self, name: str, default=None) -> Callable:
-    """A callable ``tree -> pytree`` of one Group attribute (``None`` where unmatched)."""
 
-    def fn(tree):
-      flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-      out = []
-      for p, x in flat:
-        g = self.group_for(spec_lib.path_str(p), x)
-        v = None if g is None else getattr(g, name)
-        out.append(default if v is None else v)
-      return treedef.unflatten(out)
-
-    return fn
+def _check_view(path: str, shape, g: Group) -> None:
+  """Raises early, naming the leaf and the fix, when a group's norm cannot view the leaf."""
+  try:
+    g.norm.view(tuple(shape), g.spec, path)
+  except ValueError as e:
+    hint = ""
+    if g.spec is None and len(shape) >= 3:
+      hint = (" Give the matching Group a spec=MatrixSpec(fan_in=..., fan_out=...), or let"
+              " ol.infer_rules(...) read the view from the model's computation.")
+      if len(shape) == 4:
+        hint += " A conv kernel (kh, kw, c_in, c_out) takes norms.SpectralConv()."
+    raise ValueError(f"{e}{hint}") from None
 
 
 def as_rules(rules: Rules | RuleList | RuleFn | None) -> Rules:
-  """Normalizes the ``rules=`` argument of the optimizers."""
+  """Normalizes the ``rules=`` argument of the optimizers (``None``: :func:`default_rules`)."""
   if rules is None:
     return default_rules()
   if isinstance(rules, Rules):
@@ -144,9 +204,35 @@ def as_rules(rules: Rules | RuleList | RuleFn | None) -> Rules:
 
 
 _EMBED = re.compile(r"(^|/)(\w*embed\w*|wte|wpe|tok_embeddings)(/|$)")
-_HEAD = re.compile(r"(^|/)(head|lm_head|unembed|output|out_proj_vocab)(/|$)")
+_HEAD = re.compile(r"(^|/)(head|lm_head|unembed|out_proj_vocab)(/|$)|^output(/|$)")
+_PATCH = re.compile(r"(^|/)patch_embed\w*(/|$)")
 
 
+def _named_role(path: str, ndim: int) -> str:
+  """The role a leaf's name suggests: vector, input, output, embedding or hidden."""
+  if ndim <= 1:
+    return "vector"
+  if _PATCH.search(path):
+    return "input"
+  if _HEAD.search(path):
+    return "output"
+  if _EMBED.search(path):
+    return "embedding"
+  return "hidden"
+
+
+def _warn_without_head(plan: Plan) -> None:
+  if plan.groups and not any(g is not None and g.role == "output" for g in plan.groups):
+    warnings.warn(
+        "default_rules found no output head (no leaf under head / lm_head / unembed or a"
+        " top-level output): every 2-D leaf gets the hidden Spectral norm, which trains a"
+        " classifier head badly. Use ol.infer_rules(...) to route from the model's"
+        " computation, or name the head (or write a rule for it).",
+        stacklevel=4,
+    )
+
+
+@functools.cache
 def default_rules(
     *,
     embed_radius: float = 1.0,
@@ -156,39 +242,59 @@ def default_rules(
     output_norm: str = "rownorm",
     strict: bool = True,
 ) -> Rules:
-  """A generic rule set: embeddings ColNorm, output head RowNorm (or Sign), 2-D Spectral.
+  """A generic rule set by module name: the no-trace fallback of :func:`~optax_lmo.infer_rules`.
 
-  Decided per leaf, in order: a leaf under a module named like an embedding
-  (``embed``, ``wte``, ...) with ndim 2 -> ColNorm; under ``head`` / ``lm_head``
-  / ``unembed`` -> RowNorm (``output_norm="sign"``: Sign); any other 2-D leaf ->
-  Spectral; 0-D and 1-D leaves -> BiasRMS. A leaf with ndim >= 3 is an error
-  that asks for a MatrixSpec (add an explicit rule).
+  Decided per leaf: 0-D and 1-D leaves -> BiasRMS; a leaf under ``patch_embed``
+  -> the input-layer Spectral (``SpectralConv`` for a 4-D kernel); under ``head``
+  / ``lm_head`` / ``unembed`` or a top-level ``output`` -> RowNorm
+  (``output_norm="sign"``: Sign); under a module named like an embedding
+  (``embed``, ``wte``, ...) -> ColNorm; any other 2-D leaf -> Spectral. A leaf
+  with ndim >= 3 is an error that asks for a MatrixSpec (or ``SpectralConv`` for
+  a conv kernel). A tree in which no head is found gets a warning: names cannot
+  tell a classifier's last ``Dense_2`` from a hidden layer; the traced
+  computation can (:func:`~optax_lmo.infer_rules`).
+
+  Args:
+    embed_radius, hidden_radius, output_radius, bias_radius: radius per role.
+    output_norm: ``"rownorm"`` or ``"sign"`` for the head.
+    strict: raise on leaves nothing matches (kept for symmetry with :class:`Rules`).
+
+  Returns:
+    A :class:`Rules`.
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> params = {"embed": {"embedding": jnp.zeros((50, 8))}, "w": jnp.zeros((8, 8))}
+    >>> params = {"embed": {"embedding": jnp.zeros((50, 8))}, "w": jnp.zeros((8, 8)),
+    ...           "head": {"kernel": jnp.zeros((8, 50))}}
     >>> g = ol.default_rules().resolve(params)
-    >>> type(g["embed"]["embedding"].norm).__name__, type(g["w"].norm).__name__
-    ('ColNorm', 'Spectral')
+    >>> [type(g[k].norm).__name__ for k in ("w", "head")], g["embed"]["embedding"].role
+    (['Spectral', 'RowNorm'], 'embedding')
   """
   head = _output_norm(output_norm)
 
   def fallback(path: str, leaf) -> Group | None:
     nd = np.ndim(leaf)
-    if nd <= 1:
-      return Group(norms_lib.BiasRMS(), radius=bias_radius)
-    if nd == 2 and _EMBED.search(path):
-      return Group(norms_lib.ColNorm(), radius=embed_radius)
-    if nd == 2 and _HEAD.search(path):
-      return Group(head, radius=output_radius)
+    role = _named_role(path, nd)
+    g = functools.partial(Group, role=role, evidence="name rule")
+    if role == "vector":
+      return g(norms_lib.BiasRMS(), radius=bias_radius)
+    if role == "input" and nd == 4:
+      return g(norms_lib.SpectralConv(), radius=hidden_radius)
     if nd == 2:
-      return Group(norms_lib.Spectral(), radius=hidden_radius)
+      return {
+          "input": lambda: g(norms_lib.Spectral(input_layer=True), radius=hidden_radius),
+          "output": lambda: g(head, radius=output_radius),
+          "embedding": lambda: g(norms_lib.ColNorm(), radius=embed_radius),
+          "hidden": lambda: g(norms_lib.Spectral(), radius=hidden_radius),
+      }[role]()
+    hint = " A conv kernel (kh, kw, c_in, c_out) takes norms.SpectralConv()." if nd == 4 else ""
     raise ValueError(
         f"{path}: ndim {nd} needs a MatrixSpec (which axes are fan-in?); add a rule"
-        " (pattern, Group(norm, spec=MatrixSpec(fan_in=..., fan_out=...))) for it."
+        " (pattern, Group(norm, spec=MatrixSpec(fan_in=..., fan_out=...))) for it, or let"
+        f" ol.infer_rules(...) read the view from the model's computation.{hint}"
     )
 
-  return Rules((), fallback=fallback, strict=strict)
+  return Rules((), fallback=fallback, strict=strict, check=_warn_without_head)
 
 
 def _output_norm(name: str) -> norms_lib.Norm:
@@ -216,6 +322,14 @@ def gpt_rules(
   LIONS-EPFL/scion (radii 1, 3, 10). ``lr_mults`` is (input, hidden, output);
   ``(1, 1/8, 1)`` is the [NT] preset. Strict: any other leaf is an error.
 
+  Args:
+    embed_radius, hidden_radius, output_radius, bias_radius: radius per role.
+    output_norm: ``"rownorm"`` or ``"sign"`` for the head.
+    lr_mults: learning-rate multipliers (input, hidden, output).
+
+  Returns:
+    A strict :class:`Rules`.
+
   Examples:
     >>> import optax_lmo as ol
     >>> r = ol.gpt_rules()
@@ -224,104 +338,41 @@ def gpt_rules(
   """
   head = _output_norm(output_norm)
   li, lh, lo = lr_mults
+  g = functools.partial(Group, evidence="name rule")
   return Rules(
       (
-          (r"(^|/)(pos_)?embed/embedding$", Group(norms_lib.ColNorm(), embed_radius, li)),
-          (r"(^|/)head/kernel$", Group(head, output_radius, lo)),
-          (r"(^|/)kernel$", Group(norms_lib.Spectral(), hidden_radius, lh)),
-          (r"(^|/)(scale|bias)$", Group(norms_lib.BiasRMS(), bias_radius, lh)),
+          (r"(^|/)(pos_)?embed/embedding$", g(norms_lib.ColNorm(), embed_radius, li,
+                                               role="embedding")),
+          (r"(^|/)head/kernel$", g(head, output_radius, lo, role="output")),
+          (r"(^|/)kernel$", g(norms_lib.Spectral(), hidden_radius, lh, role="hidden")),
+          (r"(^|/)(scale|bias)$", g(norms_lib.BiasRMS(), bias_radius, lh, role="vector")),
       ),
       strict=True,
   )
 
 
-# Transformations built by the aliases remember their rules here, for describe().
-_REGISTRY: dict[int, tuple[Any, Rules, dict]] = {}
+def muon_rules(*, radius: float = 1.0, input_layer: bool = False) -> Rules:
+  """Default Muon routing: hidden 2-D matrices -> Spectral; embeddings, head, 0-1-D -> AdamW.
 
-
-def register(tx, rules: Rules, **info) -> Any:
-  """Remembers which rules (and state dtype, ...) an optimizer was built with."""
-  _REGISTRY[id(tx)] = (tx, rules, info)
-  return tx
-
-
-class Description(list):
-  """Rows of :func:`describe`: a list of dicts that prints as a table."""
-
-  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "decay", "state")
-
-  def __str__(self):
-    rows = [self.COLUMNS] + [tuple(str(r[c]) for c in self.COLUMNS) for r in self]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(self.COLUMNS))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def describe(rules_or_tx, params, *, verbose: bool = True) -> Description:
-  """One row per leaf: path, shape, matrix view, norm, radius, lr multiplier, decay, state dtype.
+  Embeddings and output heads are recognized by module name as in
+  :func:`default_rules`; ``input_layer=True`` uses the factor
+  ``max(1, sqrt(d_out/d_in))`` (KellerJordan/Muon and ``optax.contrib.muon``).
 
   Args:
-    rules_or_tx: a :class:`Rules` (or rule list), or an optimizer built by this
-      library (``scion``, ``muon``, ...), which remembers its rules.
-    params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``).
-    verbose: also print the table.
+    radius: the spectral radius (Muon's step scale).
+    input_layer: use the input-layer factor.
 
   Returns:
-    A :class:`Description` (a list of dicts; ``str()`` gives the table).
-
-  Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> rows = ol.describe(ol.scion(0.1), {"w": jnp.zeros((4, 8))}, verbose=False)
-    >>> rows[0]["norm"], rows[0]["view"]
-    ('Spectral', '4x8')
+    A :class:`Rules` whose other groups have ``norm=None`` (the fallback optimizer).
   """
-  entry = _REGISTRY.get(id(rules_or_tx))
-  if entry is not None:
-    _, rules, info = entry
-  elif hasattr(rules_or_tx, "update") and hasattr(rules_or_tx, "init"):
-    raise ValueError(
-        "describe() needs Rules or an optimizer built by optax_lmo (scion, muon, ...);"
-        f" got a transformation it did not build ({type(rules_or_tx).__name__})."
-    )
-  else:
-    rules, info = as_rules(rules_or_tx), {}
-  default_decay = info.get("default_decay", None)
-  state_dtype = info.get("mu_dtype", None)
-  fallback_name = info.get("fallback", "-")
-  rows = Description()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    p = spec_lib.path_str(path)
-    shape = tuple(np.shape(leaf))
-    g = rules.group_for(p, leaf)
-    if g is None or g.norm is None:
-      rows.append(dict(path=p, shape=shape, view="-", norm=fallback_name, radius="-",
-                       lr_mult="-", decay="-", state="-"))
-      continue
-    view = g.norm.view(shape, g.spec, p).describe(shape)
-    decay = g.decay if g.decay is not None else default_decay
-    rows.append(
-        dict(
-            path=p,
-            shape=shape,
-            view=view,
-            norm=_norm_name(g.norm),
-            radius=g.radius,
-            lr_mult=g.lr_mult,
-            decay="-" if decay is None else decay,
-            state="-" if state_dtype is None else np.dtype(state_dtype).name,
-        )
-    )
-  if verbose:
-    print(rows)
-  return rows
+  spectral = Group(norms_lib.Spectral(input_layer=input_layer), radius=radius, role="hidden",
+                   evidence="name rule")
 
+  def fallback(path, leaf):
+    nd = len(getattr(leaf, "shape", ()))
+    role = _named_role(path, nd)
+    if nd == 2 and role == "hidden":
+      return spectral
+    return Group(None, role=role, evidence="name rule")
 
-def _norm_name(n: norms_lib.Norm) -> str:
-  """``Spectral`` or ``ColNorm(scaled=False)``: the class name plus non-default flags."""
-  flags = []
-  for f in dataclasses.fields(n):
-    v = getattr(n, f.name)
-    if f.name != "polar" and v != f.default:
-      flags.append(f"{f.name}={v}")
-  return n.name + (f"({', '.join(flags)})" if flags else "")
+  return Rules((), fallback=fallback, strict=True)

@@ -1,9 +1,9 @@
 """Core gradient transformations: LMO per leaf, radius, momentum, constrained decay.
 
 Each is an ``optax.GradientTransformationExtraArgs``; the optimizers in
-``alias.py`` only chain them. A step of the template (SPEC section 1) is::
+``alias.py`` only chain them. A step of the template is::
 
-    momentum(alpha) -> scale_by_norm(norms) -> scale_by_radius(rho)
+    momentum(beta) -> scale_by_norm(norms) -> scale_by_radius(rho)
       [-> add_constrained_decay(1.0)]  -> optax.scale_by_learning_rate(lr)
 """
 
@@ -22,39 +22,39 @@ from optax_lmo._src.norms import Norm, Sign, Spectral
 from optax_lmo._src.polar import Polar
 from optax_lmo._src.spec import MatrixSpec
 
-PerLeaf = Any  # a value, a pytree of values matching the updates, or a callable updates -> pytree
+PerLeaf = Any  # one value for every leaf, or a pytree of values matched to the updates by path
 
 
 def per_leaf(x: PerLeaf, updates, *, kind: type | tuple = (), what: str = "value") -> list:
-  """Flattens ``x`` to one entry per leaf of ``updates``.
+  """One entry of ``x`` per leaf of ``updates``.
 
-  ``x`` is a single value of type ``kind`` (broadcast to every leaf), ``None``
-  (every leaf gets ``None``), a callable ``updates -> pytree``, or a pytree with
-  the structure of ``updates`` whose leaves may be ``None``.
+  ``x`` is ``None`` (every leaf gets ``None``), a single value (a number, an
+  array or an instance of ``kind``: broadcast to every leaf), or a pytree whose
+  leaves are matched to the leaves of ``updates`` by path, so a tree built for
+  the whole parameter tree also serves a masked part of it (``optax.partition``).
+  ``None`` entries leave a leaf alone.
+
+  Raises:
+    ValueError: a leaf of ``updates`` has no entry in ``x``.
   """
-  treedef = jax.tree.structure(updates)
-  n = treedef.num_leaves
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
   if x is None:
-    return [None] * n
-  if kind and isinstance(x, kind):
-    return [x] * n
-  if callable(x) and not isinstance(x, (Norm, MatrixSpec)):
-    x = x(updates)
-  if not isinstance(x, (list, tuple, dict)) and not _is_pytree_node(x):
-    return [x] * n
-  try:
-    return treedef.flatten_up_to(x)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        f"The {what} tree does not match the structure of the updates: {e}. Give one"
-        f" {what} per leaf (None to leave a leaf alone), a single {what}, or a callable"
-        " from the parameter tree to such a tree."
-    ) from None
-
-
-def _is_pytree_node(x) -> bool:
-  leaves = jax.tree.leaves(x, is_leaf=lambda y: y is None)
-  return not (len(leaves) == 1 and leaves[0] is x)
+    return [None] * len(flat)
+  is_value = lambda y: y is None or (bool(kind) and isinstance(y, kind))
+  entries, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=is_value)
+  if jax.tree_util.treedef_is_leaf(treedef):
+    return [x] * len(flat)
+  by_path = {spec_lib.path_str(p): v for p, v in entries}
+  out = []
+  for p, _ in flat:
+    key = spec_lib.path_str(p)
+    if key not in by_path:
+      raise ValueError(
+          f"{key}: the {what} tree has no entry for this leaf of the updates. Give one {what}"
+          " per leaf (None to leave a leaf alone), or a single value for every leaf."
+      )
+    out.append(by_path[key])
+  return out
 
 
 def _check_float(g, path: str):
@@ -87,9 +87,8 @@ def scale_by_norm(
   orthogonalized in one batched call (``batch=True``), then unstacked.
 
   Args:
-    norms: a :class:`~optax_lmo.norms.Norm` for every leaf, a pytree of norms
-      (``None`` leaves pass through untouched) or a callable from the updates
-      (shaped like the parameters) to such a pytree.
+    norms: a :class:`~optax_lmo.norms.Norm` for every leaf, or a pytree of norms
+      matched to the updates by path (``None`` leaves pass through untouched).
     specs: a :class:`~optax_lmo.MatrixSpec` per leaf, in the same forms; ``None``
       takes each norm's default view (an error for ndim >= 3 matrix norms).
     dual_clip: ``None``, or the radius per leaf for the clipped step.
@@ -225,8 +224,8 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
   r"""Multiplies each leaf by its radius ``rho``: ``u <- rho * u``.
 
   Args:
-    radius: one number, a pytree of numbers matching the updates (``None``
-      leaves are left alone), or a callable from the updates to such a pytree.
+    radius: one number (or array), or a pytree of them matched to the updates
+      by path (``None`` leaves are left alone).
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
@@ -257,32 +256,50 @@ class MomentumState(NamedTuple):
   """State of :func:`momentum`."""
 
   count: chex.Array  # [], int32: steps taken
-  trace: optax.Updates  # like params, mu_dtype: the averaged gradient d
+  trace: optax.Updates  # like params; mu_dtype, or float32 for low-precision params: d
+
+
+def state_dtype(dtype, mu_dtype=None):
+  """The dtype of optimizer state for a leaf of ``dtype``.
+
+  ``mu_dtype`` when given; otherwise the leaf's own dtype, except float32 for
+  floating-point dtypes narrower than 32 bits (bfloat16, float16).
+  """
+  if mu_dtype is not None:
+    return jnp.dtype(mu_dtype)
+  dtype = jnp.dtype(dtype)
+  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+    return jnp.dtype(jnp.float32)
+  return dtype
 
 
 def momentum(
-    alpha: chex.Numeric = 0.1,
+    beta: chex.Numeric = 0.9,
     *,
     nesterov: bool = False,
     bias_correction: bool = False,
-    mu_dtype: Any = jnp.float32,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Momentum as an exponential average in the SPEC's ``alpha`` convention.
+  r"""Momentum as an exponential moving average, in optax's convention.
 
   .. math::
-    d \leftarrow (1 - \alpha)\, d + \alpha\, g, \qquad
-    \text{output } d \text{ (or } (1-\alpha)\, d + \alpha\, g \text{ with Nesterov)}
+    d \leftarrow \beta\, d + (1 - \beta)\, g, \qquad
+    \text{output } d \text{ (or } \beta\, d + (1-\beta)\, g \text{ with Nesterov)}
 
-  ``alpha = 1 - beta``; ``alpha = 1`` is no momentum. The state is created
-  eagerly as zeros shaped (and sharded) like the parameters, in ``mu_dtype``.
+  ``beta`` is the decay of the running average, as in ``optax.sgd(momentum=0.9)``
+  and ``optax.contrib.muon(beta=0.95)``; ``beta = 0`` is no momentum. The Scion
+  paper's ``alpha`` is ``1 - beta`` (its ``momentum=0.1`` is ``beta=0.9`` here).
+  The state is created eagerly as zeros shaped (and sharded) like the parameters.
 
   Args:
-    alpha: weight of the new gradient, in ``(0, 1]``.
-    nesterov: feed ``(1 - alpha) d + alpha g`` forward (Muon, Disco).
-    bias_correction: divide by ``1 - (1 - alpha)^t`` as Adam does (``t`` the step;
+    beta: decay of the running average, in ``[0, 1)``; may be a traced value
+      (``optax.inject_hyperparams``).
+    nesterov: feed ``beta d + (1 - beta) g`` forward (Muon, Disco).
+    bias_correction: divide by ``1 - beta^t`` as Adam does (``t`` the step;
       with Nesterov the ``d`` term uses ``t + 1``), as ``optax.contrib.muon``
       does. LMOs are scale invariant, so this only matters with Nesterov.
-    mu_dtype: dtype of the trace (float32 by default; ``None`` keeps the params').
+    mu_dtype: dtype of the trace; ``None``: the parameter's dtype, float32 for
+      bfloat16 and float16 parameters (see :func:`state_dtype`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with :class:`MomentumState`.
@@ -296,31 +313,34 @@ def momentum(
     >>> u.tolist()
     [0.75]
   """
-  if not isinstance(alpha, jax.Array) and not 0.0 < float(alpha) <= 1.0:
-    raise ValueError(f"momentum alpha must be in (0, 1] (alpha = 1 - beta), got {alpha}.")
+  if isinstance(beta, (int, float)) and not 0.0 <= float(beta) < 1.0:
+    raise ValueError(
+        f"momentum beta must be in [0, 1) (the decay of the running average, as in optax;"
+        f" beta=0.9 keeps 90% of it), got {beta}."
+    )
 
   def init_fn(params):
-    dt = lambda p: p.dtype if mu_dtype is None else mu_dtype
     return MomentumState(
         count=jnp.zeros([], jnp.int32),
-        trace=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt(p)), params),
+        trace=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype(p.dtype, mu_dtype)),
+                           params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    a = jnp.asarray(alpha, jnp.float32)
+    b = jnp.asarray(beta, jnp.float32)
     count = optax.safe_increment(state.count)
     f32 = lambda x: x.astype(jnp.float32)
     trace = jax.tree.map(
-        lambda g, d: ((1 - a) * f32(d) + a * f32(g)).astype(d.dtype), updates, state.trace
+        lambda g, d: (b * f32(d) + (1 - b) * f32(g)).astype(d.dtype), updates, state.trace
     )
     # Bias-correction denominators 1 - beta^t (ones when switched off).
     t = count.astype(jnp.float32)
-    c_g = 1 - (1 - a) ** t if bias_correction else 1.0
-    c_d = (1 - (1 - a) ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
+    c_g = 1 - b**t if bias_correction else 1.0
+    c_d = (1 - b ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
     if nesterov:
       out = jax.tree.map(
-          lambda g, d: ((1 - a) * f32(d) / c_d + a * f32(g) / c_g).astype(g.dtype),
+          lambda g, d: (b * f32(d) / c_d + (1 - b) * f32(g) / c_g).astype(g.dtype),
           updates,
           trace,
       )
@@ -345,8 +365,8 @@ def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
   ``rho / mu`` and learning rate ``mu * gamma``).
 
   Args:
-    weight_decay: one number, a pytree matching the params (``None``: no decay
-      on that leaf), or a callable from the updates to such a pytree.
+    weight_decay: one number (or array), or a pytree of them matched to the
+      updates by path (``None``: no decay on that leaf).
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol

@@ -1,0 +1,149 @@
+"""``describe``: the table of what every leaf gets, read from the optimizer's own state."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+import jax
+import numpy as np
+
+from optax_lmo._src import norms as norms_lib
+from optax_lmo._src import rules as rules_lib
+from optax_lmo._src import spec as spec_lib
+from optax_lmo._src import transforms
+from optax_lmo._src.route import RouteState, Routing
+
+
+class Description:
+  """Rows of :func:`describe`: prints as a text table, displays as HTML in a notebook.
+
+  Indexing and iteration give the rows (dicts with the keys in :attr:`columns`).
+  """
+
+  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "decay", "state", "role",
+             "evidence")
+
+  def __init__(self, rows: list[dict]):
+    self.rows = rows
+    # role and evidence only when some leaf states them (inferred or name rules).
+    self.columns = tuple(
+        c for c in self.COLUMNS
+        if c not in ("role", "evidence") or any(r.get(c) not in (None, "", "-") for r in rows)
+    )
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __iter__(self):
+    return iter(self.rows)
+
+  def __getitem__(self, i):
+    return self.rows[i]
+
+  def __str__(self):
+    rows = [self.columns] + [tuple(str(r[c]) for c in self.columns) for r in self.rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+  __repr__ = __str__
+
+  def _repr_html_(self):
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in self.columns) + "</tr>"
+        for r in self.rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def describe(tx_or_rules: Any, params: Any) -> Description:
+  """One row per leaf: path, shape, matrix view, norm, radius, lr multiplier, decay, state dtype.
+
+  Reads the routing from the optimizer itself: works on any optax chain,
+  wrapper (``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...) or
+  partition that contains an optimizer of this library (``jax.eval_shape`` of
+  its ``init``: nothing is computed). Leaves that no routed transformation
+  handles show the fallback (``AdamW`` in :func:`~optax_lmo.muon`) or ``-``.
+
+  Args:
+    tx_or_rules: an optimizer (any ``optax.GradientTransformation`` containing
+      one of ours), or a :class:`~optax_lmo.Rules` (or a rule list).
+    params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``).
+
+  Returns:
+    A :class:`Description`: ``print(d)`` gives the text table, a notebook shows
+    it as HTML, ``d[i]["norm"]`` reads a cell.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, optax_lmo as ol
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), ol.scion(0.1))
+    >>> d = ol.describe(tx, {"w": jnp.zeros((4, 8))})
+    >>> d[0]["norm"], d[0]["view"], d[0]["radius"]
+    ('Spectral', '4x8', 1.0)
+  """
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  if hasattr(tx_or_rules, "init") and hasattr(tx_or_rules, "update"):
+    state = jax.eval_shape(tx_or_rules.init, params)
+    routings = [
+        s.routing for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, RouteState))
+        if isinstance(s, RouteState)
+    ]
+    if not routings:
+      raise ValueError(
+          "describe() found no optax_lmo optimizer in this transformation (no state of"
+          " ol.route / scion / muon / ...); pass the optimizer that contains one, or Rules."
+      )
+  else:
+    rules = rules_lib.as_rules(tx_or_rules)
+    routings = [Routing(rules.plan(params), "rules", None, None, None)]
+  by_path: dict[str, tuple[Routing, rules_lib.Group | None]] = {}
+  for routing in routings:
+    for path, g in zip(routing.plan.paths, routing.plan.groups, strict=True):
+      by_path.setdefault(path, (routing, g))
+  rows = []
+  for key_path, leaf in flat:
+    path = spec_lib.path_str(key_path)
+    shape = tuple(np.shape(leaf))
+    routing, g = by_path.get(path, (None, None))
+    rows.append(_row(path, shape, getattr(leaf, "dtype", None), routing, g))
+  return Description(rows)
+
+
+def _row(path, shape, dtype, routing: Routing | None, g) -> dict:
+  row = dict(path=path, shape=shape, view="-", norm="-", radius="-", lr_mult="-", decay="-",
+             state="-", role="-", evidence="-")
+  if g is not None:
+    row.update(role=g.role or "-", evidence=g.evidence or "-")
+  if g is None or g.norm is None:
+    if routing is not None and routing.fallback:
+      row["norm"] = routing.fallback
+    return row
+  decay = g.decay
+  if decay is None and routing is not None and routing.name != "rules":
+    decay = "injected" if routing.decay is None else routing.decay
+  state = "-"
+  if routing is not None and routing.name != "rules" and dtype is not None:
+    state = transforms.state_dtype(dtype, routing.mu_dtype).name
+  row.update(
+      view=g.norm.view(shape, g.spec, path).describe(shape),
+      norm=_norm_name(g.norm),
+      radius=g.radius,
+      lr_mult=g.lr_mult,
+      decay="-" if decay is None else decay,
+      state=state,
+  )
+  return row
+
+
+def _norm_name(n: norms_lib.Norm) -> str:
+  """``Spectral`` or ``ColNorm(scaled=False)``: the class name plus non-default flags."""
+  flags = []
+  for f in dataclasses.fields(n):
+    v = getattr(n, f.name)
+    if f.name != "polar" and v != f.default:
+      flags.append(f"{f.name}={v}")
+  return n.name + (f"({', '.join(flags)})" if flags else "")
