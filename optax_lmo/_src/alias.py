@@ -21,8 +21,6 @@ References:
   ICML 2025, arXiv:2502.07529.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import chex
