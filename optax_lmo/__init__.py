@@ -1,6 +1,7 @@
 """optax_lmo: LMO-based optimizers (Scion, unconstrained Scion, Muon, ...) for JAX and Optax."""
 
 from optax_lmo import norms
+from optax_lmo._src.adaptive_batch import AdaptiveBatchState, adaptive_batch
 from optax_lmo._src.alias import (
     muon,
     normalized_sgd,
@@ -40,6 +41,8 @@ from optax_lmo._src.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveBatchState",
+    "adaptive_batch",
     "COEFFICIENTS",
     "Coefficients",
     "Description",

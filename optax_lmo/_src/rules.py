@@ -222,7 +222,8 @@ def _named_role(path: str, ndim: int) -> str:
 
 
 def _warn_without_head(plan: Plan) -> None:
-  if plan.groups and not any(g is not None and g.role == "output" for g in plan.groups):
+  roles = {g.role for g in plan.groups if g is not None}
+  if "hidden" in roles and "output" not in roles:
     warnings.warn(
         "default_rules found no output head (no leaf under head / lm_head / unembed or a"
         " top-level output): every 2-D leaf gets the hidden Spectral norm, which trains a"
