@@ -195,6 +195,63 @@ def test_scion_norm_row_matches_reference(row, unconstrained):
     _close(to_torch(a["w"], layout), b["w"], f"{what}, step {t + 1}")
 
 
+def ref_scion_init(name, kwargs, shape, scale, rng):
+  """``norm_dict[name](**kwargs).init(w)`` then ``w *= scale``, as ``Scion.init()`` does."""
+  if name == "ColNorm":
+    t = kwargs.get("transpose", False)
+    w = rng.normal(size=shape[::-1] if t else shape)
+    w = w / np.linalg.norm(w, axis=0, keepdims=True) * np.sqrt(w.shape[0])
+    if kwargs.get("normalized", False):
+      w = w / w.shape[1]
+    w = w.T if t else w
+  elif name == "RowNorm":
+    w = rng.normal(size=shape)
+    w = w / np.linalg.norm(w, axis=-1, keepdims=True)
+    if kwargs.get("normalized", True):
+      w = w / np.sqrt(w.shape[-1])
+  elif name == "Spectral":
+    d_out, d_in = shape
+    q, r = np.linalg.qr(rng.normal(size=(max(shape), min(shape))))
+    w = (q * np.sign(np.diag(r))) if d_out >= d_in else (q * np.sign(np.diag(r))).T
+    factor = np.sqrt(d_out / d_in) if kwargs.get("normalized", True) else np.sqrt(d_out)
+    w = w * (max(1.0, factor) if kwargs.get("max", False) else factor)
+  elif name == "Sign":
+    w = rng.integers(0, 2, size=shape) * 2.0 - 1.0
+    if kwargs.get("normalized", True):
+      w = w / shape[1]
+  elif name == "BiasRMS":
+    w = np.zeros(shape)
+  else:
+    raise AssertionError(name)
+  return w * scale
+
+
+def _geometry(norm, w_flax):
+  """What an init of this norm fixes: row norms, column norms, |entries|, singular values."""
+  w = np.asarray(w_flax, np.float64)
+  if isinstance(norm, norms.ColNorm):
+    return np.linalg.norm(w, axis=1)
+  if isinstance(norm, norms.RowNorm):
+    return np.linalg.norm(w, axis=0)
+  if isinstance(norm, norms.Sign):
+    return np.abs(w).ravel()
+  if isinstance(norm, norms.Spectral):
+    return np.linalg.svd(w, compute_uv=False)
+  return w.ravel()
+
+
+@pytest.mark.parametrize("row", NORM_ROWS, ids=[r[0] for r in NORM_ROWS])
+def test_init_params_has_the_reference_init_geometry(row):
+  """``ol.init_params`` with the ported rules draws what ``Scion.init()`` draws (up to the
+  random draw): the same row norms, column norms, entry sizes or singular values."""
+  what, name, kwargs, shape, scale, group, layout = row
+  ref = to_flax(ref_scion_init(name, kwargs, shape, scale, np.random.default_rng(0)), layout)
+  g = group(shape)
+  ours = ol.init_params(ol.Rules([(r"^w$", g)]), {"w": jnp.zeros(ref.shape)}, jax.random.key(0))
+  np.testing.assert_allclose(np.sort(_geometry(g.norm, ours["w"])),
+                             np.sort(_geometry(g.norm, ref)), rtol=1e-5, atol=1e-6, err_msg=what)
+
+
 # A small torch-layout GPT-like model in the reference's param-group style.
 TORCH_SHAPES = {
     "wte": (64, 16),  # nn.Embedding(vocab=64, d=16)
