@@ -1,0 +1,41 @@
+"""The documentation builds with warnings as errors, and its API page lists every public name."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import optax_lmo
+import optax_lmo.norms
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def test_api_page_documents_every_public_name():
+  api = (DOCS / "api.rst").read_text(encoding="utf-8")
+  documented, module = set(), "optax_lmo"
+  for line in api.splitlines():
+    if m := re.match(r"\.\. currentmodule:: (\S+)", line):
+      module = m.group(1)
+    elif m := re.match(r"\.\. (?:auto\w+|py:\w+):: (\S+)", line):
+      documented.add(f"{module}.{m.group(1)}")
+  public = {f"optax_lmo.{n}" for n in optax_lmo.__all__ if n != "norms"}
+  public |= {f"optax_lmo.norms.{n}" for n in optax_lmo.norms.__all__}
+  assert not public - documented, f"docs/api.rst lacks {sorted(public - documented)}"
+
+
+def test_sphinx_build_has_no_warnings(tmp_path):
+  pytest.importorskip("sphinx")
+  pytest.importorskip("myst_nb")
+  pytest.importorskip("furo")
+  result = subprocess.run(
+      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+       "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  for page in ("index", "quickstart", "porting", "radii", "api"):
+    assert (tmp_path / "html" / f"{page}.html").exists(), page
