@@ -60,13 +60,32 @@ def _flat(tree):
   }
 
 
-@pytest.mark.parametrize("constrained", [True, False])
-def test_two_steps_match_numpy(constrained):
+def _decayed_rules():  # the same groups, one with its own decay
+  return ol.Rules(tuple(
+      (p, ol.Group(g.norm, g.radius, g.lr_mult, decay=0.0)) if p == r"fc/kernel$" else (p, g)
+      for p, g in _rules().rules
+  ))
+
+
+# (optimizer, its kwargs, each leaf's decay mu in W <- W - gamma (rho lmo(d) + mu W))
+STEP_CASES = {
+    "scion": (ol.scion, {"rules": _rules()}, lambda k: 1.0),
+    "scion_group_decay": (ol.scion, {"rules": _decayed_rules()},
+                          lambda k: 0.0 if k == "fc/kernel" else 1.0),
+    "unconstrained": (ol.unconstrained_scion, {"rules": _rules()}, lambda k: 0.0),
+    "unconstrained_decay": (ol.unconstrained_scion, {"rules": _rules(), "weight_decay": 0.3},
+                            lambda k: 0.3),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_two_steps_match_numpy(case):
   params = _mlp_params(jax.random.key(0))
   g1 = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape), params)
   g2 = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape) + 0.5, params)
-  lr, alpha = 0.05, 0.1
-  tx = ol.scion(lr, rules=_rules(), momentum=alpha, constrained=constrained)
+  lr, beta = 0.05, 0.9
+  factory, kwargs, decay = STEP_CASES[case]
+  tx = factory(lr, beta=beta, **kwargs)
   state = tx.init(params)
   step = jax.jit(tx.update)
   p = params
@@ -77,10 +96,9 @@ def test_two_steps_match_numpy(constrained):
   w, d = _flat(params), {k: 0.0 for k in _flat(params)}
   for g in (_flat(g1), _flat(g2)):
     for k in w:
-      d[k] = (1 - alpha) * d[k] + alpha * g[k]
+      d[k] = beta * d[k] + (1 - beta) * g[k]
       gamma = lr * LR_MULT[k]
-      shrink = (1 - gamma) if constrained else 1.0
-      w[k] = shrink * w[k] - gamma * RADIUS[k] * np_lmo(k, d[k])
+      w[k] = (1 - gamma * decay(k)) * w[k] - gamma * RADIUS[k] * np_lmo(k, d[k])
   got = _flat(p)
   for k in w:
     np.testing.assert_allclose(got[k], w[k], atol=1e-5, rtol=1e-5, err_msg=k)
@@ -175,7 +193,7 @@ def test_three_decay_spellings_agree():
 def test_constrained_scion_stays_in_ball():
   """200 steps with wild gradients: every leaf ends inside its ball, norm <= rho (1 + 1e-5)."""
   params = _mlp_params(jax.random.key(7))
-  tx = ol.scion(0.05, rules=_rules(), momentum=0.5)
+  tx = ol.scion(0.05, rules=_rules(), beta=0.5)
   state = tx.init(params)
 
   @jax.jit
@@ -199,7 +217,7 @@ def test_constrained_scion_stays_in_ball():
 def test_clipped_step_is_min_of_radius_and_dual_norm():
   w = {"w": jnp.zeros((8, 16))}
   rules = ol.Rules((), fallback=lambda p, x: ol.Group(norms.Spectral(polar=SVD), radius=2.0))
-  tx = ol.unconstrained_scion(1.0, rules=rules, momentum=1.0, clip_to_dual_norm=True)
+  tx = ol.unconstrained_scion(1.0, rules=rules, beta=0.0, clip_to_dual_norm=True)
   g = jax.random.normal(jax.random.key(8), (8, 16))
   dual = float(norms.Spectral(polar=SVD).dual_norm(g))
   for scale in (1e-3 / dual, 100.0 / dual):  # dual norm far below / far above rho = 2
@@ -220,20 +238,22 @@ def _regression():
 
 
 ALIASES = {
-    "scion": lambda s: ol.scion(s, rules=ol.default_rules(hidden_radius=4.0), momentum=0.5),
-    "unconstrained_scion": lambda s: ol.unconstrained_scion(s, momentum=0.5),
-    "muon": lambda s: ol.muon(s, adam_learning_rate=0.05),
-    "sign_descent": lambda s: ol.sign_descent(s, momentum=0.5),
-    "normalized_sgd": lambda s: ol.normalized_sgd(s, momentum=0.5),
+    "scion": (ol.scion, {"rules": ol.default_rules(hidden_radius=4.0), "beta": 0.5}),
+    "unconstrained_scion": (ol.unconstrained_scion, {"beta": 0.5}),
+    "muon": (ol.muon, {"adam_learning_rate": 0.05}),
+    "sign_descent": (ol.sign_descent, {"beta": 0.5}),
+    "normalized_sgd": (ol.normalized_sgd, {"beta": 0.5}),
 }
 
 
+@pytest.mark.filterwarnings("ignore:default_rules found no output head")  # w is the head
 @pytest.mark.parametrize("name", sorted(ALIASES))
 def test_alias_solves_toy_regression(name):
   loss, params = _regression()
   sched = optax.linear_schedule(0.1, 0.0, 400) if name != "scion" else optax.linear_schedule(
       0.2, 0.0, 400)
-  tx = ALIASES[name](sched)
+  factory, kwargs = ALIASES[name]
+  tx = factory(sched, **kwargs)
   state = tx.init(params)
 
   @jax.jit
@@ -251,17 +271,30 @@ def test_alias_solves_toy_regression(name):
 
 def test_describe_lists_every_leaf():
   params = _mlp_params(jax.random.key(0))
-  rows = ol.describe(ol.scion(0.1, rules=_rules()), params, verbose=False)
+  rows = ol.describe(ol.scion(0.1, rules=_rules()), params)
   got = {r["path"]: r for r in rows}
   assert set(got) == {"embed/embedding", "fc/kernel", "fc/bias", "head/kernel"}
   assert got["fc/kernel"]["norm"] == "Spectral" and got["fc/kernel"]["view"] == "8x32"
   assert got["fc/kernel"]["radius"] == 3.0 and got["fc/kernel"]["lr_mult"] == 0.5
   assert got["head/kernel"]["norm"] == "RowNorm" and got["head/kernel"]["decay"] == 1.0
   assert got["embed/embedding"]["state"] == "float32"
+  assert [r["path"] for r in rows] == [
+      "/".join(str(k.key) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+  ]  # in the parameters' flattening order
   table = str(rows)
   assert "fc/kernel" in table and "Spectral" in table
-  muon_rows = ol.describe(ol.muon(0.1), params, verbose=False)
-  assert {r["path"]: r["norm"] for r in muon_rows}["embed/embedding"] == "AdamW"
+  muon_rows = {r["path"]: r for r in ol.describe(ol.muon(0.1), params)}
+  assert muon_rows["embed/embedding"]["norm"] == "AdamW"
+  assert muon_rows["fc/kernel"]["norm"] == "Spectral" and muon_rows["fc/kernel"]["decay"] == 0.0
+  # The decay column reads the optimizer's own default, and a group's override.
+  u = {r["path"]: r for r in ol.describe(ol.unconstrained_scion(0.1, rules=_decayed_rules(),
+                                                                  weight_decay=0.3), params)}
+  assert u["head/kernel"]["decay"] == 0.3 and u["fc/kernel"]["decay"] == 0.0
+  # bf16 parameters: the state column shows the float32 momentum; mu_dtype overrides it.
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+  assert {r["state"] for r in ol.describe(ol.scion(0.1, rules=_rules()), p16)} == {"float32"}
+  assert {r["state"] for r in ol.describe(ol.scion(0.1, rules=_rules(), mu_dtype=jnp.bfloat16),
+                                          params)} == {"bfloat16"}
 
 
 def test_strict_rules_name_the_unmatched_leaf():
@@ -269,14 +302,14 @@ def test_strict_rules_name_the_unmatched_leaf():
   rules = [(r"kernel$", ol.Group(norms.Spectral()))]
   tx = ol.scion(0.1, rules=rules)
   with pytest.raises(ValueError, match="embed/embedding: no rule matches"):
-    tx.update(params, tx.init(params), params)
+    tx.init(params)  # at init, before any step
 
 
 def test_ndim3_without_spec_is_an_error_naming_the_leaf():
   params = {"blocks": {"kernel": jnp.zeros((2, 8, 8))}}
   tx = ol.scion(0.1)
   with pytest.raises(ValueError, match="blocks/kernel: ndim 3 needs a MatrixSpec"):
-    tx.update(params, tx.init(params), params)
+    tx.init(params)
   spec = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
   tx = ol.scion(0.1, rules=[("kernel", ol.Group(norms.Spectral(polar=SVD), spec=spec))])
   g = {"blocks": {"kernel": jax.random.normal(jax.random.key(0), (2, 8, 8))}}
@@ -289,10 +322,14 @@ def test_ndim3_without_spec_is_an_error_naming_the_leaf():
 def test_gpt_rules_route_the_example_names():
   params = _gpt_tree(jax.random.key(0))
   params["blocks"]["0"]["attn"]["qkv"]["bias"] = jnp.zeros(96)
-  rows = {r["path"]: r for r in ol.describe(ol.gpt_rules(), params, verbose=False)}
+  rows = {r["path"]: r for r in ol.describe(ol.gpt_rules(), params)}
   assert rows["embed/embedding"]["norm"] == "ColNorm"
   assert rows["head/kernel"]["norm"] == "RowNorm" and rows["head/kernel"]["radius"] == 10.0
   assert rows["blocks/0/attn/qkv/kernel"]["norm"] == "Spectral"
   assert rows["blocks/0/attn/qkv/bias"]["norm"] == "BiasRMS"
   assert rows["final_norm/scale"]["norm"] == "BiasRMS"
-  assert ol.describe(ol.gpt_rules(output_norm="sign"), params, verbose=False)[-1]["norm"]
+  assert rows["blocks/0/attn/qkv/kernel"]["radius"] == 3.0
+  assert len(rows) == len(jax.tree.leaves(params))
+  sign = {r["path"]: r for r in ol.describe(ol.gpt_rules(output_norm="sign"), params)}
+  assert sign["head/kernel"]["norm"] == "Sign" and sign["head/kernel"]["radius"] == 10.0
+  assert sign["embed/embedding"]["norm"] == "ColNorm"

@@ -77,8 +77,8 @@ def test_zero_gradient_with_dual_clip_is_zero_not_nan():
 
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 def test_extreme_gradient_scale_gives_the_same_step(scale):
-  """Momentum 1 (no averaging): the step only depends on the direction of g."""
-  tx = ol.unconstrained_scion(0.1, momentum=1.0, polar=SVD)
+  """beta = 0 (no averaging): the step only depends on the direction of g."""
+  tx = ol.unconstrained_scion(0.1, beta=0.0, polar=SVD)
   ref, _ = tx.update(_grads(), tx.init(_params()), _params())
   u, _ = tx.update(_grads(scale), tx.init(_params()), _params())
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), u, ref)
@@ -125,7 +125,14 @@ def test_low_precision_params_and_grads(dtype):
   u, state = jax.jit(tx.update)(grads, state, params)
   for x in jax.tree.leaves(u):
     assert x.dtype == dtype and bool(jnp.all(jnp.isfinite(x)))
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state[0].trace))
+  trace = optax.tree_utils.tree_get(state, "trace")  # the momentum buffers
+  assert jax.tree.structure(trace) == jax.tree.structure(params)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(trace))
+  # An explicit mu_dtype is honoured, and the update still comes back in the leaf's dtype.
+  tx = ol.scion(0.1, mu_dtype=dtype)
+  u, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert all(x.dtype == dtype for x in jax.tree.leaves(optax.tree_utils.tree_get(state, "trace")))
+  assert all(x.dtype == dtype and bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
@@ -170,7 +177,7 @@ def test_gradient_tree_not_matching_params():
 
 def test_norm_tree_not_matching_updates_names_the_problem():
   tx = ol.scale_by_norm({"a": norms.Spectral()})
-  with pytest.raises(ValueError, match="norm tree does not match"):
+  with pytest.raises(ValueError, match="b: the norm tree has no entry for this leaf"):
     tx.update({"a": jnp.ones((2, 2)), "b": jnp.ones(2)}, None)
 
 
@@ -189,14 +196,57 @@ def test_rank1_and_rank0_leaf_to_spectral_names_the_leaf(shape):
 
 
 def test_ndim3_without_spec_in_strict_rules():
-  params = {"experts": {"kernel": jnp.ones((4, 8, 8))}}
+  params = {"experts": {"kernel": jnp.ones((4, 8, 8))}, "head": {"kernel": jnp.ones((8, 4))}}
+  tx = ol.scion(0.1)  # building never looks at the parameters
+  with pytest.raises(ValueError, match="experts/kernel: ndim 3 needs a MatrixSpec") as e:
+    tx.init(params)
+  assert "infer_rules" in str(e.value) and "SpectralConv" not in str(e.value)
   with pytest.raises(ValueError, match="experts/kernel: ndim 3 needs a MatrixSpec"):
-    ol.describe(ol.scion(0.1), params, verbose=False)
+    ol.describe(tx, params)
+
+
+def test_conv_kernel_without_rule_points_to_spectral_conv():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8))}, "head": {"kernel": jnp.ones((8, 4))}}
+  with pytest.raises(ValueError, match="conv/kernel: ndim 4 needs a MatrixSpec") as e:
+    ol.scion(0.1).init(params)
+  assert "SpectralConv" in str(e.value) and "infer_rules" in str(e.value)
+  # An explicit rule whose norm cannot view the 4-D leaf says the same.
+  tx = ol.scion(0.1, rules=[(r"kernel$", ol.Group(norms.Spectral()))])
+  with pytest.raises(ValueError, match="conv/kernel") as e:
+    tx.init(params)
+  assert "SpectralConv" in str(e.value) and "infer_rules" in str(e.value)
 
 
 def test_unmatched_leaf_in_strict_rules():
+  tx = ol.scion(0.1, rules=[(r"kernel$", ol.Group(norms.Spectral()))])
+  with pytest.raises(ValueError, match="embed/embedding: no rule matches") as e:
+    tx.init(_params())
+  assert "infer_rules" in str(e.value)
   with pytest.raises(ValueError, match="embed/embedding: no rule matches"):
-    ol.describe([(r"kernel$", ol.Group(norms.Spectral()))], _params(), verbose=False)
+    ol.describe([(r"kernel$", ol.Group(norms.Spectral()))], _params())
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [(ol.scion, "scion"), (ol.unconstrained_scion, "unconstrained_scion"),
+     (ol.sign_descent, "sign_descent"), (ol.normalized_sgd, "normalized_sgd")],
+)
+def test_integer_parameter_is_refused_at_init_naming_the_optimizer(make, name):
+  params = {"w": jnp.ones((4, 4)), "step": {"count": jnp.arange(3)}}
+  rules = [(r"^w$", ol.Group(norms.Spectral())), (r"count", ol.Group(norms.BiasRMS()))]
+  tx = make(0.1, rules=rules) if "scion" in name else make(0.1)
+  with pytest.raises(TypeError, match=f"step/count: {name} needs floating-point parameters"):
+    tx.init(params)
+
+
+def test_norm_less_group_is_refused_at_init_by_scion_not_muon():
+  params = {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}
+  rules = [(r"^w$", ol.Group(norms.Spectral())), (r"^b$", ol.Group(None))]
+  with pytest.raises(ValueError, match="b: scion needs a norm for every leaf"):
+    ol.scion(0.1, rules=rules).init(params)
+  tx = ol.muon(0.1, rules=rules)  # muon sends the norm-less leaf to AdamW
+  u, _ = tx.update(params, tx.init(params), params)
+  assert bool(jnp.all(jnp.isfinite(u["b"])))
 
 
 # -- invalid configuration --------------------------------------------------------------
@@ -250,10 +300,19 @@ def test_zero_radius_gives_zero_step():
   assert bool(jnp.all(u["fc"]["kernel"] == 0))
 
 
-@pytest.mark.parametrize("alpha", [0.0, -0.1, 1.5])
-def test_momentum_out_of_range(alpha):
-  with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\]"):
-    ol.momentum(alpha)
+@pytest.mark.parametrize("beta", [1.0, -0.1, 1.5])
+def test_momentum_out_of_range(beta):
+  with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
+    ol.momentum(beta)
+  for make in (ol.scion, ol.unconstrained_scion, ol.sign_descent, ol.normalized_sgd, ol.muon):
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
+      make(0.1, beta=beta).init(_params())  # at the latest when the tree is known
+
+
+def test_momentum_beta_zero_is_valid():
+  tx = ol.momentum(0.0)
+  g = jnp.arange(3.0)
+  np.testing.assert_array_equal(tx.update(g, tx.init(g))[0], g)
 
 
 def test_unknown_output_norm_name():

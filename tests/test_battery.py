@@ -2,6 +2,7 @@
 
 import tempfile
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,17 +13,35 @@ from flax import nnx
 
 import optax_lmo as ol
 
-OPTIMIZERS = {
-    "scion": lambda learning_rate: ol.scion(learning_rate),
-    "scion_clipped": lambda learning_rate: ol.scion(learning_rate, clip_to_dual_norm=True),
-    "unconstrained_scion": lambda learning_rate: ol.unconstrained_scion(
-        learning_rate, weight_decay=0.01
-    ),
-    "muon": lambda learning_rate: ol.muon(learning_rate),
-    "sign_descent": lambda learning_rate: ol.sign_descent(learning_rate),
-    "normalized_sgd": lambda learning_rate: ol.normalized_sgd(learning_rate),
+# Each optimizer called through its own signature: (factory, kwargs), as in optax's
+# contrib/_common_test.py.
+OPTIMIZERS = [
+    (ol.scion, {"learning_rate": 0.05}),
+    (ol.scion, {"learning_rate": 0.05, "clip_to_dual_norm": True}),
+    (ol.unconstrained_scion, {"learning_rate": 0.05, "weight_decay": 0.01}),
+    (ol.muon, {"learning_rate": 0.05}),
+    (ol.sign_descent, {"learning_rate": 0.05}),
+    (ol.normalized_sgd, {"learning_rate": 0.05}),
+]
+IDS = ["scion", "scion_clipped", "unconstrained_scion", "muon", "sign_descent", "normalized_sgd"]
+each_optimizer = pytest.mark.parametrize("factory, kwargs", OPTIMIZERS, ids=IDS)
+
+# Every numeric hyperparameter of each factory: (value to start from, value to switch to).
+HYPERPARAMS = {
+    ol.scion: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3)},
+    ol.unconstrained_scion: {
+        "learning_rate": (0.05, 0.02), "beta": (0.9, 0.3), "weight_decay": (0.01, 0.5),
+    },
+    ol.muon: {
+        "learning_rate": (0.05, 0.02), "beta": (0.95, 0.3), "weight_decay": (0.01, 0.5),
+        "adam_learning_rate": (0.01, 0.03), "adam_b1": (0.9, 0.5), "adam_b2": (0.999, 0.9),
+        "adam_eps": (1e-8, 1e-1), "adam_weight_decay": (0.01, 0.5),
+    },
+    ol.sign_descent: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3),
+                      "weight_decay": (0.01, 0.5)},
+    ol.normalized_sgd: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3),
+                        "weight_decay": (0.01, 0.5)},
 }
-NAMES = sorted(OPTIMIZERS)
 
 
 def _params(dtype=jnp.float32):
@@ -55,17 +74,17 @@ def _run(tx, params, steps=3):
   return params, state
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_clip_by_global_norm_in_front(name):
-  tx = optax.chain(optax.clip_by_global_norm(1.0), OPTIMIZERS[name](0.05))
+@each_optimizer
+def test_clip_by_global_norm_in_front(factory, kwargs):
+  tx = optax.chain(optax.clip_by_global_norm(1.0), factory(**kwargs))
   p, _ = _run(tx, _params())
   assert _loss(p) < _loss(_params())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_inject_hyperparams_no_retrace(name):
+@each_optimizer
+def test_inject_hyperparams_no_retrace(factory, kwargs):
   traces = []
-  tx = optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=0.05)
+  tx = optax.inject_hyperparams(factory)(**kwargs)
   params = _params()
   state = tx.init(params)
   assert state.hyperparams["learning_rate"].dtype == jnp.float32
@@ -88,9 +107,9 @@ def test_inject_hyperparams_no_retrace(name):
   jax.tree.map(np.testing.assert_array_equal, p3, p2)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_multisteps_accumulates(name):
-  tx = optax.MultiSteps(OPTIMIZERS[name](0.05), every_k_schedule=2)
+@each_optimizer
+def test_multisteps_accumulates(factory, kwargs):
+  tx = optax.MultiSteps(factory(**kwargs), every_k_schedule=2)
   params = _params()
   state = tx.init(params)
   g = jax.grad(_loss)(params)
@@ -100,9 +119,9 @@ def test_multisteps_accumulates(name):
   assert any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u2))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_apply_if_finite_skips_nan_and_keeps_state(name):
-  tx = optax.apply_if_finite(OPTIMIZERS[name](0.05), max_consecutive_errors=3)
+@each_optimizer
+def test_apply_if_finite_skips_nan_and_keeps_state(factory, kwargs):
+  tx = optax.apply_if_finite(factory(**kwargs), max_consecutive_errors=3)
   params = _params()
   state = tx.init(params)
   g = jax.grad(_loss)(params)
@@ -114,18 +133,18 @@ def test_apply_if_finite_skips_nan_and_keeps_state(name):
   assert int(new_state.notfinite_count) == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_partition_with_other_optimizer(name):
+@each_optimizer
+def test_partition_with_other_optimizer(factory, kwargs):
   labels = {"embed": {"embedding": "sgd"}, "fc": {"kernel": "lmo", "bias": "sgd"},
             "head": {"kernel": "lmo"}}
-  tx = optax.partition({"lmo": OPTIMIZERS[name](0.05), "sgd": optax.sgd(0.1)}, labels)
+  tx = optax.partition({"lmo": factory(**kwargs), "sgd": optax.sgd(0.1)}, labels)
   p, _ = _run(tx, _params())
   assert _loss(p) < _loss(_params())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_eval_shape_abstract_init(name):
-  tx = OPTIMIZERS[name](0.05)
+@each_optimizer
+def test_eval_shape_abstract_init(factory, kwargs):
+  tx = factory(**kwargs)
   abstract = jax.eval_shape(tx.init, _params())
   concrete = tx.init(_params())
   assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
@@ -133,10 +152,10 @@ def test_eval_shape_abstract_init(name):
     assert a.shape == c.shape and a.dtype == c.dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bf16_params_fp32_state(name):
+@each_optimizer
+def test_bf16_params_fp32_state(factory, kwargs):
   params = _params(jnp.bfloat16)
-  tx = OPTIMIZERS[name](0.05)
+  tx = factory(**kwargs)
   p, state = _run(tx, params)
   for x in jax.tree.leaves(p):
     assert x.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(x)))
@@ -147,9 +166,9 @@ def test_bf16_params_fp32_state(name):
   assert traces and all(x.dtype == jnp.float32 for x in traces)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_second_jitted_call_does_not_recompile(name):
-  tx = OPTIMIZERS[name](0.05)
+@each_optimizer
+def test_second_jitted_call_does_not_recompile(factory, kwargs):
+  tx = factory(**kwargs)
   params = _params()
   state = tx.init(params)
   step = jax.jit(lambda p, s: tx.update(jax.grad(_loss)(p), s, p))
@@ -160,9 +179,9 @@ def test_second_jitted_call_does_not_recompile(name):
   assert step._cache_size() == size == 1
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_zero_gradients_give_zero_lmo_updates(name):
-  tx = OPTIMIZERS[name](0.05)
+@each_optimizer
+def test_zero_gradients_give_zero_lmo_updates(factory, kwargs):
+  tx = factory(**kwargs)
   params = jax.tree.map(jnp.zeros_like, _params())
   zeros = jax.tree.map(jnp.zeros_like, params)
   u, _ = tx.update(zeros, tx.init(params), params)
@@ -180,10 +199,10 @@ class _MLP(nnx.Module):
     return self.head(jax.nn.relu(self.fc(self.embed(x))))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_nnx_optimizer_and_orbax_roundtrip(name):
+@each_optimizer
+def test_nnx_optimizer_and_orbax_roundtrip(factory, kwargs):
   model = _MLP(nnx.Rngs(0))
-  opt = nnx.Optimizer(model, OPTIMIZERS[name](0.05), wrt=nnx.Param)
+  opt = nnx.Optimizer(model, factory(**kwargs), wrt=nnx.Param)
   x = jnp.arange(12) % 12
 
   @nnx.jit
@@ -208,3 +227,98 @@ def test_nnx_optimizer_and_orbax_roundtrip(name):
   jax.tree.map(np.testing.assert_array_equal, restored, state)
   nnx.update(opt, restored)
   step(model, opt)  # the restored optimizer keeps training
+
+
+def _random_grads(params, seed):
+  return jax.tree.map(
+      lambda p: jax.random.normal(jax.random.key(seed + p.size), p.shape, p.dtype), params
+  )
+
+
+def _differ(a, b, tol=1e-4):
+  return any(not np.allclose(x, y, rtol=tol, atol=tol)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@each_optimizer
+def test_inject_hyperparams_every_numeric_hyperparameter(factory, kwargs):
+  hps = HYPERPARAMS[factory]
+  start = {**kwargs, **{k: v for k, (v, _) in hps.items()}}
+  injected, plain = optax.inject_hyperparams(factory)(**start), factory(**start)
+  params = _params()
+  s_inj, s_plain = injected.init(params), plain.init(params)
+  assert set(s_inj.hyperparams) == set(hps)  # every numeric one, and nothing else
+  assert float(optax.tree_utils.tree_get(s_inj, "learning_rate")) == pytest.approx(0.05)
+  step_inj, step_plain = jax.jit(injected.update), jax.jit(plain.update)
+  p = params
+  for seed in range(3):  # the injected optimizer is the plain one
+    g = _random_grads(p, seed)
+    u_inj, s_inj = step_inj(g, s_inj, p)
+    u_plain, s_plain = step_plain(g, s_plain, p)
+    chex.assert_trees_all_close(u_inj, u_plain, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(s_inj.inner_state, s_plain, rtol=1e-5, atol=1e-6)
+    p = optax.apply_updates(p, u_inj)
+  g = _random_grads(p, 10)
+  u_same, _ = step_inj(g, s_inj, p)
+  for name, (_, new) in hps.items():
+    # Changed mid-run through state.hyperparams: the next step is the plain optimizer's
+    # with the new value, from the same state; and it differs from the unchanged step.
+    changed = jax.tree.map(lambda x: x, s_inj)
+    changed.hyperparams[name] = jnp.asarray(new, jnp.float32)
+    u, s = step_inj(g, changed, p)
+    ref = factory(**{**start, name: new})
+    u_ref, s_ref = jax.jit(ref.update)(g, s_inj.inner_state, p)
+    chex.assert_trees_all_close(u, u_ref, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(s.inner_state, s_ref, rtol=1e-5, atol=1e-6)
+    assert float(s.hyperparams[name]) == pytest.approx(new)
+    assert _differ(u, u_same), name
+  assert step_inj._cache_size() == 1  # injected values never retrace
+
+
+@each_optimizer
+def test_injected_learning_rate_scales_the_step(factory, kwargs):
+  tx = optax.inject_hyperparams(factory)(**kwargs)
+  params = _params()
+  state = tx.init(params)
+  g = _random_grads(params, 0)
+  u1, _ = jax.jit(tx.update)(g, state, params)
+  state.hyperparams["learning_rate"] = 3 * state.hyperparams["learning_rate"]
+  assert float(optax.tree_utils.tree_get(state, "learning_rate")) == pytest.approx(0.15)
+  u3, _ = jax.jit(tx.update)(g, state, params)
+  # The LMO leaves take 3 times the step; AdamW's (muon) follow their own learning rate
+  # (muon's adam_learning_rate defaults to learning_rate: the whole step scales).
+  chex.assert_trees_all_close(u3, jax.tree.map(lambda u: 3 * u, u1), rtol=1e-5, atol=1e-7)
+
+
+def _wrappers(tx):
+  labels = {"embed": {"embedding": "sgd"}, "fc": {"kernel": "ours", "bias": "sgd"},
+            "head": {"kernel": "ours"}}
+  return {
+      "chain": optax.chain(optax.clip_by_global_norm(1.0), tx),
+      "multi_steps": optax.MultiSteps(tx, 2),
+      "apply_if_finite": optax.apply_if_finite(tx, 3),
+      "partition": optax.partition({"ours": tx, "sgd": optax.sgd(0.1)}, labels),
+  }
+
+
+@each_optimizer
+def test_describe_sees_through_wrappers(factory, kwargs):
+  params = _params()
+  paths = ["embed/embedding", "fc/bias", "fc/kernel", "head/kernel"]  # flattening order
+  plain = ol.describe(factory(**kwargs), params)
+  assert [r["path"] for r in plain] == paths
+  assert any(r["norm"] not in ("-", "AdamW") for r in plain)
+  for name, wrapped in _wrappers(factory(**kwargs)).items():
+    rows = ol.describe(wrapped, params)
+    assert [r["path"] for r in rows] == paths, name
+    for r, q in zip(rows, plain, strict=True):
+      if name != "partition" or r["path"] in ("fc/kernel", "head/kernel"):
+        assert r == q, (name, r, q)
+      else:  # leaves the partition sends to sgd: no optimizer of ours sees them
+        assert (r["norm"], r["radius"], r["state"]) == ("-", "-", "-"), (name, r)
+  injected = ol.describe(optax.inject_hyperparams(factory)(**kwargs), params)
+  assert [r["path"] for r in injected] == paths
+  for r, q in zip(injected, plain, strict=True):
+    assert {**r, "decay": None} == {**q, "decay": None}
+    # An injected decay is a traced value: the table says so instead of a number.
+    assert r["decay"] == q["decay"] or r["decay"] == "injected", (r, q)

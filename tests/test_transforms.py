@@ -98,16 +98,50 @@ def test_scale_by_norm_tree_of_norms():
   np.testing.assert_array_equal(np.asarray(u["scale"]), np.asarray(g["scale"]))
 
 
-def test_scale_by_norm_callable():
-  def pick(updates):
-    return jax.tree.map(lambda x: norms.Frobenius() if x.ndim == 2 else None, updates)
-
+def test_scale_by_norm_tree_matched_by_path():
+  # A norm tree with other container types but the same leaf paths ("blocks/0/kernel").
   g = _tree()
-  u, _ = _update(ol.scale_by_norm(pick), g)
-  for path in (("embed", "embedding"), ("head", "kernel")):
-    x = np.asarray(g[path[0]][path[1]], np.float64)
-    _close(u[path[0]][path[1]], x / np.linalg.norm(x))
-  np.testing.assert_array_equal(np.asarray(u["bias"]), np.asarray(g["bias"]))
+  by_path = dict(NORM_TREE, blocks={"0": {"kernel": norms.Frobenius()}, "1": {"kernel": None}})
+  u, _ = _update(ol.scale_by_norm(by_path), g)
+  x = np.asarray(g["blocks"][0]["kernel"], np.float64)
+  _close(u["blocks"][0]["kernel"], x / np.linalg.norm(x))
+  np.testing.assert_array_equal(np.asarray(u["blocks"][1]["kernel"]),
+                                np.asarray(g["blocks"][1]["kernel"]))
+  _close(u["embed"]["embedding"], np_colnorm(g["embed"]["embedding"])[0])
+  np.testing.assert_array_equal(np.asarray(u["scale"]), np.asarray(g["scale"]))
+
+
+def test_tree_for_the_whole_model_serves_a_partitioned_part():
+  # optax.partition hands each inner transformation only its own leaves; a norm tree
+  # (and radius tree) built for the full parameter tree still matches them by path.
+  g = _tree()
+  labels = {"embed": {"embedding": "sgd"}, "blocks": ["lmo", "sgd"], "head": {"kernel": "lmo"},
+            "bias": "lmo", "scale": "sgd"}
+  radii = jax.tree.map(lambda _: 2.0, g)
+  lmo = optax.chain(ol.scale_by_norm(NORM_TREE), ol.scale_by_radius(radii))
+  tx = optax.partition({"lmo": lmo, "sgd": optax.scale(-1.0)}, labels)
+  u, _ = _update(tx, g)
+  _close(u["blocks"][0]["kernel"], 2.0 * np_spectral(g["blocks"][0]["kernel"])[0])
+  _close(u["head"]["kernel"], 2.0 * np_rownorm(g["head"]["kernel"])[0])
+  _close(u["bias"], 2.0 * np_bias_rms(g["bias"])[0])
+  for x, y in ((u["embed"]["embedding"], g["embed"]["embedding"]),
+               (u["blocks"][1]["kernel"], g["blocks"][1]["kernel"]), (u["scale"], g["scale"])):
+    np.testing.assert_array_equal(np.asarray(x), -np.asarray(y))
+
+
+def test_missing_leaf_in_per_leaf_tree_is_named():
+  g = {"a": jnp.ones((2, 2)), "b": {"c": jnp.ones(2)}}
+  with pytest.raises(ValueError, match="b/c: the norm tree has no entry for this leaf"):
+    _update(ol.scale_by_norm({"a": norms.Frobenius()}), g)
+  with pytest.raises(ValueError, match="b/c: the MatrixSpec tree has no entry"):
+    _update(ol.scale_by_norm(norms.Frobenius(), specs={"a": None}), g)
+  with pytest.raises(ValueError, match="b/c: the dual_clip radius tree has no entry"):
+    _update(ol.scale_by_norm(norms.Frobenius(), dual_clip={"a": 1.0}), g)
+  with pytest.raises(ValueError, match="b/c: the weight_decay tree has no entry"):
+    _update(ol.add_constrained_decay({"a": 1.0}), g, params=g)
+  # Callables were the old way to pick per leaf; they are refused, not silently called.
+  with pytest.raises(TypeError, match="expected a Norm"):
+    _update(ol.scale_by_norm(lambda t: jax.tree.map(lambda _: norms.Frobenius(), t)), g)
 
 
 def test_scale_by_norm_single_norm():
@@ -256,25 +290,29 @@ def test_scale_by_radius():
   np.testing.assert_array_equal(np.asarray(out["a"]), 2.0)
   np.testing.assert_array_equal(np.asarray(out["b"]), 1.0)
   np.testing.assert_array_equal(_f64(out["c"]), 50.0)
-  out, _ = _update(ol.scale_by_radius(lambda t: jax.tree.map(lambda x: float(x.ndim), t)), u)
-  np.testing.assert_array_equal(np.asarray(out["b"]), 2.0)
-  with pytest.raises(ValueError, match="radius"):
-    _update(ol.scale_by_radius({"a": 1.0}), u)
+  # A radius tree with more leaves than the updates (built for the whole model) is fine.
+  out, _ = _update(ol.scale_by_radius({"a": 2.0, "b": 4.0, "c": 1.0, "extra": 9.0}), u)
+  np.testing.assert_array_equal(np.asarray(out["b"]), 4.0)
+  # One array radius is broadcast to every leaf, as a single number is.
+  out, _ = _update(ol.scale_by_radius(jnp.float32(5.0)), u)
+  np.testing.assert_array_equal(_f64(out["c"]), 5.0)
+  with pytest.raises(ValueError, match="b: the radius tree has no entry"):
+    _update(ol.scale_by_radius({"a": 1.0, "c": 1.0}), u)
 
 
 # ---- momentum ---------------------------------------------------------------------------
 
 
-def np_momentum(grads, alpha, nesterov, bias_correction):
-  """SPEC section 1: d <- (1 - alpha) d + alpha g; Nesterov feeds (1 - alpha) d + alpha g."""
-  d, outs, beta = 0.0, [], 1 - alpha
+def np_momentum(grads, beta, nesterov, bias_correction):
+  """SPEC section 1: d <- beta d + (1 - beta) g; Nesterov feeds beta d + (1 - beta) g."""
+  d, outs = 0.0, []
   for t, g in enumerate(grads, start=1):
     g = np.asarray(g, np.float64)
-    d = beta * d + alpha * g
+    d = beta * d + (1 - beta) * g
     c_g = 1 - beta**t if bias_correction else 1.0
     if nesterov:
       c_d = 1 - beta ** (t + 1) if bias_correction else 1.0
-      outs.append(beta * d / c_d + alpha * g / c_g)
+      outs.append(beta * d / c_d + (1 - beta) * g / c_g)
     else:
       outs.append(d / c_g)
   return outs
@@ -283,12 +321,12 @@ def np_momentum(grads, alpha, nesterov, bias_correction):
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_momentum_matches_numpy(nesterov, bias_correction):
-  alpha = 0.1
+  beta = 0.9
   grads = [_rand(40 + t, (4, 6)) for t in range(5)]
-  tx = ol.momentum(alpha, nesterov=nesterov, bias_correction=bias_correction)
+  tx = ol.momentum(beta, nesterov=nesterov, bias_correction=bias_correction)
   update = jax.jit(tx.update)
   state = tx.init(jnp.zeros((4, 6)))
-  expected = np_momentum(grads, alpha, nesterov, bias_correction)
+  expected = np_momentum(grads, beta, nesterov, bias_correction)
   for t, (g, e) in enumerate(zip(grads, expected, strict=True), start=1):
     out, state = update(g, state)
     _close(out, e)
@@ -296,20 +334,33 @@ def test_momentum_matches_numpy(nesterov, bias_correction):
   assert update._cache_size() == 1  # no retrace after the first call
 
 
-def test_momentum_alpha_one_is_identity():
-  tx = ol.momentum(1.0)
-  g = _rand(50, (3, 5))
-  out, _ = _update(tx, g, params=jnp.zeros((3, 5)))
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(g))
-  with pytest.raises(ValueError, match="alpha"):
-    ol.momentum(0.0)
-  with pytest.raises(ValueError, match="alpha"):
-    ol.momentum(1.5)
+def test_momentum_matches_optax_trace():
+  # beta means what optax's trace decay means: the (1 - beta)-scaled EMA of optax.ema.
+  grads = [_rand(45 + t, (4, 6)) for t in range(4)]
+  ours, ref = ol.momentum(0.8), optax.ema(0.8, debias=False)
+  s, r = ours.init(grads[0]), ref.init(grads[0])
+  for g in grads:
+    out, s = ours.update(g, s)
+    exp, r = ref.update(g, r)
+    _close(out, _f64(exp))
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_beta_zero_is_identity(nesterov):
+  tx = ol.momentum(0.0, nesterov=nesterov)
+  state = tx.init(jnp.zeros((3, 5)))
+  for key in (50, 51):  # the second gradient must not see the first
+    g = _rand(key, (3, 5))
+    out, state = jax.jit(tx.update)(g, state)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(g))
+  for beta in (1.0, -0.1, 1.5):
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
+      ol.momentum(beta)
 
 
 def test_momentum_state_is_eager_float32():
   params = {"w": jnp.zeros((4, 6), jnp.bfloat16), "b": jnp.zeros(6, jnp.bfloat16)}
-  tx = ol.momentum(0.1)
+  tx = ol.momentum(0.9)
   state = tx.init(params)
   assert state.count.dtype == jnp.int32 and state.count.shape == ()
   chex.assert_trees_all_equal_shapes(state.trace, params)
@@ -325,9 +376,41 @@ def test_momentum_state_is_eager_float32():
   # float32 gradients for the same bf16 params: same state structure and dtypes.
   out, new_state = jax.jit(tx.update)(jax.tree.map(lambda p: p.astype(jnp.float32), params), state)
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
-  # mu_dtype=None keeps the parameters' dtype.
-  state16 = ol.momentum(0.1, mu_dtype=None).init(params)
-  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state16.trace))
+
+
+@pytest.mark.parametrize(
+    "param_dtype, mu_dtype, state_dtype",
+    [
+        (jnp.float32, None, jnp.float32),
+        (jnp.bfloat16, None, jnp.float32),
+        (jnp.float16, None, jnp.float32),
+        (jnp.float32, jnp.bfloat16, jnp.bfloat16),  # an explicit mu_dtype is honoured
+        (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),
+        (jnp.bfloat16, "float32", jnp.float32),
+    ],
+)
+def test_momentum_state_dtype(param_dtype, mu_dtype, state_dtype):
+  params = {"w": jnp.zeros((4, 6), param_dtype), "b": jnp.zeros(6, param_dtype)}
+  tx = ol.momentum(0.9, mu_dtype=mu_dtype)
+  state = tx.init(params)
+  assert all(x.dtype == state_dtype for x in jax.tree.leaves(state.trace))
+  assert ol.state_dtype(param_dtype, mu_dtype) == state_dtype
+  out, new_state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state)
+  chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)  # stays stable across steps
+  assert all(x.dtype == param_dtype for x in jax.tree.leaves(out))
+
+
+def test_momentum_state_follows_float64_params_under_x64():
+  with jax.enable_x64(True):
+    params = jnp.zeros((3, 4), jnp.float64)
+    tx = ol.momentum(0.9)
+    state = tx.init(params)
+    assert state.trace.dtype == jnp.float64 and ol.state_dtype(jnp.float64) == jnp.float64
+    g = jnp.full((3, 4), 1.0 + 2.0**-40, jnp.float64)  # not representable in float32
+    out, state = jax.jit(tx.update)(g, state)
+    assert state.trace.dtype == jnp.float64 and out.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(out), (1 - 0.9) * np.asarray(g), rtol=1e-14)
+    assert ol.momentum(0.9, mu_dtype=jnp.float32).init(params).trace.dtype == jnp.float32
 
 
 # ---- add_constrained_decay: the SCG step ------------------------------------------------
@@ -387,7 +470,7 @@ def test_3d_leaf_without_spec_gives_value_error_with_path():
 
 
 def test_mismatched_norm_tree_raises():
-  with pytest.raises(ValueError, match="structure"):
+  with pytest.raises(ValueError, match="^b: the norm tree has no entry for this leaf"):
     _update(ol.scale_by_norm({"a": norms.Frobenius()}), {"a": jnp.ones(2), "b": jnp.ones(2)})
   with pytest.raises(TypeError, match="a: expected a Norm"):
     _update(ol.scale_by_norm({"a": "spectral"}), {"a": jnp.ones((2, 2))})

@@ -328,24 +328,25 @@ def momentum(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    b = jnp.asarray(beta, jnp.float32)
     count = optax.safe_increment(state.count)
-    f32 = lambda x: x.astype(jnp.float32)
-    trace = jax.tree.map(
-        lambda g, d: (b * f32(d) + (1 - b) * f32(g)).astype(d.dtype), updates, state.trace
-    )
-    # Bias-correction denominators 1 - beta^t (ones when switched off).
-    t = count.astype(jnp.float32)
-    c_g = 1 - b**t if bias_correction else 1.0
-    c_d = (1 - b ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
-    if nesterov:
-      out = jax.tree.map(
-          lambda g, d: (b * f32(d) / c_d + (1 - b) * f32(g) / c_g).astype(g.dtype),
-          updates,
-          trace,
-      )
-    else:
-      out = jax.tree.map(lambda g, d: (f32(d) / c_d).astype(g.dtype), updates, trace)
+
+    def step(g, d):
+      # Computed in the trace's dtype, at least float32 (float64 stays float64 under x64).
+      ct = jnp.promote_types(d.dtype, jnp.float32)
+      b, g = jnp.asarray(beta, ct), g.astype(ct)
+      d = b * d.astype(ct) + (1 - b) * g
+      # Bias-correction denominators 1 - beta^t (ones when switched off).
+      t = count.astype(ct)
+      c_g = 1 - b**t if bias_correction else 1.0
+      c_d = (1 - b ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
+      out = b * d / c_d + (1 - b) * g / c_g if nesterov else d / c_d
+      return out, d
+
+    g_l, treedef = jax.tree.flatten(updates)
+    d_l = treedef.flatten_up_to(state.trace)
+    res = [step(g, d) for g, d in zip(g_l, d_l, strict=True)]
+    out = treedef.unflatten([o.astype(g.dtype) for (o, _), g in zip(res, g_l, strict=True)])
+    trace = treedef.unflatten([n.astype(d.dtype) for (_, n), d in zip(res, d_l, strict=True)])
     return out, MomentumState(count=count, trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
