@@ -305,8 +305,8 @@ def test_momentum_out_of_range(beta):
   with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
     ol.momentum(beta)
   for make in (ol.scion, ol.unconstrained_scion, ol.sign_descent, ol.normalized_sgd, ol.muon):
-    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\)"):
-      make(0.1, beta=beta).init(_params())  # at the latest when the tree is known
+    with pytest.raises(ValueError, match=rf"{make.__name__}: beta must be in \[0, 1\)"):
+      make(0.1, beta=beta)  # at construction, naming the optimizer
 
 
 def test_momentum_beta_zero_is_valid():

@@ -68,6 +68,7 @@ def _lmo_chain(
 def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
           distribute):
   _check_lr(learning_rate, name)
+  transforms.check_beta(beta, name)
   build = lambda plan: _lmo_chain(
       learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
       clip=clip, mu_dtype=mu_dtype, distribute=distribute,
@@ -246,6 +247,7 @@ def muon(
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
   _check_lr(learning_rate, "muon")
+  transforms.check_beta(beta, "muon")
   if adam_learning_rate is not None:
     _check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(

@@ -273,6 +273,15 @@ def state_dtype(dtype, mu_dtype=None):
   return dtype
 
 
+def check_beta(beta, what: str = "momentum") -> None:
+  """Raises for a Python-number ``beta`` outside ``[0, 1)`` (traced values pass)."""
+  if isinstance(beta, (int, float)) and not 0.0 <= float(beta) < 1.0:
+    raise ValueError(
+        f"{what}: beta must be in [0, 1) (the decay of the running average, as in optax;"
+        f" beta=0.9 keeps 90% of it), got {beta}."
+    )
+
+
 def momentum(
     beta: chex.Numeric = 0.9,
     *,
@@ -313,11 +322,7 @@ def momentum(
     >>> u.tolist()
     [0.75]
   """
-  if isinstance(beta, (int, float)) and not 0.0 <= float(beta) < 1.0:
-    raise ValueError(
-        f"momentum beta must be in [0, 1) (the decay of the running average, as in optax;"
-        f" beta=0.9 keeps 90% of it), got {beta}."
-    )
+  check_beta(beta)
 
   def init_fn(params):
     return MomentumState(
