@@ -54,7 +54,7 @@ def ref_spectral(factor):
   return ref
 
 
-def ref_spectral_conv(M):
+def ref_spectral_conv_per_tap(M):
   """M: (B, T, c_in, c_out); the taps t each get sqrt(c_out/c_in)/T * polar(G_t)."""
   _, t, ci, co = M.shape
   f = np.sqrt(co / ci) / t
@@ -67,6 +67,19 @@ def ref_spectral_conv(M):
       s_max, s_sum = max(s_max, s.max()), s_sum + s.sum()
     norm.append(s_max / f)
     dual.append(f * s_sum)
+  return lmo, np.array(norm), np.array(dual)
+
+
+def ref_spectral_conv_reference(M):
+  """M: (B, T, c_in, c_out); a kernel is one (T c_in) x c_out matrix: sqrt(c_out/c_in)/T polar."""
+  b, t, ci, co = M.shape
+  f = np.sqrt(co / ci) / t
+  lmo, norm, dual = np.zeros_like(M), [], []
+  for k in range(b):
+    p, s = _np_polar(M[k].reshape(t * ci, co))
+    lmo[k] = f * p.reshape(t, ci, co)
+    norm.append(s.max() / f)
+    dual.append(f * s.sum())
   return lmo, np.array(norm), np.array(dual)
 
 
@@ -117,7 +130,11 @@ NORMS = {
         ref_spectral(lambda i, o: max(1.0, np.sqrt(o / i))),
     ),
     "Spectral_unscaled": (norms.Spectral(scaled=False, polar=SVD), ref_spectral(lambda i, o: 1.0)),
-    "SpectralConv": (norms.SpectralConv(polar=SVD), ref_spectral_conv),
+    "SpectralConv": (norms.SpectralConv(polar=SVD), ref_spectral_conv_reference),
+    "SpectralConv_per_tap": (
+        norms.SpectralConv(polar=SVD, convention="per_tap"),
+        ref_spectral_conv_per_tap,
+    ),
     "ColNorm": (norms.ColNorm(), ref_colnorm(True)),
     "ColNorm_unscaled": (norms.ColNorm(scaled=False), ref_colnorm(False)),
     "RowNorm": (norms.RowNorm(), ref_rownorm(True)),
@@ -170,7 +187,7 @@ CONV_CASES = {
 
 
 def _cases_for(norm_name):
-  if norm_name == "SpectralConv":
+  if norm_name.startswith("SpectralConv"):
     return CONV_CASES
   if norm_name in ("Sign_unscaled", "BiasRMS", "Frobenius"):
     return VECTOR_CASES
@@ -369,13 +386,47 @@ def test_default_spectral_within_band(nrm, shape, spec, factor):
   assert np.all((n_u >= lo) & (n_u <= hi))
 
 
-def test_default_spectral_conv_within_band():
+@pytest.mark.parametrize("convention", ["reference", "per_tap"])
+def test_default_spectral_conv_within_band(convention):
   g = _gaussian((3, 3, 4, 8), seed=8)
-  u = _f64(_lmo_jit(jnp.asarray(g), norms.SpectralConv()))
+  u = _f64(_lmo_jit(jnp.asarray(g), norms.SpectralConv(convention=convention)))
   f = np.sqrt(8 / 4) / 9
-  for k in range(9):
-    s = np.linalg.svd(u.reshape(9, 4, 8)[k] / f, compute_uv=False)
+  mats = u.reshape(9, 4, 8) if convention == "per_tap" else u.reshape(1, 36, 8)
+  for m in mats:
+    s = np.linalg.svd(m / f, compute_uv=False)
     assert NS_BAND[0] <= s.min() and s.max() <= NS_BAND[1]
+
+
+def test_spectral_conv_describes_its_view():
+  stacked = ol.MatrixSpec(fan_in=(1, 2, 3), fan_out=(4,))
+  ref, per_tap = norms.SpectralConv(), norms.SpectralConv(convention="per_tap")
+  assert ref.describe_view((3, 3, 64, 128)) == "576x128"
+  assert per_tap.describe_view((3, 3, 64, 128)) == "9x64x128 per tap"
+  assert ref.describe_view((2, 3, 3, 4, 8), stacked) == "2x36x8"
+  assert per_tap.describe_view((2, 3, 3, 4, 8), stacked) == "2x9x4x8 per tap"
+  assert norms.Spectral().describe_view((64, 128)) == "64x128"
+  with pytest.raises(ValueError, match="convention"):
+    norms.SpectralConv(convention="torch")
+
+
+def test_to_stack_round_trips_every_view():
+  # The one hook: unstack(to_stack(x)) == x, for the matrix, vector and conv views.
+  cases = [
+      (norms.Spectral(), (8, 24), None),
+      (norms.Spectral(), (3, 8, 24), STACKED),
+      (norms.BiasRMS(), (16,), None),
+      (norms.SpectralConv(), (3, 3, 4, 8), None),
+      (norms.SpectralConv(convention="per_tap"), (2, 3, 3, 4, 8),
+       ol.MatrixSpec(fan_in=(1, 2, 3), fan_out=(4,))),
+      (norms.SpectralConv(convention="per_tap"), (3, 3, 4, 8, 2),
+       ol.MatrixSpec(fan_in=(0, 1, 2), fan_out=(3,))),  # the batch axis after the taps
+  ]
+  for nrm, shape, spec in cases:
+    x = _gaussian(shape, seed=10)
+    st = nrm.to_stack(jnp.asarray(x), spec)
+    assert st.matrices.dtype == jnp.float32 and st.matrices.ndim == 3
+    assert st.matrices.shape[0] == int(np.prod(st.batch_shape)) * st.blocks
+    np.testing.assert_array_equal(np.asarray(st.unstack(st.matrices)), x)
 
 
 def test_default_spectral_scale_invariance():

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,11 @@ class MatrixSpec:
     used = set(r.fan_in + r.fan_out)
     return tuple(a for a in range(ndim) if a not in used)
 
+  def groups(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(batch axes, fan-in axes, fan-out axes)`` of a leaf with ``ndim`` axes."""
+    r = self.resolve(ndim)
+    return self.batch_axes(ndim), r.fan_in, r.fan_out
+
   def dims(self, shape: Sequence[int]) -> tuple[int, int, int]:
     """``(batch, d_in, d_out)`` sizes of the matrix view of ``shape``."""
     r = self.resolve(len(shape))
@@ -95,23 +101,61 @@ def resolve_spec(
   return spec.resolve(len(shape), path)
 
 
+def merge_axes(x: jax.Array, groups: Sequence[Sequence[int]]) -> jax.Array:
+  """Brings the axes of each group together, in order, and merges each group into one axis.
+
+  Args:
+    x: an array.
+    groups: disjoint tuples of axes of ``x`` covering all of them.
+
+  Returns:
+    An array with one axis per group, each the product of its group's sizes.
+  """
+  perm = tuple(a for g in groups for a in g)
+  return jnp.transpose(x, perm).reshape(tuple(math.prod(x.shape[a] for a in g) for g in groups))
+
+
+def split_axes(y: jax.Array, shape: Sequence[int], groups: Sequence[Sequence[int]]) -> jax.Array:
+  """Inverse of :func:`merge_axes` for an array of ``shape``.
+
+  Args:
+    y: an array shaped like ``merge_axes(x, groups)`` for ``x`` of ``shape``.
+    shape: the shape of ``x``.
+    groups: the groups given to :func:`merge_axes`.
+
+  Returns:
+    An array of ``shape``.
+  """
+  perm = tuple(a for g in groups for a in g)
+  inverse = tuple(int(k) for k in np.argsort(perm))
+  return jnp.transpose(y.reshape(tuple(shape[a] for a in perm)), inverse)
+
+
 def to_matrices(x: jax.Array, spec: MatrixSpec) -> jax.Array:
-  """Views ``x`` as a ``(batch, d_in, d_out)`` stack (a transpose and a reshape)."""
-  spec = spec.resolve(x.ndim)
-  perm = spec.batch_axes(x.ndim) + spec.fan_in + spec.fan_out
-  b, i, o = spec.dims(x.shape)
-  return jnp.transpose(x, perm).reshape(b, i, o)
+  """Views ``x`` as a ``(batch, d_in, d_out)`` stack (a transpose and a reshape).
+
+  Args:
+    x: a leaf.
+    spec: its matrix view.
+
+  Returns:
+    The ``(batch, d_in, d_out)`` stack, batch axes in leaf order.
+  """
+  return merge_axes(x, spec.groups(x.ndim))
 
 
 def from_matrices(m_BxIxO: jax.Array, shape: Sequence[int], spec: MatrixSpec) -> jax.Array:
-  """Inverse of :func:`to_matrices` for a leaf of shape ``shape``."""
-  spec = spec.resolve(len(shape))
-  perm = spec.batch_axes(len(shape)) + spec.fan_in + spec.fan_out
-  permuted_shape = tuple(shape[a] for a in perm)
-  inverse = [0] * len(perm)
-  for i, a in enumerate(perm):
-    inverse[a] = i
-  return jnp.transpose(m_BxIxO.reshape(permuted_shape), inverse)
+  """Inverse of :func:`to_matrices` for a leaf of shape ``shape``.
+
+  Args:
+    m_BxIxO: a ``(batch, d_in, d_out)`` stack.
+    shape: the leaf's shape.
+    spec: the leaf's matrix view.
+
+  Returns:
+    An array of ``shape``.
+  """
+  return split_axes(m_BxIxO, shape, spec.groups(len(shape)))
 
 
 def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
