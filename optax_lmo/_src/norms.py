@@ -92,12 +92,13 @@ class Norm:
     Returns:
       A :class:`Stack`; here the ``(batch, d_in, d_out)`` matrices of the view.
     """
-    shape = tuple(x.shape)
-    view = self.view(shape, spec, path)
+    x = jnp.asarray(x, jnp.float32)
+    view = self.view(x.shape, spec, path)
+    groups, layout = view.groups(x.ndim), spec_lib.explicit_spec(x)
     return Stack(
-        spec_lib.to_matrices(jnp.asarray(x, jnp.float32), view),
-        lambda m: spec_lib.from_matrices(m, shape, view),
-        spec_lib.batch_shape(shape, view),
+        spec_lib.merge_axes(x, groups),
+        lambda m: spec_lib.split_axes(m, x.shape, groups, layout),
+        spec_lib.batch_shape(x.shape, view),
     )
 
   def describe_view(self, shape: Sequence[int], spec: MatrixSpec | None = None,
@@ -280,17 +281,17 @@ class SpectralConv(Spectral):
     return (batch, fan_in, fan_out), taps, view
 
   def to_stack(self, x, spec=None, *, path=""):
-    shape = tuple(x.shape)
-    groups, taps, view = self._layout(shape, spec, path)
-    per_tap = self.convention == "per_tap"
+    x = jnp.asarray(x, jnp.float32)
+    groups, taps, view = self._layout(x.shape, spec, path)
+    layout, per_tap = spec_lib.explicit_spec(x), self.convention == "per_tap"
     # The stack's own Spectral factor is sqrt(d_out / d_in); the weight makes it
     # sqrt(c_out / c_in) / T for a tap (d_in = c_in) and for the whole kernel
     # (d_in = T c_in).
     weight = 1.0 if not self.scaled else (1.0 / taps if per_tap else 1.0 / math.sqrt(taps))
     return Stack(
-        spec_lib.merge_axes(jnp.asarray(x, jnp.float32), groups),
-        lambda m: spec_lib.split_axes(m, shape, groups),
-        spec_lib.batch_shape(shape, view),
+        spec_lib.merge_axes(x, groups),
+        lambda m: spec_lib.split_axes(m, x.shape, groups, layout),
+        spec_lib.batch_shape(x.shape, view),
         taps if per_tap else 1,
         weight,
     )

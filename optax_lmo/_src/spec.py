@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +102,39 @@ def resolve_spec(
   return spec.resolve(len(shape), path)
 
 
+def explicit_spec(x: jax.Array) -> tuple | None:
+  """The ``PartitionSpec`` entries of ``x``'s type on a mesh with ``Explicit`` axes, else ``None``.
+
+  Args:
+    x: an array or tracer.
+
+  Returns:
+    One entry per axis of ``x`` (``None``: unsharded), or ``None`` when the type
+    carries no explicit sharding (then XLA lays the result out).
+  """
+  sharding = jax.typeof(x).sharding
+  if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+    return None
+  if AxisType.Explicit not in sharding.mesh.axis_types:
+    return None
+  return tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+
+
+def _axes(entry) -> tuple:
+  if entry is None or entry is PartitionSpec.UNCONSTRAINED:
+    return ()
+  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def _entry(axes: tuple):
+  return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
 def merge_axes(x: jax.Array, groups: Sequence[Sequence[int]]) -> jax.Array:
   """Brings the axes of each group together, in order, and merges each group into one axis.
+
+  On an ``Explicit`` mesh a merged axis is sharded over the mesh axes of its
+  members, in order.
 
   Args:
     x: an array.
@@ -112,23 +144,36 @@ def merge_axes(x: jax.Array, groups: Sequence[Sequence[int]]) -> jax.Array:
     An array with one axis per group, each the product of its group's sizes.
   """
   perm = tuple(a for g in groups for a in g)
-  return jnp.transpose(x, perm).reshape(tuple(math.prod(x.shape[a] for a in g) for g in groups))
+  shape = tuple(math.prod(x.shape[a] for a in g) for g in groups)
+  spec = explicit_spec(x)
+  y = jnp.transpose(x, perm)
+  if spec is None:
+    return y.reshape(shape)
+  out = PartitionSpec(*(_entry(sum((_axes(spec[a]) for a in g), ())) for g in groups))
+  return jax.lax.reshape(y, shape, out_sharding=out)
 
 
-def split_axes(y: jax.Array, shape: Sequence[int], groups: Sequence[Sequence[int]]) -> jax.Array:
+def split_axes(
+    y: jax.Array, shape: Sequence[int], groups: Sequence[Sequence[int]], spec: tuple | None = None
+) -> jax.Array:
   """Inverse of :func:`merge_axes` for an array of ``shape``.
 
   Args:
     y: an array shaped like ``merge_axes(x, groups)`` for ``x`` of ``shape``.
     shape: the shape of ``x``.
     groups: the groups given to :func:`merge_axes`.
+    spec: :func:`explicit_spec` of ``x``, to return the result in its layout.
 
   Returns:
     An array of ``shape``.
   """
   perm = tuple(a for g in groups for a in g)
   inverse = tuple(int(k) for k in np.argsort(perm))
-  return jnp.transpose(y.reshape(tuple(shape[a] for a in perm)), inverse)
+  permuted = tuple(shape[a] for a in perm)
+  if spec is None:
+    return jnp.transpose(y.reshape(permuted), inverse)
+  out = PartitionSpec(*(spec[a] for a in perm))
+  return jnp.transpose(jax.lax.reshape(y, permuted, out_sharding=out), inverse)
 
 
 def to_matrices(x: jax.Array, spec: MatrixSpec) -> jax.Array:
