@@ -1,4 +1,4 @@
-"""Weight-norm diagnostics against NumPy formulas (SPEC sections 3 and 5) and a NumPy SVD."""
+"""Weight-norm diagnostics against NumPy formulas (Filatov et al. 2025) and a NumPy SVD."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import optax_lmo as ol
 from optax_lmo import norms
 from optax_lmo._src import diagnostics as diag
 
-# ---- NumPy references, written from SPEC section 5 (Flax layout W: (d_in, d_out)) ----
+# ---- NumPy references, written from Filatov et al. 2025 (Flax layout W: (d_in, d_out)) ----
 
 
 def np_rms_to_inf(w):

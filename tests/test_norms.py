@@ -1,10 +1,11 @@
-"""Norms and LMOs against a NumPy re-derivation of SPEC section 3 (Flax layout).
+"""Norms and LMOs against a NumPy re-derivation of their formulas (Flax layout).
 
 Every expected value here is recomputed in float64 NumPy from the formulas of
-SPEC section 3 for ``G`` of shape ``(d_in, d_out)``; nothing is compared to
-numbers the library produced earlier. The properties of SPEC section 1 are
-checked for every norm: scale invariance, unit norm of the LMO, the dual-norm
-identity ``<g, lmo(g)> = ||g||_*``, and ``lmo(0) = 0``.
+Pethick et al. 2025 (Table 2; conv kernels as in LIONS-EPFL/scion) for ``G`` of
+shape ``(d_in, d_out)``; nothing is compared to numbers the library produced
+earlier. The LMO properties are checked for every norm: scale invariance, unit
+norm of the LMO, the dual-norm identity ``<g, lmo(g)> = ||g||_*``, and
+``lmo(0) = 0``.
 """
 
 
@@ -148,7 +149,7 @@ NORMS = {
 STACKED = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
 
 # name -> (shape, spec, to_view, from_view, batch shape). The views are written
-# with NumPy from SPEC section 2: (B, d_in, d_out), or (B, T, c_in, c_out) for conv.
+# with NumPy: (B, d_in, d_out), or (B, T, c_in, c_out) for conv.
 MATRIX_CASES = {
     "wide": ((8, 24), None, lambda x: x[None], lambda m: m[0], ()),
     "tall": ((24, 8), None, lambda x: x[None], lambda m: m[0], ()),
@@ -440,7 +441,7 @@ def test_default_spectral_scale_invariance():
   )
 
 
-# ---- Flax layout pins (SPEC section 2) --------------------------------------------------
+# ---- Flax layout pins ----------------------------------------------------------------
 
 
 def test_nnx_linear_kernel_gets_sqrt_dout_over_din():

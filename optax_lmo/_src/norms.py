@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import ClassVar, NamedTuple
+from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,27 +25,7 @@ import jax.numpy as jnp
 from optax_lmo._src import numerics
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.polar import Polar
-from optax_lmo._src.spec import MatrixSpec
-
-
-class Stack(NamedTuple):
-  """A leaf as the float32 matrices a norm acts on, and the way back (:meth:`Norm.to_stack`).
-
-  The norm of one matrix of the leaf's view is the largest norm of its
-  ``blocks`` matrices in the stack divided by ``weight``; so its LMO is
-  ``weight`` times the stack's LMO of each block, and its dual norm ``weight``
-  times the sum of the blocks' dual norms.
-  """
-
-  matrices: jax.Array  # float32 (n, d_in, d_out); n = prod(batch_shape) * blocks
-  unstack: Callable[[jax.Array], jax.Array]  # a stack shaped like `matrices` -> the leaf's shape
-  batch_shape: tuple[int, ...]  # the view's batch axes: the shape of a per-matrix norm
-  blocks: int = 1  # consecutive stack matrices that make one matrix of the view (conv taps)
-  weight: float = 1.0  # the view's norm is the blocks' largest stack norm / weight
-
-  def per_view(self, values_N: jax.Array) -> jax.Array:
-    """Per-stack-matrix values ``(n,)`` as ``(*batch_shape, blocks)``, to reduce over blocks."""
-    return values_N.reshape(*self.batch_shape, self.blocks)
+from optax_lmo._src.spec import MatrixSpec, Stack
 
 
 @dataclasses.dataclass(frozen=True)

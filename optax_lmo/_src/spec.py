@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,26 @@ class MatrixSpec:
   def describe(self, shape: Sequence[int]) -> str:
     b, i, o = self.dims(shape)
     return f"{b}x{i}x{o}" if self.batch_axes(len(shape)) else f"{i}x{o}"
+
+
+class Stack(NamedTuple):
+  """A leaf as the float32 matrices a norm acts on, and the way back (``Norm.to_stack``).
+
+  The norm of one matrix of the leaf's view is the largest norm of its
+  ``blocks`` matrices in the stack divided by ``weight``; so its LMO is
+  ``weight`` times the stack's LMO of each block, and its dual norm ``weight``
+  times the sum of the blocks' dual norms.
+  """
+
+  matrices: jax.Array  # float32 (n, d_in, d_out); n = prod(batch_shape) * blocks
+  unstack: Callable[[jax.Array], jax.Array]  # a stack shaped like `matrices` -> the leaf's shape
+  batch_shape: tuple[int, ...]  # the view's batch axes: the shape of a per-matrix norm
+  blocks: int = 1  # consecutive stack matrices that make one matrix of the view (conv taps)
+  weight: float = 1.0  # the view's norm is the blocks' largest stack norm / weight
+
+  def per_view(self, values_N: jax.Array) -> jax.Array:
+    """Per-stack-matrix values ``(n,)`` as ``(*batch_shape, blocks)``, to reduce over blocks."""
+    return values_N.reshape(*self.batch_shape, self.blocks)
 
 
 def _as_tuple(x) -> tuple:
