@@ -81,7 +81,15 @@ def _as_axes(s) -> Axes:
 
 
 def polar_cost(d_in: int, d_out: int) -> float:
-  """Relative flops of one Newton–Schulz polar factor of a ``d_in x d_out`` matrix."""
+  """Relative flops of one Newton–Schulz polar factor of a ``d_in x d_out`` matrix.
+
+  Args:
+    d_in: rows.
+    d_out: columns.
+
+  Returns:
+    ``m^2 (n + m)`` for the short side ``m`` and long side ``n``.
+  """
   m, n = sorted((d_in, d_out))
   return float(m * m * (n + m))
 
@@ -111,10 +119,6 @@ class Unit:
   split: Axes
   rounds: int
   extra: tuple[int, ...]
-
-  @property
-  def slots(self) -> int:
-    return self.rounds + (1 if self.extra else 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,6 +54,7 @@ class MatrixSpec:
     return MatrixSpec(tuple(axes[:n_in]), tuple(axes[n_in:]))
 
   def batch_axes(self, ndim: int) -> tuple[int, ...]:
+    """The axes of a leaf with ``ndim`` axes that are neither fan-in nor fan-out, in order."""
     r = self.resolve(ndim)
     used = set(r.fan_in + r.fan_out)
     return tuple(a for a in range(ndim) if a not in used)
@@ -72,6 +73,7 @@ class MatrixSpec:
     return batch, d_in, d_out
 
   def describe(self, shape: Sequence[int]) -> str:
+    """``"<batch>x<d_in>x<d_out>"`` for a leaf of ``shape`` (``"<d_in>x<d_out>"`` without batch)."""
     b, i, o = self.dims(shape)
     return f"{b}x{i}x{o}" if self.batch_axes(len(shape)) else f"{i}x{o}"
 
@@ -101,7 +103,16 @@ def _as_tuple(x) -> tuple:
 
 
 def default_spec(ndim: int, path: str = "", *, what: str = "this norm") -> MatrixSpec:
-  """The spec used when none is given: Flax layout for 2-D, an error for ndim >= 3."""
+  """The spec used when none is given: Flax layout for 2-D, an error for ndim >= 3.
+
+  Args:
+    ndim: the leaf's number of axes.
+    path: the leaf path, for the error message.
+    what: the norm asking, for the error message.
+
+  Returns:
+    ``MatrixSpec((0,), (1,))``; raises ``ValueError`` for any other ``ndim``.
+  """
   if ndim == 2:
     return MatrixSpec((0,), (1,))
   where = f"{path}: " if path else ""
@@ -117,7 +128,17 @@ def default_spec(ndim: int, path: str = "", *, what: str = "this norm") -> Matri
 def resolve_spec(
     shape: Sequence[int], spec: MatrixSpec | None, path: str = "", *, what: str = "this norm"
 ) -> MatrixSpec:
-  """``spec`` resolved against ``shape``, or the default for ``shape``."""
+  """``spec`` resolved against ``shape``, or the default for ``shape``.
+
+  Args:
+    shape: the leaf's shape.
+    spec: its view, or ``None``.
+    path: the leaf path, for error messages.
+    what: the caller, for error messages.
+
+  Returns:
+    A :class:`MatrixSpec` with non-negative axes.
+  """
   if spec is None:
     return default_spec(len(shape), path, what=what)
   return spec.resolve(len(shape), path)
@@ -225,7 +246,15 @@ def from_matrices(m_BxIxO: jax.Array, shape: Sequence[int], spec: MatrixSpec) ->
 
 
 def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
-  """Shape of the batch axes (what a per-matrix quantity such as a norm has)."""
+  """Shape of the batch axes (what a per-matrix quantity such as a norm has).
+
+  Args:
+    shape: the leaf's shape.
+    spec: its view.
+
+  Returns:
+    The sizes of the batch axes, in leaf order.
+  """
   return tuple(shape[a] for a in spec.batch_axes(len(shape)))
 
 
@@ -234,6 +263,12 @@ def path_str(path) -> str:
 
   A trailing ``.value`` attribute (how Flax NNX variables flatten) is dropped, so
   a path names the parameter, not its storage.
+
+  Args:
+    path: a key path from ``jax.tree_util.tree_flatten_with_path``.
+
+  Returns:
+    The keys joined by ``/``.
   """
   path = tuple(path)
   if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name in (
