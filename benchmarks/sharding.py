@@ -48,13 +48,12 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-import optax_lmo as ol  # noqa: E402
-from optax_lmo._src import plan as plan_lib  # noqa: E402
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/sharding.py` from anywhere
   sys.path.insert(0, str(ROOT))
 
+import optax_lmo as ol  # noqa: E402
+from optax_lmo._src import plan as plan_lib  # noqa: E402
 from scripts.hlo_collectives import hlo_collectives  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "sharding.json"
