@@ -39,6 +39,7 @@ os.environ["XLA_FLAGS"] = (
 import argparse  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -47,8 +48,13 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/sharding.py` from anywhere
+  sys.path.insert(0, str(ROOT))
+
 import optax_lmo as ol  # noqa: E402
-from optax_lmo._src import distributed  # noqa: E402
+from optax_lmo._src import plan as plan_lib  # noqa: E402
+from scripts.hlo_collectives import hlo_collectives  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "sharding.json"
 N_DEVICES = 8
@@ -117,7 +123,7 @@ def plan_imbalance(shapes: dict, mesh) -> float:
   groups: dict[tuple, list] = {}
   for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)):
     groups.setdefault(s, []).append(((1, *s), ((), ("fsdp",), ())))
-  return distributed.make_plan(list(groups.values()), mesh).imbalance
+  return plan_lib.make_plan(list(groups.values()), mesh).imbalance
 
 
 def run_case(name: str, width: int, depth: int, axis_type, single_flops: dict) -> dict:
@@ -145,7 +151,7 @@ def run_case(name: str, width: int, depth: int, axis_type, single_flops: dict) -
   except Exception as e:  # noqa: BLE001  (recorded, e.g. ShardingTypeError)
     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return row
-  stats = distributed.hlo_collectives(compiled.as_text())
+  stats = hlo_collectives(compiled.as_text())
   flops = flops_of(compiled)
   out_specs = {str(s.spec) for s in jax.tree.leaves(compiled.output_shardings[0])}
   row.update(

@@ -122,7 +122,7 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import optax_lmo as ol  # noqa: E402
-from optax_lmo._src import distributed  # noqa: E402
+from scripts.hlo_collectives import hlo_collectives  # noqa: E402
 
 assert jax.device_count() == 8 and jax.local_device_count() == 4, jax.devices()
 rng = np.random.default_rng(0)  # same data in both processes
@@ -157,7 +157,7 @@ for at in (AxisType.Auto, AxisType.Explicit):
   with jax.set_mesh(mesh):
     compiled = jax.jit(lambda g: tx.update(g, tx.init(g))[0]).lower(g).compile()
     u = compiled(g)
-  stats = distributed.hlo_collectives(compiled.as_text())
+  stats = hlo_collectives(compiled.as_text())
   assert stats["in_loops"] == 0 and stats["ops"].get("all-to-all", 0) > 0, stats
   for k, v in u.items():
     assert v.sharding.is_equivalent_to(g[k].sharding, v.ndim), (k, v.sharding)

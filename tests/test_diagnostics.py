@@ -1,4 +1,4 @@
-"""Weight-norm diagnostics against NumPy formulas (SPEC sections 3 and 5) and a NumPy SVD."""
+"""Weight-norm diagnostics against NumPy formulas (Filatov et al. 2025) and a NumPy SVD."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import optax_lmo as ol
 from optax_lmo import norms
 from optax_lmo._src import diagnostics as diag
 
-# ---- NumPy references, written from SPEC section 5 (Flax layout W: (d_in, d_out)) ----
+# ---- NumPy references, written from Filatov et al. 2025 (Flax layout W: (d_in, d_out)) ----
 
 
 def np_rms_to_inf(w):
@@ -163,13 +163,9 @@ class NormReportTest(parameterized.TestCase):
   def test_default_reports_2d_leaves(self):
     params = _params()
     report = diag.norm_report(params)
-    expected = []
-    for path in ("head/kernel", "embed/embedding", "fc/kernel"):
-      order = ["rms_to_rms", "one_to_rms", "rms_to_inf", "sup"]
-      if path == "head/kernel":
-        order = ["rms_to_inf", "rms_to_rms", "one_to_rms", "sup"]
-      expected += [f"{path}/{n}" for n in order]
-    self.assertEqual(list(report), expected)  # output norm first; 1-D and 3-D leaves skipped
+    order = ["rms_to_rms", "one_to_rms", "rms_to_inf", "sup"]
+    expected = [f"{p}/{n}" for p in ("embed/embedding", "fc/kernel", "head/kernel") for n in order]
+    self.assertEqual(list(report), expected)  # tree order; 1-D and 3-D leaves skipped
     flat = {"head/kernel": params["head"]["kernel"], "embed/embedding":
             params["embed"]["embedding"], "fc/kernel": params["fc"]["kernel"]}
     for key, value in report.items():
@@ -199,6 +195,7 @@ class NormReportTest(parameterized.TestCase):
                                            spec=ol.MatrixSpec(fan_in=(1,), fan_out=(2,)))),
             (r"conv/kernel$", ol.Group(norms.SpectralConv())),
             (r"bias$", ol.Group(norms.BiasRMS())),
+            (r"head/kernel$", ol.Group(norms.Spectral(), role="output")),
             (r".", ol.Group(norms.Spectral())),
         )
     )
@@ -207,7 +204,10 @@ class NormReportTest(parameterized.TestCase):
     self.assertNotIn("fc/bias/sup", report)
     conv = np.asarray(params["conv"]["kernel"], np.float64).reshape(36, 6)  # (kh kw c_in, c_out)
     np.testing.assert_allclose(report["conv/kernel/one_to_rms"], np_one_to_rms(conv), rtol=1e-5)
-    self.assertEqual(list(report)[0], "head/kernel/rms_to_inf")
+    self.assertEqual(list(report)[0], "head/kernel/rms_to_inf")  # the output layer first
+    # An output norm marks the output layer too, wherever it sits.
+    rules = ol.Rules(((r"fc/kernel$", ol.Group(norms.RowNorm())), (r".", ol.Group(None))))
+    self.assertEqual(list(diag.norm_report(params, rules))[0], "fc/kernel/rms_to_inf")
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, "Unknown norm names"):

@@ -1,10 +1,11 @@
-"""Norms and LMOs against a NumPy re-derivation of SPEC section 3 (Flax layout).
+"""Norms and LMOs against a NumPy re-derivation of their formulas (Flax layout).
 
 Every expected value here is recomputed in float64 NumPy from the formulas of
-SPEC section 3 for ``G`` of shape ``(d_in, d_out)``; nothing is compared to
-numbers the library produced earlier. The properties of SPEC section 1 are
-checked for every norm: scale invariance, unit norm of the LMO, the dual-norm
-identity ``<g, lmo(g)> = ||g||_*``, and ``lmo(0) = 0``.
+Pethick et al. 2025 (Table 2; conv kernels as in LIONS-EPFL/scion) for ``G`` of
+shape ``(d_in, d_out)``; nothing is compared to numbers the library produced
+earlier. The LMO properties are checked for every norm: scale invariance, unit
+norm of the LMO, the dual-norm identity ``<g, lmo(g)> = ||g||_*``, and
+``lmo(0) = 0``.
 """
 
 
@@ -54,7 +55,7 @@ def ref_spectral(factor):
   return ref
 
 
-def ref_spectral_conv(M):
+def ref_spectral_conv_per_tap(M):
   """M: (B, T, c_in, c_out); the taps t each get sqrt(c_out/c_in)/T * polar(G_t)."""
   _, t, ci, co = M.shape
   f = np.sqrt(co / ci) / t
@@ -67,6 +68,19 @@ def ref_spectral_conv(M):
       s_max, s_sum = max(s_max, s.max()), s_sum + s.sum()
     norm.append(s_max / f)
     dual.append(f * s_sum)
+  return lmo, np.array(norm), np.array(dual)
+
+
+def ref_spectral_conv_reference(M):
+  """M: (B, T, c_in, c_out); a kernel is one (T c_in) x c_out matrix: sqrt(c_out/c_in)/T polar."""
+  b, t, ci, co = M.shape
+  f = np.sqrt(co / ci) / t
+  lmo, norm, dual = np.zeros_like(M), [], []
+  for k in range(b):
+    p, s = _np_polar(M[k].reshape(t * ci, co))
+    lmo[k] = f * p.reshape(t, ci, co)
+    norm.append(s.max() / f)
+    dual.append(f * s.sum())
   return lmo, np.array(norm), np.array(dual)
 
 
@@ -117,7 +131,11 @@ NORMS = {
         ref_spectral(lambda i, o: max(1.0, np.sqrt(o / i))),
     ),
     "Spectral_unscaled": (norms.Spectral(scaled=False, polar=SVD), ref_spectral(lambda i, o: 1.0)),
-    "SpectralConv": (norms.SpectralConv(polar=SVD), ref_spectral_conv),
+    "SpectralConv": (norms.SpectralConv(polar=SVD), ref_spectral_conv_reference),
+    "SpectralConv_per_tap": (
+        norms.SpectralConv(polar=SVD, convention="per_tap"),
+        ref_spectral_conv_per_tap,
+    ),
     "ColNorm": (norms.ColNorm(), ref_colnorm(True)),
     "ColNorm_unscaled": (norms.ColNorm(scaled=False), ref_colnorm(False)),
     "RowNorm": (norms.RowNorm(), ref_rownorm(True)),
@@ -131,7 +149,7 @@ NORMS = {
 STACKED = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
 
 # name -> (shape, spec, to_view, from_view, batch shape). The views are written
-# with NumPy from SPEC section 2: (B, d_in, d_out), or (B, T, c_in, c_out) for conv.
+# with NumPy: (B, d_in, d_out), or (B, T, c_in, c_out) for conv.
 MATRIX_CASES = {
     "wide": ((8, 24), None, lambda x: x[None], lambda m: m[0], ()),
     "tall": ((24, 8), None, lambda x: x[None], lambda m: m[0], ()),
@@ -170,7 +188,7 @@ CONV_CASES = {
 
 
 def _cases_for(norm_name):
-  if norm_name == "SpectralConv":
+  if norm_name.startswith("SpectralConv"):
     return CONV_CASES
   if norm_name in ("Sign_unscaled", "BiasRMS", "Frobenius"):
     return VECTOR_CASES
@@ -369,13 +387,47 @@ def test_default_spectral_within_band(nrm, shape, spec, factor):
   assert np.all((n_u >= lo) & (n_u <= hi))
 
 
-def test_default_spectral_conv_within_band():
+@pytest.mark.parametrize("convention", ["reference", "per_tap"])
+def test_default_spectral_conv_within_band(convention):
   g = _gaussian((3, 3, 4, 8), seed=8)
-  u = _f64(_lmo_jit(jnp.asarray(g), norms.SpectralConv()))
+  u = _f64(_lmo_jit(jnp.asarray(g), norms.SpectralConv(convention=convention)))
   f = np.sqrt(8 / 4) / 9
-  for k in range(9):
-    s = np.linalg.svd(u.reshape(9, 4, 8)[k] / f, compute_uv=False)
+  mats = u.reshape(9, 4, 8) if convention == "per_tap" else u.reshape(1, 36, 8)
+  for m in mats:
+    s = np.linalg.svd(m / f, compute_uv=False)
     assert NS_BAND[0] <= s.min() and s.max() <= NS_BAND[1]
+
+
+def test_spectral_conv_describes_its_view():
+  stacked = ol.MatrixSpec(fan_in=(1, 2, 3), fan_out=(4,))
+  ref, per_tap = norms.SpectralConv(), norms.SpectralConv(convention="per_tap")
+  assert ref.describe_view((3, 3, 64, 128)) == "576x128"
+  assert per_tap.describe_view((3, 3, 64, 128)) == "9x64x128 per tap"
+  assert ref.describe_view((2, 3, 3, 4, 8), stacked) == "2x36x8"
+  assert per_tap.describe_view((2, 3, 3, 4, 8), stacked) == "2x9x4x8 per tap"
+  assert norms.Spectral().describe_view((64, 128)) == "64x128"
+  with pytest.raises(ValueError, match="convention"):
+    norms.SpectralConv(convention="torch")
+
+
+def test_to_stack_round_trips_every_view():
+  # The one hook: unstack(to_stack(x)) == x, for the matrix, vector and conv views.
+  cases = [
+      (norms.Spectral(), (8, 24), None),
+      (norms.Spectral(), (3, 8, 24), STACKED),
+      (norms.BiasRMS(), (16,), None),
+      (norms.SpectralConv(), (3, 3, 4, 8), None),
+      (norms.SpectralConv(convention="per_tap"), (2, 3, 3, 4, 8),
+       ol.MatrixSpec(fan_in=(1, 2, 3), fan_out=(4,))),
+      (norms.SpectralConv(convention="per_tap"), (3, 3, 4, 8, 2),
+       ol.MatrixSpec(fan_in=(0, 1, 2), fan_out=(3,))),  # the batch axis after the taps
+  ]
+  for nrm, shape, spec in cases:
+    x = _gaussian(shape, seed=10)
+    st = nrm.to_stack(jnp.asarray(x), spec)
+    assert st.matrices.dtype == jnp.float32 and st.matrices.ndim == 3
+    assert st.matrices.shape[0] == int(np.prod(st.batch_shape)) * st.blocks
+    np.testing.assert_array_equal(np.asarray(st.unstack(st.matrices)), x)
 
 
 def test_default_spectral_scale_invariance():
@@ -389,7 +441,7 @@ def test_default_spectral_scale_invariance():
   )
 
 
-# ---- Flax layout pins (SPEC section 2) --------------------------------------------------
+# ---- Flax layout pins ----------------------------------------------------------------
 
 
 def test_nnx_linear_kernel_gets_sqrt_dout_over_din():

@@ -48,11 +48,11 @@ def _worker() -> dict:
 
   import optax_lmo as ol
   from optax_lmo import norms
-  from optax_lmo._src import distributed
+  from scripts.hlo_collectives import hlo_collectives
 
   assert jax.device_count() == N_DEVICES, jax.devices()
   stacked = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
-  keys = jax.random.split(jax.random.key(0), 7)
+  keys = jax.random.split(jax.random.key(0), 9)
   grads = {
       "a": jax.random.normal(keys[0], (32, 64)),
       "b": jax.random.normal(keys[1], (32, 64)),
@@ -61,6 +61,8 @@ def _worker() -> dict:
       "square": jax.random.normal(keys[4], (32, 32)),
       "embed": jax.random.normal(keys[5], (16, 32)),
       "bias": jax.random.normal(keys[6], (32,)),
+      "conv": jax.random.normal(keys[7], (3, 3, 8, 16)),  # one (72, 16) matrix
+      "conv_taps": jax.random.normal(keys[8], (3, 3, 8, 16)),  # nine (8, 16) taps
   }
   spectral = norms.Spectral()
   tree_norms = {
@@ -71,6 +73,8 @@ def _worker() -> dict:
       "square": spectral,
       "embed": norms.ColNorm(),
       "bias": norms.BiasRMS(),
+      "conv": norms.SpectralConv(),
+      "conv_taps": norms.SpectralConv(convention="per_tap"),
   }
   specs = {k: stacked if k == "layers" else None for k in grads}
   tx = optax.chain(ol.momentum(0.5, nesterov=True), ol.scale_by_norm(tree_norms, specs=specs))
@@ -91,6 +95,8 @@ def _worker() -> dict:
       return P(*spec2)
     if x.ndim == 3:
       return P(None, *spec2)
+    if x.ndim == 4:  # conv kernels: c_in and c_out sharded like a matrix
+      return P(None, None, *spec2)
     return P()
 
   def placed(mesh, spec2):
@@ -110,7 +116,7 @@ def _worker() -> dict:
       err = max_err(u, ref)
       same = all(u[k].sharding.is_equivalent_to(g[k].sharding, g[k].ndim) for k in grads)
       out["invariance"][f"{name}/{at}"] = {"err": err, "same_sharding": same}
-      out["hlo"][f"{name}/{at}"] = distributed.hlo_collectives(compiled.as_text())
+      out["hlo"][f"{name}/{at}"] = hlo_collectives(compiled.as_text())
 
   # Layout switch off: XLA's own partitioning of the same update (what we avoid).
   mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
@@ -123,13 +129,13 @@ def _worker() -> dict:
   with jax.set_mesh(mesh):
     compiled = fn.lower(g).compile()
     u = compiled(g)
-    out["hlo"]["off"] = distributed.hlo_collectives(compiled.as_text())
+    out["hlo"]["off"] = hlo_collectives(compiled.as_text())
   out["invariance"]["off"] = {"err": max_err(u, ref_off), "same_sharding": True}
 
   # The checker itself: a matmul loop on a sharded matrix gathers inside the loop.
   x = jax.device_put(jnp.ones((64, 64)), NamedSharding(mesh, P("fsdp")))
   naive = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, y: y @ y.T / 64, x))
-  out["self_check"] = distributed.hlo_collectives(naive.lower(x).compile().as_text())
+  out["self_check"] = hlo_collectives(naive.lower(x).compile().as_text())
 
   # Momentum state after init (eager, and jit with out_shardings) and after update.
   chain = optax.chain(ol.momentum(0.1), ol.scale_by_norm(tree_norms, specs=specs))
@@ -204,7 +210,7 @@ def _worker() -> dict:
         got, refs[name]))
     out["alias"][f"{name}/{distribute}"] = {
         "err": max(errs),
-        "all_to_all": distributed.hlo_collectives(compiled.as_text())["ops"].get("all-to-all", 0),
+        "all_to_all": hlo_collectives(compiled.as_text())["ops"].get("all-to-all", 0),
     }
   return out
 
@@ -270,12 +276,12 @@ def _abstract_mesh(shape, names):
 
 
 def test_plan_balances_leftovers_across_groups():
-  from optax_lmo._src import distributed
+  from optax_lmo._src import plan as plan_lib
 
   rows = ((), ("fsdp",), ())
   d = 64
   groups = [[((1, i, o), rows)] * 4 for i, o in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d))]
-  plan = distributed.make_plan(groups, _abstract_mesh((8,), ("fsdp",)))
+  plan = plan_lib.make_plan(groups, _abstract_mesh((8,), ("fsdp",)))
   # Padding every group to 8 would cost max = sum of one matrix of each: 2x the ideal.
   assert plan.imbalance < 1.2, plan
   assert sum(plan.load) == pytest.approx(8 * plan.ideal)
@@ -284,25 +290,25 @@ def test_plan_balances_leftovers_across_groups():
 
 
 def test_plan_full_rounds_are_perfectly_balanced():
-  from optax_lmo._src import distributed
+  from optax_lmo._src import plan as plan_lib
 
   rows = ((), ("fsdp", "tp"), ())
   groups = [[((2, 32, 64), rows)] * 4, [((1, 64, 64), rows)] * 16]
-  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.imbalance == pytest.approx(1.0)
   assert [u.rounds for u in plan.units] == [1, 2]
 
 
 def test_plan_lone_matrix_is_not_spread_over_replicated_axes():
-  from optax_lmo._src import distributed
+  from optax_lmo._src import plan as plan_lib
 
   # Rows over fsdp, replicated over tp: one matrix has 4 candidate owners on fsdp
   # already, so tp adds none (no slice in, no all-gather out).
   groups = [[((1, 64, 64), ((), ("fsdp",), ()))]]
-  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.units[0].replicated == ()
   groups = [[((8, 64, 64), ((), ("fsdp",), ()))]]
-  plan = distributed.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.units[0].replicated == ("tp",)
 
 

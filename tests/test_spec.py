@@ -15,7 +15,7 @@ def _arange(shape):
 
 
 # (shape, spec, NumPy view as (batch, d_in, d_out), batch shape). The NumPy view
-# is written by hand from SPEC section 2, independently of the library.
+# is written by hand, independently of the library.
 CASES = {
     "dense_2d": ((3, 5), ol.MatrixSpec(), lambda x: x[None], ()),
     "stacked_3d": (

@@ -218,19 +218,21 @@ def test_dual_clip(nrm, np_lmo):
     _close(u[k], min(rho, dual) * lmo)
 
 
-def test_dual_clip_spectral_conv_per_matrix():
-  # SpectralConv has its own leaf-level lmo; the clip must still act per matrix.
+@pytest.mark.parametrize("convention", ["reference", "per_tap"])
+def test_dual_clip_spectral_conv_per_matrix(convention):
+  # The clip acts per matrix of the view (summed over the taps of a per-tap kernel).
   rho = 1.0
   g = jnp.stack([_rand(23, (3, 3, 4, 8), scale=1e-3), _rand(24, (3, 3, 4, 8), scale=1e3)])
   spec = ol.MatrixSpec(fan_in=(1, 2, 3), fan_out=(4,))
-  nrm = norms.SpectralConv(polar=SVD)
+  nrm = norms.SpectralConv(polar=SVD, convention=convention)
   tx = optax.chain(ol.scale_by_norm(nrm, specs=spec, dual_clip=rho), ol.scale_by_radius(rho))
   u, _ = _update(tx, g)
   f = np.sqrt(8 / 4) / 9
   for k in range(2):
-    taps = np.asarray(g[k], np.float64).reshape(9, 4, 8)
-    lmo = np.stack([f * np_polar(t) for t in taps]).reshape(3, 3, 4, 8)
-    dual = f * sum(np.linalg.svd(t, compute_uv=False).sum() for t in taps)
+    mats = np.asarray(g[k], np.float64).reshape(-1, 4, 8) if convention == "per_tap" else (
+        np.asarray(g[k], np.float64).reshape(1, 36, 8))
+    lmo = np.stack([f * np_polar(t) for t in mats]).reshape(3, 3, 4, 8)
+    dual = f * sum(np.linalg.svd(t, compute_uv=False).sum() for t in mats)
     _close(u[k], min(rho, dual) * lmo)
 
 

@@ -13,7 +13,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,19 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_lmo._src import norms as norms_lib
+from optax_lmo._src import numerics
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.spec import MatrixSpec
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# The norms whose formulas the operator norms below are (unit radius, Flax layout).
+_RMS_TO_RMS = norms_lib.Spectral()
+_ONE_TO_RMS = norms_lib.ColNorm()
+_RMS_TO_INF = norms_lib.RowNorm()
+_SUP = norms_lib.Sign(scaled=False)
+_OUTPUT_NORMS = (norms_lib.RowNorm, norms_lib.Sign)
 
 
 def _view(w, spec, path, what) -> MatrixSpec:
   return spec_lib.resolve_spec(jnp.shape(w), spec, path, what=what)
-
-
-def _max_vector_norm(m_BxIxO, axis) -> jax.Array:
-  """``max ||.||_2`` over the vectors along ``axis`` of each matrix (entries <= 1 in abs)."""
-  return jnp.sqrt(jnp.max(jnp.sum(m_BxIxO * m_BxIxO, axis=axis), axis=-1))
 
 
 def rms_to_inf(w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") -> jax.Array:
@@ -91,8 +93,7 @@ def one_to_rms(w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") 
 
 
 def _normalize(v: jax.Array) -> jax.Array:
-  n = jnp.linalg.norm(v, axis=-1, keepdims=True)
-  return v / jnp.where(n > 0, n, 1.0)
+  return numerics.unit(v, -1)[0]
 
 
 def _start(k: int, b: int) -> jax.Array:
@@ -141,24 +142,21 @@ def _leaf_norms(
     w: jax.Array, view: MatrixSpec, names: tuple[str, ...], iters: int = 12, squaring: bool = True
 ) -> tuple[jax.Array, ...]:
   """The norms ``names`` of each matrix of ``w`` (one compiled program per leaf shape)."""
-  m = spec_lib.to_matrices(jnp.asarray(w).astype(jnp.float32), view)
-  i, o = m.shape[-2:]
-  # Dividing by the max-abs entry first keeps squares from under- or overflowing.
-  peak = jnp.max(jnp.abs(m), axis=(-2, -1))
-  m = m / jnp.where(peak > 0, peak, 1.0)[:, None, None]
   out = []
   for name in names:
-    if name == "rms_to_rms":
-      n = _sigma_max_power(m, iters, squaring) * peak * math.sqrt(i / o)
+    if name == "rms_to_rms":  # Spectral's norm, sigma_max by power iteration instead of SVD
+      m = spec_lib.to_matrices(jnp.asarray(w, jnp.float32), view)
+      y, peak = numerics.peak_scaled(m, (-2, -1))
+      sigma = _sigma_max_power(y, iters, squaring) * peak[:, 0, 0]
+      n = sigma / _RMS_TO_RMS.factor(*m.shape[-2:])
+      n = n.reshape(spec_lib.batch_shape(jnp.shape(w), view))
     elif name == "one_to_rms":
-      n = _max_vector_norm(m, axis=-1) * peak / math.sqrt(o)
+      n = _ONE_TO_RMS.norm(w, view)
     elif name == "rms_to_inf":
-      n = _max_vector_norm(m, axis=-2) * peak * math.sqrt(i)
-    elif name == "sup":
-      n = peak
+      n = _RMS_TO_INF.norm(w, view)
     else:
-      raise ValueError(f"Unknown norm name {name!r}.")
-    out.append(n.reshape(spec_lib.batch_shape(jnp.shape(w), view)))
+      n = _SUP.norm(w, view)
+    out.append(n)
   return tuple(out)
 
 
@@ -245,19 +243,19 @@ NORM_NAMES = ("rms_to_rms", "one_to_rms", "rms_to_inf", "sup")
 SpecFn = Callable[[str, Any], MatrixSpec | None]
 
 
-def _view_for(rules, path: str, leaf) -> MatrixSpec | None:
-  """The matrix view to report for a leaf, or ``None`` to skip it."""
+def _view_for(rules, path: str, leaf) -> tuple[MatrixSpec | None, bool]:
+  """The matrix view to report for a leaf (``None``: skip it), and whether it is an output."""
   nd = np.ndim(leaf)
-  spec = None
+  spec, output = None, False
   if rules is None:
     pass
   elif hasattr(rules, "group_for"):  # an optax_lmo.Rules
     group = rules.group_for(path, leaf)
-    if group is not None:
+    if group is not None and group.norm is not None:
+      output = group.role == "output" or isinstance(group.norm, _OUTPUT_NORMS)
       spec = group.spec
-      norm = group.norm
-      if spec is None and nd != 2 and norm is not None and norm.needs_matrix:
-        spec = norm.view(np.shape(leaf), None, path)  # e.g. SpectralConv's kernel view
+      if spec is None and nd != 2 and group.norm.needs_matrix:
+        spec = group.norm.view(np.shape(leaf), None, path)  # e.g. a conv kernel's view
   elif callable(rules):
     spec = rules(path, leaf)
   else:
@@ -266,8 +264,8 @@ def _view_for(rules, path: str, leaf) -> MatrixSpec | None:
         f" (path, leaf) -> MatrixSpec | None; got {type(rules).__name__}."
     )
   if spec is not None:
-    return spec.resolve(nd, path)
-  return MatrixSpec() if nd == 2 else None
+    return spec.resolve(nd, path), output
+  return (MatrixSpec() if nd == 2 else None), output
 
 
 def norm_report(
@@ -282,9 +280,10 @@ def norm_report(
 
   For each reported leaf and each name in ``norms`` the dict holds
   ``"<path>/<name>"``: ``rms_to_rms`` (:func:`rms_to_rms`), ``one_to_rms``,
-  ``rms_to_inf`` and ``sup`` (:func:`sup_norm`). Output heads (paths ending in
-  ``head/kernel``) come first, with ``rms_to_inf`` first (a dict returned from
-  ``jax.jit`` has its keys sorted instead): the [NT] output norm
+  ``rms_to_inf`` and ``sup`` (:func:`sup_norm`). Output layers (leaves whose
+  group in ``rules`` has ``role="output"`` or an output norm, RowNorm or Sign)
+  come first, with ``rms_to_inf`` first (a dict returned from ``jax.jit`` has
+  its keys sorted instead): the [NT] output norm
 
   .. math::
     \|W_{out}\|_{RMS \to \infty} = \sqrt{d_{in}}\, \max_i \|W_{out}[:, i]\|_2
@@ -312,7 +311,7 @@ def norm_report(
     >>> import jax, jax.numpy as jnp, optax_lmo as ol
     >>> params = {"fc": {"kernel": jnp.eye(4), "bias": jnp.zeros(4)},
     ...           "head": {"kernel": jnp.ones((4, 2))}}
-    >>> list(ol.norm_report(params))[:2]
+    >>> list(ol.norm_report(params, ol.default_rules()))[:2]   # head: RowNorm
     ['head/kernel/rms_to_inf', 'head/kernel/rms_to_rms']
     >>> report = jax.jit(ol.norm_report)(params)   # e.g. every 100 steps
     >>> {k: round(float(v), 4) for k, v in report.items() if k.startswith("head")}
@@ -330,10 +329,9 @@ def norm_report(
   heads, others = {}, {}
   for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = spec_lib.path_str(key_path)
-    view = _view_for(rules, path, leaf)
+    view, is_head = _view_for(rules, path, leaf)
     if view is None:
       continue
-    is_head = path.endswith("head/kernel")
     names = list(norms)
     if is_head and "rms_to_inf" in names:
       names.remove("rms_to_inf")

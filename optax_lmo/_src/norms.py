@@ -16,42 +16,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from optax_lmo._src import numerics
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.polar import Polar
-from optax_lmo._src.spec import MatrixSpec
-
-
-def _unit(x: jax.Array, axis) -> tuple[jax.Array, jax.Array]:
-  """``(x / ||x||, ||x||)`` along ``axis``; divides by the max-abs entry first.
-
-  The pre-scaling keeps ``||x||`` from underflowing (entries near 1e-20 in
-  float32) or overflowing; only an exactly zero vector is guarded, and maps to 0.
-  """
-  peak = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-  peak_safe = jnp.where(peak > 0, peak, 1.0)
-  y = x / peak_safe
-  n = jnp.sqrt(jnp.sum(y * y, axis=axis, keepdims=True))
-  return y / jnp.where(n > 0, n, 1.0), n * peak
-
-
-def _batch_reduce(x_B: jax.Array, shape, view: MatrixSpec) -> jax.Array:
-  return x_B.reshape(spec_lib.batch_shape(shape, view))
+from optax_lmo._src.spec import MatrixSpec, Stack
 
 
 @dataclasses.dataclass(frozen=True)
 class Norm:
-  """Base class: subclasses define the per-matrix math on ``(B, d_in, d_out)`` stacks."""
+  """Base class: subclasses define the per-matrix math on float32 ``(B, d_in, d_out)`` stacks.
+
+  :meth:`to_stack` is the one place a leaf becomes matrices; the leaf-level
+  :meth:`lmo`, :meth:`norm`, :meth:`dual_norm` and :meth:`init` all go through it.
+  """
 
   name: ClassVar[str] = "norm"
   # True when the norm needs a (d_in, d_out) matrix view; False: whole-leaf vector view.
   needs_matrix: ClassVar[bool] = True
-  # True for norms whose LMO is a polar factor (grouped, batched and distributed).
-  spectral: ClassVar[bool] = False
 
   def with_polar(self, polar: Polar) -> Norm:
     """This norm with ``polar`` options for its polar factor (itself if it has none)."""
@@ -60,55 +47,98 @@ class Norm:
     return self
 
   # -- views ---------------------------------------------------------------
-  def view(self, shape, spec: MatrixSpec | None = None, path: str = "") -> MatrixSpec:
-    """The resolved matrix view this norm uses for a leaf of ``shape``."""
+  def view(self, shape: Sequence[int], spec: MatrixSpec | None = None,
+           path: str = "") -> MatrixSpec:
+    """The resolved matrix view this norm uses for a leaf of ``shape``.
+
+    Args:
+      shape: the leaf's shape.
+      spec: the leaf's view, or ``None`` for this norm's default.
+      path: the leaf path, for error messages.
+
+    Returns:
+      A :class:`~optax_lmo.MatrixSpec` with non-negative axes. Raises
+      ``ValueError`` (naming ``path``) where the norm has no default view: a
+      matrix norm on a leaf with ndim >= 3 and no spec.
+    """
     if spec is not None:
       return spec.resolve(len(shape), path)
     if self.needs_matrix:
       return spec_lib.default_spec(len(shape), path, what=repr(self))
     return MatrixSpec(fan_in=(), fan_out=tuple(range(len(shape))))
 
+  def to_stack(self, x: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") -> Stack:
+    """The leaf ``x`` as the float32 matrix stack this norm acts on, and the way back.
+
+    Args:
+      x: a leaf.
+      spec: its matrix view (``None``: this norm's default).
+      path: the leaf path, for error messages.
+
+    Returns:
+      A :class:`Stack`; here the ``(batch, d_in, d_out)`` matrices of the view.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    view = self.view(x.shape, spec, path)
+    groups, layout = view.groups(x.ndim), spec_lib.explicit_spec(x)
+    return Stack(
+        spec_lib.merge_axes(x, groups),
+        lambda m: spec_lib.split_axes(m, x.shape, groups, layout),
+        spec_lib.batch_shape(x.shape, view),
+    )
+
+  def describe_view(self, shape: Sequence[int], spec: MatrixSpec | None = None,
+                    path: str = "") -> str:
+    """The matrices this norm sees in a leaf of ``shape``, e.g. ``"3x64x256"`` or ``"64x256"``.
+
+    Args:
+      shape: the leaf's shape.
+      spec: its matrix view (``None``: this norm's default).
+      path: the leaf path, for error messages.
+
+    Returns:
+      ``"<batch>x<d_in>x<d_out>"``, without the batch when there are no batch axes.
+    """
+    return self.view(shape, spec, path).describe(shape)
+
   # -- public API on leaves ------------------------------------------------
   def lmo(self, g: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") -> jax.Array:
     """Unit-radius LMO of ``g``: same shape and dtype as ``g``."""
     g = jnp.asarray(g)
-    view = self.view(g.shape, spec, path)
-    m = spec_lib.to_matrices(g.astype(jnp.float32), view)
-    return spec_lib.from_matrices(self.lmo_matrices(m), g.shape, view).astype(g.dtype)
+    st = self.to_stack(g, spec, path=path)
+    return st.unstack(st.weight * self.lmo_matrices(st.matrices)).astype(g.dtype)
 
   def norm(self, w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") -> jax.Array:
     """The norm of each matrix of ``w`` (shape: the batch axes; scalar for 2-D)."""
-    w = jnp.asarray(w)
-    view = self.view(w.shape, spec, path)
-    m = spec_lib.to_matrices(w.astype(jnp.float32), view)
-    return _batch_reduce(self.norm_matrices(m), w.shape, view)
+    st = self.to_stack(jnp.asarray(w), spec, path=path)
+    return jnp.max(st.per_view(self.norm_matrices(st.matrices)), axis=-1) / st.weight
 
   def dual_norm(self, g: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") -> jax.Array:
     """The dual norm ``max_{||x|| <= 1} <g, x>`` of each matrix of ``g``."""
-    g = jnp.asarray(g)
-    view = self.view(g.shape, spec, path)
-    m = spec_lib.to_matrices(g.astype(jnp.float32), view)
-    return _batch_reduce(self.dual_matrices(m), g.shape, view)
+    st = self.to_stack(jnp.asarray(g), spec, path=path)
+    return jnp.sum(st.per_view(self.dual_matrices(st.matrices)), axis=-1) * st.weight
 
   def init(self, key, shape, dtype=jnp.float32, spec: MatrixSpec | None = None) -> jax.Array:
     """A random leaf of unit norm (per matrix) shaped for this geometry; multiply by rho."""
-    shape = tuple(shape)
-    view = self.view(shape, spec)
-    b, i, o = view.dims(shape)
-    m = self.init_matrices(key, b, i, o)
-    return spec_lib.from_matrices(m, shape, view).astype(dtype)
+    st = self.to_stack(jnp.zeros(tuple(shape), jnp.float32), spec)
+    m = self.init_matrices(key, *st.matrices.shape)
+    return st.unstack(st.weight * m).astype(dtype)
 
   # -- per-matrix math on float32 (B, I, O) stacks ---------------------------
   def lmo_matrices(self, m_BxIxO: jax.Array) -> jax.Array:
+    """The LMO of each matrix of the stack."""
     raise NotImplementedError
 
   def norm_matrices(self, m_BxIxO: jax.Array) -> jax.Array:
+    """The norm of each matrix of the stack, shape ``(B,)``."""
     raise NotImplementedError
 
   def dual_matrices(self, m_BxIxO: jax.Array) -> jax.Array:
+    """The dual norm of each matrix of the stack, shape ``(B,)``."""
     raise NotImplementedError
 
   def init_matrices(self, key, b: int, i: int, o: int) -> jax.Array:
+    """``b`` random ``i x o`` matrices of unit norm."""
     raise NotImplementedError
 
 
@@ -117,20 +147,6 @@ def _semi_orthogonal(key, b: int, i: int, o: int) -> jax.Array:
   q, r = jnp.linalg.qr(g)
   q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
   return q if i >= o else jnp.swapaxes(q, -1, -2)
-
-
-def _sigma_max(m: jax.Array) -> jax.Array:
-  peak = jnp.max(jnp.abs(m), axis=(-2, -1))
-  safe = jnp.where(peak > 0, peak, 1.0)
-  s = jnp.linalg.svd(m / safe[:, None, None], compute_uv=False)
-  return jnp.max(s, axis=-1) * peak
-
-
-def _nuclear(m: jax.Array) -> jax.Array:
-  peak = jnp.max(jnp.abs(m), axis=(-2, -1))
-  safe = jnp.where(peak > 0, peak, 1.0)
-  s = jnp.linalg.svd(m / safe[:, None, None], compute_uv=False)
-  return jnp.sum(s, axis=-1) * peak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +159,8 @@ class Spectral(Norm):
 
   With ``input_layer=True`` the factor is ``max(1, sqrt(d_out/d_in))`` (first
   layer on image or real-valued inputs); ``scaled=False`` drops it (plain polar).
+  Spectral leaves are the ones :func:`~optax_lmo.scale_by_norm` batches by
+  shape and distributes over a mesh: their LMO is ``factor * polar``.
 
   Attributes:
     input_layer: use the input-layer factor.
@@ -158,12 +176,12 @@ class Spectral(Norm):
   """
 
   name: ClassVar[str] = "Spectral"
-  spectral: ClassVar[bool] = True
   input_layer: bool = False
   scaled: bool = True
   polar: Polar = Polar()
 
   def factor(self, i: int, o: int) -> float:
+    """The dimension factor of the LMO of an ``i x o`` stack matrix: ``lmo = factor * polar``."""
     if not self.scaled:
       return 1.0
     f = math.sqrt(o / i)
@@ -173,31 +191,63 @@ class Spectral(Norm):
     return self.factor(*m.shape[-2:]) * self.polar(m)
 
   def norm_matrices(self, m):
-    return _sigma_max(m) / self.factor(*m.shape[-2:])
+    return jnp.max(numerics.singular_values(m), axis=-1) / self.factor(*m.shape[-2:])
 
   def dual_matrices(self, m):
-    return self.factor(*m.shape[-2:]) * _nuclear(m)
+    return self.factor(*m.shape[-2:]) * jnp.sum(numerics.singular_values(m), axis=-1)
 
   def init_matrices(self, key, b, i, o):
     return self.factor(i, o) * _semi_orthogonal(key, b, i, o)
 
 
-@dataclasses.dataclass(frozen=True)
-class SpectralConv(Norm):
-  r"""Spectral norm for convolution kernels ``(..., kh, kw, c_in, c_out)``, per tap.
+CONVENTIONS = ("reference", "per_tap")
 
-  The fan-in axes of the spec are ``(spatial..., c_in)``; the last one is
-  ``c_in`` and the others index the ``T = kh*kw`` taps. Per matrix:
+
+@dataclasses.dataclass(frozen=True)
+class SpectralConv(Spectral):
+  r"""Spectral norm for convolution kernels ``(..., kh, kw, c_in, c_out)``.
+
+  The fan-in axes of the view are ``(spatial..., c_in)``: the last one is
+  ``c_in`` and the others index the ``T = kh*kw`` taps. Default view for an
+  ``N``-D kernel: fan-in ``(0, ..., N-2)``, fan-out ``(N-1,)``.
+
+  ``convention="reference"`` (the default, as LIONS-EPFL/scion's
+  ``SpectralConv``): the kernel is one ``(T c_in) x c_out`` matrix ``W``,
+
+  .. math::
+    \|W\| = T\sqrt{c_{in}/c_{out}}\,\sigma_{\max}(W), \qquad
+    \mathrm{lmo}(G) = \frac{\sqrt{c_{out}/c_{in}}}{T}\,\mathrm{polar}(G)
+
+  ``convention="per_tap"``: each tap ``W_t`` (``c_in x c_out``) separately,
 
   .. math::
     \|W\| = T\sqrt{c_{in}/c_{out}}\,\max_t \sigma_{\max}(W_t), \qquad
     \mathrm{lmo}(G)_t = \frac{\sqrt{c_{out}/c_{in}}}{T}\,\mathrm{polar}(G_t)
 
-  Default view for an ``N``-D kernel: fan-in ``(0, ..., N-2)``, fan-out ``(N-1,)``.
+  ``scaled=False`` drops the factor (plain polar factors). Either way the
+  kernels are batched and distributed with the other spectral leaves.
+
+  Attributes:
+    scaled: apply the factor.
+    polar: how the polar factor is computed (:class:`~optax_lmo.Polar`).
+    convention: ``"reference"`` or ``"per_tap"``.
+
+  Examples:
+    >>> import optax_lmo as ol
+    >>> ol.norms.SpectralConv().describe_view((3, 3, 64, 128))
+    '576x128'
+    >>> ol.norms.SpectralConv(convention="per_tap").describe_view((3, 3, 64, 128))
+    '9x64x128 per tap'
   """
 
   name: ClassVar[str] = "SpectralConv"
-  polar: Polar = Polar()
+  input_layer: bool = dataclasses.field(default=False, init=False, repr=False)
+  convention: str = "reference"
+
+  def __post_init__(self):
+    if self.convention not in CONVENTIONS:
+      raise ValueError(f"SpectralConv convention must be one of {CONVENTIONS},"
+                       f" got {self.convention!r}.")
 
   def view(self, shape, spec=None, path=""):
     if spec is not None:
@@ -207,54 +257,38 @@ class SpectralConv(Norm):
                        f" (spatial..., c_in, c_out), got shape {tuple(shape)}.")
     return MatrixSpec(tuple(range(len(shape) - 1)), (len(shape) - 1,))
 
-  def _taps(self, x, view):
-    """(B, T, c_in, c_out) from a leaf, and the inverse."""
-    nd = x.ndim
-    taps = view.fan_in[:-1]
-    perm = view.batch_axes(nd) + taps + view.fan_in[-1:] + view.fan_out
-    b, _, _ = view.dims(x.shape)
-    t = math.prod(x.shape[a] for a in taps)
-    c_in = x.shape[view.fan_in[-1]]
-    c_out = math.prod(x.shape[a] for a in view.fan_out)
-    y = jnp.transpose(x, perm).reshape(b, t, c_in, c_out)
-    inv = [0] * nd
-    for k, a in enumerate(perm):
-      inv[a] = k
-    permuted = tuple(x.shape[a] for a in perm)
-    return y, lambda z: jnp.transpose(z.reshape(permuted), inv)
+  def _layout(self, shape, spec, path):
+    """Axis groups of the stack, the number of taps, and the view."""
+    view = self.view(shape, spec, path)
+    batch, fan_in, fan_out = view.groups(len(shape))
+    taps = math.prod(shape[a] for a in fan_in[:-1])
+    if self.convention == "per_tap":
+      return (batch + fan_in[:-1], fan_in[-1:], fan_out), taps, view
+    return (batch, fan_in, fan_out), taps, view
 
-  def _factor(self, t, c_in, c_out):
-    return math.sqrt(c_out / c_in) / t
+  def to_stack(self, x, spec=None, *, path=""):
+    x = jnp.asarray(x, jnp.float32)
+    groups, taps, view = self._layout(x.shape, spec, path)
+    layout, per_tap = spec_lib.explicit_spec(x), self.convention == "per_tap"
+    # The stack's own Spectral factor is sqrt(d_out / d_in); the weight makes it
+    # sqrt(c_out / c_in) / T for a tap (d_in = c_in) and for the whole kernel
+    # (d_in = T c_in).
+    weight = 1.0 if not self.scaled else (1.0 / taps if per_tap else 1.0 / math.sqrt(taps))
+    return Stack(
+        spec_lib.merge_axes(x, groups),
+        lambda m: spec_lib.split_axes(m, x.shape, groups, layout),
+        spec_lib.batch_shape(x.shape, view),
+        taps if per_tap else 1,
+        weight,
+    )
 
-  def lmo(self, g, spec=None, *, path=""):
-    g = jnp.asarray(g)
-    y, back = self._taps(g.astype(jnp.float32), self.view(g.shape, spec, path))
-    _, t, ci, co = y.shape
-    return back(self._factor(t, ci, co) * self.polar(y)).astype(g.dtype)
-
-  def norm(self, w, spec=None, *, path=""):
-    w = jnp.asarray(w)
-    view = self.view(w.shape, spec, path)
-    y, _ = self._taps(w.astype(jnp.float32), view)
-    b, t, ci, co = y.shape
-    s = _sigma_max(y.reshape(b * t, ci, co)).reshape(b, t).max(axis=1)
-    return _batch_reduce(s / self._factor(t, ci, co), w.shape, view)
-
-  def dual_norm(self, g, spec=None, *, path=""):
-    g = jnp.asarray(g)
-    view = self.view(g.shape, spec, path)
-    y, _ = self._taps(g.astype(jnp.float32), view)
-    b, t, ci, co = y.shape
-    s = _nuclear(y.reshape(b * t, ci, co)).reshape(b, t).sum(axis=1)
-    return _batch_reduce(s * self._factor(t, ci, co), g.shape, view)
-
-  def init(self, key, shape, dtype=jnp.float32, spec=None):
-    shape = tuple(shape)
-    view = self.view(shape, spec)
-    y, back = self._taps(jnp.zeros(shape, jnp.float32), view)
-    b, t, ci, co = y.shape
-    q = _semi_orthogonal(key, b * t, ci, co).reshape(b, t, ci, co)
-    return back(self._factor(t, ci, co) * q).astype(dtype)
+  def describe_view(self, shape, spec=None, path=""):
+    groups, taps, view = self._layout(tuple(shape), spec, path)
+    if self.convention == "reference":
+      return view.describe(shape)
+    b, _, o = view.dims(shape)
+    prefix = f"{b}x" if view.batch_axes(len(shape)) else ""
+    return f"{prefix}{taps}x{shape[groups[1][0]]}x{o} per tap"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,16 +311,16 @@ class ColNorm(Norm):
     return math.sqrt(o) if self.scaled else 1.0
 
   def lmo_matrices(self, m):
-    return self._s(m.shape[-1]) * _unit(m, -1)[0]
+    return self._s(m.shape[-1]) * numerics.unit(m, -1)[0]
 
   def norm_matrices(self, m):
-    return jnp.max(_unit(m, -1)[1][..., 0], axis=-1) / self._s(m.shape[-1])
+    return jnp.max(numerics.unit(m, -1)[1][..., 0], axis=-1) / self._s(m.shape[-1])
 
   def dual_matrices(self, m):
-    return jnp.sum(_unit(m, -1)[1][..., 0], axis=-1) * self._s(m.shape[-1])
+    return jnp.sum(numerics.unit(m, -1)[1][..., 0], axis=-1) * self._s(m.shape[-1])
 
   def init_matrices(self, key, b, i, o):
-    return self._s(o) * _unit(jax.random.normal(key, (b, i, o)), -1)[0]
+    return self._s(o) * numerics.unit(jax.random.normal(key, (b, i, o)), -1)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,16 +343,16 @@ class RowNorm(Norm):
     return math.sqrt(i) if self.scaled else 1.0
 
   def lmo_matrices(self, m):
-    return _unit(m, -2)[0] / self._s(m.shape[-2])
+    return numerics.unit(m, -2)[0] / self._s(m.shape[-2])
 
   def norm_matrices(self, m):
-    return jnp.max(_unit(m, -2)[1][:, 0, :], axis=-1) * self._s(m.shape[-2])
+    return jnp.max(numerics.unit(m, -2)[1][:, 0, :], axis=-1) * self._s(m.shape[-2])
 
   def dual_matrices(self, m):
-    return jnp.sum(_unit(m, -2)[1][:, 0, :], axis=-1) / self._s(m.shape[-2])
+    return jnp.sum(numerics.unit(m, -2)[1][:, 0, :], axis=-1) / self._s(m.shape[-2])
 
   def init_matrices(self, key, b, i, o):
-    return _unit(jax.random.normal(key, (b, i, o)), -2)[0] / self._s(i)
+    return numerics.unit(jax.random.normal(key, (b, i, o)), -2)[0] / self._s(i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,15 +404,15 @@ class BiasRMS(Norm):
 
   def lmo_matrices(self, m):
     n = m.shape[-1] * m.shape[-2]
-    return math.sqrt(n) * _unit(m, (-2, -1))[0]
+    return math.sqrt(n) * numerics.unit(m, (-2, -1))[0]
 
   def norm_matrices(self, m):
     n = m.shape[-1] * m.shape[-2]
-    return _unit(m, (-2, -1))[1][:, 0, 0] / math.sqrt(n)
+    return numerics.unit(m, (-2, -1))[1][:, 0, 0] / math.sqrt(n)
 
   def dual_matrices(self, m):
     n = m.shape[-1] * m.shape[-2]
-    return _unit(m, (-2, -1))[1][:, 0, 0] * math.sqrt(n)
+    return numerics.unit(m, (-2, -1))[1][:, 0, 0] * math.sqrt(n)
 
   def init_matrices(self, key, b, i, o):
     del key
@@ -399,16 +433,16 @@ class Frobenius(Norm):
   needs_matrix: ClassVar[bool] = False
 
   def lmo_matrices(self, m):
-    return _unit(m, (-2, -1))[0]
+    return numerics.unit(m, (-2, -1))[0]
 
   def norm_matrices(self, m):
-    return _unit(m, (-2, -1))[1][:, 0, 0]
+    return numerics.unit(m, (-2, -1))[1][:, 0, 0]
 
   def dual_matrices(self, m):
-    return _unit(m, (-2, -1))[1][:, 0, 0]
+    return numerics.unit(m, (-2, -1))[1][:, 0, 0]
 
   def init_matrices(self, key, b, i, o):
-    return _unit(jax.random.normal(key, (b, i, o)), (-2, -1))[0]
+    return numerics.unit(jax.random.normal(key, (b, i, o)), (-2, -1))[0]
 
 
 __all__ = ["Norm", "Spectral", "SpectralConv", "ColNorm", "RowNorm", "Sign", "BiasRMS", "Frobenius"]

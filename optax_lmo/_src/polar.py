@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_lmo._src import coeffs as coeffs_lib
+from optax_lmo._src import numerics
 
 METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")
 
@@ -273,11 +274,7 @@ def _exact_f32(work, precision) -> bool:
 
 def _normalize(x: jax.Array, safety: float) -> jax.Array:
   """``x / (||x||_F * safety)`` per matrix, in float32, without underflow or a 0/0."""
-  x = x.astype(jnp.float32)
-  peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-  x = x / jnp.where(peak > 0, peak, 1.0)
-  fro = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
-  return x / (jnp.where(fro > 0, fro, 1.0) * safety)
+  return numerics.unit(x.astype(jnp.float32), (-2, -1))[0] / safety
 
 
 def _mT(x: jax.Array) -> jax.Array:
@@ -379,9 +376,7 @@ def _gram_newton_schulz(
 
 def _polar_svd(x: jax.Array) -> jax.Array:
   """Exact polar factor by SVD (the test oracle); zero singular values map to zero."""
-  xf = x.astype(jnp.float32)
-  peak = jnp.max(jnp.abs(xf), axis=(-2, -1), keepdims=True)
-  xf = xf / jnp.where(peak > 0, peak, 1.0)
+  xf = numerics.peak_scaled(x.astype(jnp.float32), (-2, -1))[0]
   u, s, vt = jnp.linalg.svd(xf, full_matrices=False)
   tol = jnp.max(s, axis=-1, keepdims=True) * max(x.shape[-2:]) * jnp.finfo(jnp.float32).eps
   keep = (s > tol).astype(xf.dtype)

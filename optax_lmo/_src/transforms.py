@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_lmo._src import distributed as distributed_lib
+from optax_lmo._src import exchange as exchange_lib
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.norms import Norm, Sign, Spectral
 from optax_lmo._src.polar import Polar
@@ -120,7 +120,7 @@ def scale_by_norm(
     spec_l = per_leaf(specs, updates, kind=MatrixSpec, what="MatrixSpec")
     clip_l = per_leaf(dual_clip, updates, what="dual_clip radius")
     out = [g for _, g in flat]
-    groups: dict[Any, list] = {}
+    spectral: dict[Any, list] = {}  # (polar, matrix shape) -> [(index, norm, stack)]
     for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
       if nrm is None:
         continue
@@ -128,41 +128,31 @@ def scale_by_norm(
       if not isinstance(nrm, Norm):
         raise TypeError(f"{p}: expected a Norm or None, got {nrm!r}.")
       _check_float(g, p)
-      view = nrm.view(g.shape, spec_l[idx], p)
-      if not hasattr(nrm, "lmo_matrices") or type(nrm).lmo_matrices is Norm.lmo_matrices:
-        u = nrm.lmo(g, spec_l[idx], path=p).astype(jnp.float32)
-        out[idx] = _finish(g, u, clip_l[idx], None, view).astype(g.dtype)
-        continue
-      m = spec_lib.to_matrices(jnp.asarray(g, jnp.float32), view)
-      key = (nrm, m.shape[1:]) if (batch and nrm.spectral) else ("single", idx)
-      groups.setdefault(key, []).append((idx, m, view, nrm))
-    u_groups = distributed_lib.lmo_groups(
-        [items[0][3] for items in groups.values()],
-        [[m for _, m, _, _ in items] for items in groups.values()],
-        distribute=distribute,
-    )
-    for items, us in zip(groups.values(), u_groups, strict=True):
-      for (idx, m, view, _), u in zip(items, us, strict=True):
-        g = out[idx]
-        out[idx] = _finish(g, u, clip_l[idx], m, view).astype(g.dtype)
+      st = nrm.to_stack(g, spec_l[idx], path=p)
+      if isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
+        key = (nrm.polar, st.matrices.shape[1:] if batch else idx)
+        spectral.setdefault(key, []).append((idx, nrm, st))
+      else:  # row-local LMOs run where the data lives
+        out[idx] = _finish(g, nrm.lmo_matrices(st.matrices), clip_l[idx], st)
+    stacks = [[st.matrices for _, _, st in items] for items in spectral.values()]
+    mesh = exchange_lib.find_mesh([m for ms in stacks for m in ms], distribute)
+    polars = exchange_lib.polar_stacks([pol for pol, _ in spectral], stacks, mesh)
+    for items, ps in zip(spectral.values(), polars, strict=True):
+      for (idx, nrm, st), p in zip(items, ps, strict=True):
+        out[idx] = _finish(out[idx], nrm.factor(*p.shape[-2:]) * p, clip_l[idx], st)
     return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _finish(g, u, clip, m, view):
-  """Maps a matrix-view LMO back to the leaf, clipping by the dual norm if asked."""
-  if m is None:  # u already in leaf shape
-    if clip is not None:  # the dual norm per matrix: sum over all but the batch axes
-      batch_axes = view.batch_axes(u.ndim)
-      axes = tuple(a for a in range(u.ndim) if a not in batch_axes)
-      dual = jnp.sum(jnp.asarray(g, jnp.float32) * u, axis=axes, keepdims=True)
-      u = u * jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
-    return u
-  if clip is not None:
-    dual_B = jnp.sum(m * u, axis=(-2, -1), keepdims=True)
-    u = u * jnp.minimum(1.0, dual_B / jnp.asarray(clip, jnp.float32))
-  return spec_lib.from_matrices(u, g.shape, view)
+def _finish(g, u, clip, st):
+  """The stack LMO ``u`` of ``g`` back in leaf shape, clipped by the dual norm if asked."""
+  u = st.weight * u
+  if clip is not None:  # <g, lmo(g)> per matrix of the view: summed over its blocks
+    dual = st.per_view(jnp.sum(st.matrices * u, axis=(-2, -1))).sum(axis=-1, keepdims=True)
+    scale = jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
+    u = u * jnp.broadcast_to(scale, dual.shape[:-1] + (st.blocks,)).reshape(-1, 1, 1)
+  return st.unstack(u).astype(g.dtype)
 
 
 def orthogonalize(

@@ -1,0 +1,274 @@
+"""The whole-matrix exchange: all-to-all in, one batched polar factor per device, all-to-all out.
+
+Under plain GSPMD a sharded matrix is re-gathered inside every Newton–Schulz
+step and the work is replicated. Here, on a mesh, the stacks handed in are
+carried to the owners :func:`~optax_lmo._src.plan.make_plan` picks:
+
+1. one ``all_to_all`` over the mesh axes that shard the matrix dimensions gives
+   each device whole matrices (mesh axes over which a stack is replicated just
+   pick a slice: no communication);
+2. each device runs one batched call of the group's function on the matrices it
+   owns, with no collective inside the Newton–Schulz loop; devices holding only
+   padding skip it (``lax.cond``);
+3. one ``all_to_all`` back (and an ``all_gather`` over replicated axes) returns
+   every stack in its own layout.
+
+Layouts are read at trace time from the array types on a mesh with
+``AxisType.Explicit`` axes (and from concrete arrays outside ``jit``), and the
+per-device program runs in a ``shard_map``. On ``AxisType.Auto`` axes the
+layout is not part of the type; there the exchange is a ``custom_partitioning``
+op whose partition rule reads the layout XLA chose and plans from it. Either
+way every result keeps the layout of its input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from optax_lmo._src import plan as plan_lib
+from optax_lmo._src.plan import Axes, Layout, Unit
+
+StackFn = Callable[[jax.Array], jax.Array]  # float32 (B, d_in, d_out) -> (B, d_in, d_out)
+
+
+def find_mesh(arrays: Sequence[jax.Array], distribute: bool | None = None) -> Any:
+  """The mesh whose devices share the spectral LMO, or ``None`` to compute it locally.
+
+  Args:
+    arrays: the matrix stacks that will be orthogonalized.
+    distribute: ``False`` never distributes; ``None`` or ``True`` distribute
+      when the arrays live on a mesh with more than one usable device (axes in
+      ``Manual`` mode, e.g. inside a ``shard_map``, are not used).
+
+  Returns:
+    A ``jax.sharding.Mesh`` (concrete arrays) or ``AbstractMesh`` (under
+    ``jit``), or ``None``.
+  """
+  if distribute is False or not arrays:
+    return None
+  meshes = {_mesh_of(x) for x in arrays}
+  if len(meshes) != 1:
+    return None  # no mesh, or several: leave the placement to XLA
+  mesh = meshes.pop()
+  if mesh is None or math.prod(mesh.shape[a] for a in plan_lib.usable_axes(mesh)) < 2:
+    return None
+  return mesh
+
+
+def _mesh_of(x):
+  if not isinstance(x, jax.core.Tracer):
+    s = getattr(x, "sharding", None)
+    return s.mesh if isinstance(s, NamedSharding) and s.mesh.size > 1 else None
+  s = jax.typeof(x).sharding
+  if isinstance(s, NamedSharding) and not s.mesh.empty:
+    return s.mesh
+  ctx = jax.sharding.get_abstract_mesh()
+  return None if ctx.empty else ctx
+
+
+def _layout(x, mesh, ndim: int) -> Layout | None:
+  """Mesh axes of each dimension of ``x``, or ``None`` where the type does not say."""
+  if not isinstance(x, jax.core.Tracer):
+    spec = x.sharding.spec
+  else:
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    if any(types[a] == AxisType.Auto for a in plan_lib.usable_axes(mesh)):
+      return None
+    spec = jax.typeof(x).sharding.spec
+  return plan_lib.spec_layout(spec, ndim)
+
+
+def _index(axes: Axes, sizes: dict[str, int]) -> jax.Array:
+  """Row-major index of this device over ``axes`` (inside ``shard_map``)."""
+  idx = jnp.zeros([], jnp.int32)
+  for a in axes:
+    idx = idx * sizes[a] + jax.lax.axis_index(a)
+  return idx
+
+
+def _own(x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable) -> jax.Array:
+  """Runs ``fn`` on whole matrices: local stack in, local stack out (inside ``shard_map``).
+
+  ``x`` is this device's ``(n, d_in / rows, d_out / cols)`` block of the unit.
+  """
+  n, i_loc, o_loc = x.shape
+  n_rep = math.prod(sizes[a] for a in unit.replicated)
+  rows = [sizes[a] for a in unit.split if a in unit.layout[1]]
+  n_rows, n_cols = math.prod(rows), math.prod(sizes[a] for a in unit.split) // math.prod(rows)
+  n_split = n_rows * n_cols
+  owners, q = n_rep * n_split, unit.rounds
+  # Chunk-major (owners, slots, i, o): full rounds first, then the extras.
+  parts = []
+  if q:
+    parts.append(jnp.swapaxes(x[: q * owners].reshape(q, owners, i_loc, o_loc), 0, 1))
+  if unit.extra:
+    rest = jnp.zeros((owners, 1, i_loc, o_loc), x.dtype)
+    parts.append(rest.at[np.array(unit.extra), 0].set(x[q * owners :]))
+  xs = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+  slots = xs.shape[1]
+  if unit.replicated:  # replicated over these axes: take our slice, no communication
+    xs = xs.reshape(n_rep, n_split, slots, i_loc, o_loc)[_index(unit.replicated, sizes)]
+  if unit.split:  # one all-to-all: send chunk j to member j, receive our chunk's blocks
+    xs = jax.lax.all_to_all(xs, unit.split, 0, 0, tiled=False)
+  # Blocks (row member, col member) -> whole matrices (slots, d_in, d_out).
+  w = xs.reshape(n_rows, n_cols, slots, i_loc, o_loc).transpose(2, 0, 3, 1, 4)
+  w = w.reshape(slots, n_rows * i_loc, n_cols * o_loc)
+  outs = []
+  if q:
+    outs.append(fn(w[:q]))
+  if unit.extra:
+    mask = np.zeros(owners, bool)
+    mask[list(unit.extra)] = True
+    mine = jnp.asarray(mask)[_index(unit.replicated + unit.split, sizes)]
+    outs.append(jax.lax.cond(mine, fn, jnp.zeros_like, w[q:]))
+  y = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+  # And back: the inverse of each step.
+  ys = y.reshape(slots, n_rows, i_loc, n_cols, o_loc).transpose(1, 3, 0, 2, 4)
+  ys = ys.reshape(n_split, slots, i_loc, o_loc)
+  if unit.split:
+    ys = jax.lax.all_to_all(ys, unit.split, 0, 0, tiled=False)
+  if unit.replicated:
+    ys = jax.lax.all_gather(ys, unit.replicated, axis=0, tiled=True)
+  ys = ys.reshape(owners, slots, i_loc, o_loc)
+  out = []
+  if q:
+    out.append(jnp.swapaxes(ys[:, :q], 0, 1).reshape(q * owners, i_loc, o_loc))
+  if unit.extra:
+    out.append(ys[np.array(unit.extra), q])
+  return jnp.concatenate(out) if len(out) > 1 else out[0]
+
+
+def polar_stacks(
+    fns: Sequence[StackFn], groups: Sequence[Sequence[jax.Array]], mesh: Any = None
+) -> list[list[jax.Array]]:
+  """Applies each group's function to its stacks in one batched call, on owner devices on a mesh.
+
+  Args:
+    fns: per group, a pure function on float32 ``(B, d_in, d_out)`` stacks that
+      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`).
+    groups: per group, float32 stacks ``(b, d_in, d_out)`` of one matrix shape.
+    mesh: ``None`` concatenates each group and calls its function once where the
+      data lives; a mesh from :func:`find_mesh` gives every matrix one owner.
+
+  Returns:
+    Per group, the results stack by stack, each in its input's layout.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> from optax_lmo._src import exchange
+    >>> [[u]] = exchange.polar_stacks([ol.Polar()], [[jnp.ones((1, 4, 8))]])
+    >>> u.shape
+    (1, 4, 8)
+  """
+  if mesh is None:
+    return _batched(fns, groups)
+  flat = [m for ms in groups for m in ms]
+  starts = np.cumsum([0] + [len(ms) for ms in groups]).tolist()
+  layouts = [_layout(m, mesh, 3) for m in flat]
+  if any(layout is None for layout in layouts):
+    res = _partitioned(fns, groups, mesh)
+  else:
+    metas = [
+        [(m.shape, layouts[starts[j] + p]) for p, m in enumerate(ms)]
+        for j, ms in enumerate(groups)
+    ]
+    specs = tuple(P(*layout) for layout in layouts)
+    free = frozenset(
+        a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t != AxisType.Manual
+    )
+    res = jax.shard_map(
+        _local_fn(fns, metas, mesh),
+        mesh=mesh,
+        in_specs=specs,
+        out_specs=specs,
+        axis_names=free,
+        check_vma=False,
+    )(*flat)
+  return [list(res[starts[j] : starts[j + 1]]) for j in range(len(groups))]
+
+
+def _concat(ms: Sequence[jax.Array]) -> jax.Array:
+  return jnp.concatenate(ms) if len(ms) > 1 else ms[0]
+
+
+def _split(stack: jax.Array, like: Sequence[jax.Array]) -> list[jax.Array]:
+  bounds = np.cumsum([m.shape[0] for m in like])[:-1].tolist()
+  return list(jnp.split(stack, bounds)) if bounds else [stack]
+
+
+def _batched(fns, groups) -> list[list[jax.Array]]:
+  """The single-device program: each group concatenated into one call."""
+  return [_split(fn(_concat(ms)), ms) for fn, ms in zip(fns, groups, strict=True)]
+
+
+def _local_fn(fns: Sequence[StackFn], metas, mesh) -> Callable:
+  """The per-device program (inside ``shard_map`` or a custom partitioning) for all groups."""
+  plan = plan_lib.make_plan(metas, mesh)
+  sizes = dict(zip(plan.axes, plan.sizes, strict=True))
+  starts = np.cumsum([0] + [len(m) for m in metas]).tolist()
+
+  def local(*blocks):
+    res = list(blocks)
+    for unit in plan.units:
+      base = starts[unit.group]
+      mine = [blocks[base + p] for p in unit.members]
+      y = _own(_concat(mine), unit, sizes, fns[unit.group])
+      for p, piece in zip(unit.members, _split(y, mine), strict=True):
+        res[base + p] = piece
+    return tuple(res)
+
+  return local
+
+
+def _partitioned(fns, groups, mesh) -> tuple[jax.Array, ...]:
+  """Auto axes: the layouts are only known to XLA's partitioner, so ask it.
+
+  A ``custom_partitioning`` op whose partition rule reads the layout XLA gave
+  each stack, plans the owners from it and lowers to the same per-device
+  program as the explicit path; results keep the layout of their inputs. Its
+  reference implementation (used for shapes, and where nothing is partitioned)
+  is the single-device program under ``jax.jit``, which keeps the functions'
+  constants (coefficient tables) inside, as ``custom_partitioning`` requires.
+  """
+  n = sum(len(ms) for ms in groups)
+  bounds = np.cumsum([0] + [len(ms) for ms in groups]).tolist()
+
+  def regroup(pieces):
+    return [pieces[bounds[j] : bounds[j + 1]] for j in range(len(groups))]
+
+  @jax.jit
+  def single_device(*pieces):
+    return tuple(u for us in _batched(fns, regroup(pieces)) for u in us)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    layouts = [
+        plan_lib.fit_layout(plan_lib.spec_layout(a.sharding.spec, 3), a.shape, mesh)
+        for a in arg_shapes
+    ]
+    metas = [[(arg_shapes[k].shape, layouts[k]) for k in ks] for ks in regroup(range(n))]
+    shardings = tuple(NamedSharding(mesh, P(*layout)) for layout in layouts)
+    return mesh, _local_fn(fns, metas, mesh), shardings, shardings
+
+  def infer(mesh, arg_shapes, result_shape):
+    del mesh, result_shape
+    return tuple(a.sharding for a in arg_shapes)
+
+  matrices = ", ".join(f"b{k} i{k} o{k}" for k in range(n))
+  op = custom_partitioning(lambda *pieces: single_device(*pieces))
+  op.def_partition(
+      partition, infer_sharding_from_operands=infer, sharding_rule=f"{matrices} -> {matrices}"
+  )
+  return op(*(m for ms in groups for m in ms))
+
+
+__all__ = ["find_mesh", "polar_stacks"]
