@@ -48,7 +48,7 @@ def sweep_parser(doc: str, full: dict, reduced: dict, out: str) -> argparse.Argu
   """The flags of the GPT sweeps (``lr_transfer``, ``convergence``); callers add their own."""
   parser = argparse.ArgumentParser(
       description=doc.split("\n\n")[0],
-      epilog="Run from the repository root: python -m benchmarks.<name> [flags].")
+      epilog=f"Run from the repository root: python -m benchmarks.{os.path.splitext(out)[0]}")
   parser.add_argument("--full", action="store_true",
                       help=f"the bigger configuration {full} instead of {reduced}")
   parser.add_argument("--data", default=None,
