@@ -107,6 +107,11 @@ def plot(records: list[dict], path: str, unigram: float, title: str,
   plt.close(fig)
 
 
+def size(params) -> int:
+  """The number of parameters in a tree of arrays."""
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
 def summary(name: str, out: dict, seconds: float) -> str:
   """What the command prints at the end, from the summary ``train`` returns."""
   where = "fresh" if out["resumed_from"] is None else f"resumed from step {out['resumed_from']}"

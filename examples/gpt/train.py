@@ -95,8 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {  # demo: ~2 minutes on 2 CPU cores
     "demo": dict(steps=800, batch=32, seq=64, width=128, depth=4, heads=4, eval_every=100,
                  eval_batches=8, ckpt_every=200, workdir="runs/demo"),
 }
-# Fields that do not change what is computed: a checkpoint resumes across them (the mesh
-# and the process layout change only where numbers are computed).
+# Fields that leave what is computed alone (a mesh moves where): a checkpoint resumes across them.
 RUN_CONTROL = ("preset", "eval_every", "eval_batches", "log_every", "ckpt_every", "keep_ckpts",
                "workdir", "resume", "stop_after", "progress", "plot", "mesh", "coordinator",
                "num_processes", "process_id", "data")
@@ -216,15 +215,12 @@ def resume_config(cfg: TrainConfig, data: data_lib.Dataset) -> dict:
 def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None = None) -> dict:
   """Trains (or resumes) the run ``cfg`` describes; returns its summary.
 
-  ``on_eval(step, val_loss, model)``, if given, runs after every evaluation. An
-  invalid ``cfg`` raises ``ValueError``; a checkpoint written by another
-  configuration, or a corrupt one, raises ``checkpoint.CheckpointError``.
-
-  Returns:
-    ``step`` (the last step done), ``val_loss`` (at that step), ``unigram`` (the
-    train split's character entropy, nats), ``output_norm``, ``params`` (numpy,
-    by path), ``resumed_from`` (a step or ``None``), ``workdir``, ``plot`` and
-    ``checkpoint`` (paths).
+  ``on_eval(step, val_loss, model)`` runs after each evaluation. Raises
+  ``ValueError`` for an invalid ``cfg`` and ``checkpoint.CheckpointError`` for a
+  checkpoint of other flags, or a corrupt one. The summary: ``step`` (the last
+  done), ``val_loss``, ``unigram`` (train-split character entropy, nats),
+  ``output_norm``, ``params`` (numpy, by path), ``resumed_from``, ``workdir``,
+  ``plot`` and ``checkpoint``.
   """
   validate(cfg)
   cfg = resolve(cfg)
@@ -263,9 +259,8 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
       nnx.update(optimizer, restored["optimizer"])
       start = int(restored["train"]["step"])
       print(f"resuming from {cfg.workdir}/ckpt/{latest} (step {start} of {cfg.steps})", flush=True)
-    resumed_from = None if latest is None else start
+    resumed_from, n_params = None if latest is None else start, report.size(params)
     log = report.Log(os.path.join(cfg.workdir, "log.jsonl"), keep_until=resumed_from, active=lead)
-    n_params = sum(x.size for x in jax.tree.leaves(params))
     if latest is None:
       log.write(kind="config", step=0, config=dataclasses.asdict(cfg), data=data.source,
                 vocab_size=data.vocab_size, unigram=unigram, n_params=n_params)
