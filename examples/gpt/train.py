@@ -91,7 +91,7 @@ class TrainConfig:
 # Peak learning rates: the best of a powers-of-2 (or 1-3-10) sweep of 300-step demo runs.
 DEFAULT_LR = {"scion": 2**-7, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 3e-3,
               "optax_muon": 0.04}
-PRESETS: dict[str, dict[str, Any]] = {  # demo: ~2 minutes on 2 CPU cores
+PRESETS: dict[str, dict[str, Any]] = {  # demo: 2-10 minutes on 2 CPU cores
     "demo": dict(steps=800, batch=32, seq=64, width=128, depth=4, heads=4, eval_every=100,
                  eval_batches=8, ckpt_every=200, workdir="runs/demo"),
 }
