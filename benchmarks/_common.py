@@ -1,17 +1,28 @@
-"""What the benchmark scripts share: where results go, the machine's name, the sweep flags."""
+"""What the benchmark scripts share: result files, the machine's name, sweep flags, FLOP counts.
+
+Every benchmark runs from the repository root as a module, ``python -m
+benchmarks.<name>``, and writes its JSON with :func:`write_json`, which records
+paths relative to the repository (and only the file name of anything outside it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import sys
 
 import jax
+import jax.numpy as jnp
+
+import optax_lmo as ol
+from optax_lmo._src import coeffs as coeffs_lib
+from optax_lmo._src import polar as polar_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
 
 
 def device_name(cores: bool = True) -> str:
@@ -28,13 +39,21 @@ def device_name(cores: bool = True) -> str:
   return f"{dev.platform.upper()}: {dev.device_kind}"
 
 
+def command(name: str, argv: list[str] | None) -> str:
+  """The command that reproduces this run: ``python -m benchmarks.<name> <flags>``."""
+  return " ".join(["python -m benchmarks." + name, *(sys.argv[1:] if argv is None else argv)])
+
+
 def sweep_parser(doc: str, full: dict, reduced: dict, out: str) -> argparse.ArgumentParser:
   """The flags of the GPT sweeps (``lr_transfer``, ``convergence``); callers add their own."""
-  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      description=doc.split("\n\n")[0],
+      epilog=f"Run from the repository root: python -m benchmarks.{os.path.splitext(out)[0]}")
   parser.add_argument("--full", action="store_true",
                       help=f"the bigger configuration {full} instead of {reduced}")
-  parser.add_argument("--data", default=DEFAULT_DATA,
-                      help="a UTF-8 text file (default: ../shared/data/tinyshakespeare.txt)")
+  parser.add_argument("--data", default=None,
+                      help="a UTF-8 text file (default: the example's pydoc_data corpus; the"
+                      " recorded results used tinyshakespeare.txt)")
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--steps", type=int, help="override the configuration's steps")
   parser.add_argument("--batch", type=int, help="override the configuration's batch")
@@ -58,8 +77,45 @@ def parse_sweep(parser: argparse.ArgumentParser, argv, full: dict, reduced: dict
   return args
 
 
+def portable(obj):
+  """``obj`` with every absolute path made relative to the repository (outside it: its name).
+
+  Goes through dicts, lists and tuples (tuples come back as lists, as JSON has them).
+  """
+  if isinstance(obj, dict):
+    return {k: portable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [portable(v) for v in obj]
+  if isinstance(obj, str) and os.path.isabs(obj):
+    path = os.path.normpath(obj)
+    inside = os.path.commonpath([path, ROOT]) == ROOT
+    return os.path.relpath(path, ROOT) if inside else os.path.basename(path)
+  return obj
+
+
 def write_json(result: dict, path: str) -> None:
-  """Writes ``result`` to ``path`` (creating its folder), one key per line at the top level."""
+  """Writes :func:`portable` ``result`` to ``path`` (creating its folder), indented by one."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+    json.dump(portable(result), f, indent=1)
+
+
+def polar_flops(shape, pol: ol.Polar) -> int:
+  """FLOPs of the matmuls ``polar`` runs on one matrix of ``shape`` with options ``pol``.
+
+  ``2 m n k`` per ``(m, k) @ (k, n)``; for ``m <= n`` the standard iteration
+  costs ``4 m^2 n + 2 m^3`` a step, the Gram iteration ``4 m^2 n`` per restart
+  window plus ``2 m^3`` for a window's first step and ``8 m^3`` for each later one.
+  """
+  m, n = sorted(shape[-2:])
+  steps = coeffs_lib.get_coefficients(pol.coeffs, pol.steps).schedule(pol.steps).shape[0]
+  work = jnp.dtype(pol.dtype or jnp.float32)
+  method = polar_lib.choose_method(shape, work) if pol.method == "auto" else pol.method
+  if method == "newton_schulz":
+    return steps * (4 * m * m * n + 2 * m**3)
+  window = pol.restart_every
+  if window is None:
+    exact = polar_lib._exact_f32(work, pol.precision)
+    window = polar_lib.GRAM_WINDOW_FULL if exact else polar_lib.GRAM_WINDOW_REDUCED
+  windows = math.ceil(steps / window)
+  return windows * 4 * m * m * n + 2 * m**3 * (4 * steps - 3 * windows)

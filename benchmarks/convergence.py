@@ -17,7 +17,8 @@ tinyshakespeare) trained with
 Each run evaluates every ``--eval-every`` steps; the step at which a curve first
 reaches the target is interpolated linearly between evaluations. Everything
 else is the example's default (linear decay over the last 30% of the steps, no
-warmup, momentum 0.1 (0.05 for the Muons), no weight decay, 4 heads, rotary).
+warmup, momentum decay beta 0.9 (0.95 for the Muons), no weight decay, 4 heads,
+rotary).
 
 Writes ``benchmarks/results/convergence.json`` (config, every curve, the
 target, steps to reach it and their ratio to AdamW's, machine info, wall
@@ -27,11 +28,13 @@ Target (printed as met or missed): Scion reaches AdamW's best final validation
 loss in at most 0.67x AdamW's steps.
 
 The default sizes are cut to fit ~30 minutes on two busy CPU cores (``REDUCED``);
-``--full`` runs ``FULL``.
+``--full`` runs ``FULL``. The recorded results used ``--data tinyshakespeare.txt``
+(the 1.1 MB tinyshakespeare text); without ``--data`` the example's own corpus
+is used.
 
-Usage::
+Usage, from the repository root::
 
-  .venv/bin/python benchmarks/convergence.py [--full] [--data PATH] [--steps N]
+  python -m benchmarks.convergence [--full] [--data PATH] [--steps N]
 """
 
 from __future__ import annotations
@@ -41,20 +44,15 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python benchmarks/convergence.py` from anywhere: import examples.gpt
-  sys.path.insert(0, ROOT)
+import jax
+import optax
 
-import jax  # noqa: E402
-import optax  # noqa: E402
-
-from benchmarks import _common  # noqa: E402
-from examples.gpt import data as data_lib  # noqa: E402
-from examples.gpt import train as train_lib  # noqa: E402
+from benchmarks import _common
+from examples.gpt import data as data_lib
+from examples.gpt import train as train_lib
 
 REDUCED = dict(steps=200, batch=8, seq=64, eval_every=20, eval_batches=8)
 FULL = dict(steps=600, batch=32, seq=128, eval_every=25, eval_batches=16)
@@ -248,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
           FULL, note="REDUCED sizes so the benchmark fits ~30 min on 2 busy CPU cores"))
   dev = _common.device_name()
   result = dict(benchmark="convergence", date=datetime.datetime.now(datetime.UTC).isoformat(),
-                command=" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                command=_common.command("convergence", argv),
                 config=config, machine=dict(device=dev, backend=jax.default_backend(),
                                             jax=jax.__version__, optax=optax.__version__,
                                             load_average_at_start=os.getloadavg()),
@@ -268,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.resume and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)
-    new = json.loads(json.dumps(config))
+    new = _common.portable(json.loads(json.dumps(config)))
     if all(old["config"].get(k) == v for k, v in new.items() if k not in ("extend", "scion_lrs")):
       done = {(r["label"], r["lr"], r["steps"]): r for r in old["runs"]}
   with tempfile.TemporaryDirectory(prefix="convergence_") as root:

@@ -11,8 +11,8 @@ fixed number of steps at every learning rate of a powers-of-2 grid, for
 each grid centred on the power of 2 nearest the optimizer's default learning
 rate in ``examples.gpt.train.DEFAULT_LR``, and extended by up to ``--extend``
 points past an edge while the best run of a width sits on it. Everything else is the example's
-default (linear decay over the last 30% of the steps, no warmup, momentum 0.1,
-i.e. AdamW's ``b1 = 0.9``, no weight decay, 4 heads, rotary positions).
+default (linear decay over the last 30% of the steps, no warmup, momentum decay
+``beta = 0.9``, AdamW's ``b1``, no weight decay, 4 heads, rotary positions).
 
 Each run's final validation loss (the same fixed validation windows for all)
 and output-layer norm ``||W_out||_{RMS->inf}`` (the [NT] metric) go to
@@ -31,9 +31,12 @@ The default sizes are cut to fit ~30 minutes on two busy CPU cores (see
 training step whose peak learning rate is an argument, so a grid costs one
 compilation, not seven.
 
-Usage::
+The recorded results used ``--data tinyshakespeare.txt`` (the 1.1 MB
+tinyshakespeare text); without ``--data`` the example's own corpus is used.
 
-  .venv/bin/python benchmarks/lr_transfer.py [--full] [--data PATH] [--widths 64 128 256 512]
+Usage, from the repository root::
+
+  python -m benchmarks.lr_transfer [--full] [--data PATH] [--widths 64 128 256 512]
 
 References:
   Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs, ICML 2025.
@@ -48,24 +51,19 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python benchmarks/lr_transfer.py` from anywhere: import examples.gpt
-  sys.path.insert(0, ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import optax_lmo as ol  # noqa: E402
-from benchmarks import _common  # noqa: E402
-from examples.gpt import data as data_lib  # noqa: E402
-from examples.gpt import model as model_lib  # noqa: E402
-from examples.gpt import train as train_lib  # noqa: E402
+import optax_lmo as ol
+from benchmarks import _common
+from examples.gpt import data as data_lib
+from examples.gpt import model as model_lib
+from examples.gpt import train as train_lib
 
 OPTIMIZERS = {"scion": "scion", "unconstrained_scion": "scion", "adamw": "standard"}  # -> init
 REDUCED = dict(steps=100, batch=8, seq=64, points=7, eval_batches=16)
@@ -93,11 +91,7 @@ class Sweep:
         optimizer=optimizer, init=OPTIMIZERS[optimizer], steps=args.steps, batch=args.batch,
         seq=args.seq, width=width, depth=args.depth, heads=args.heads, seed=args.seed))
     cfg = self.cfg
-    self.gcfg = model_lib.GPTConfig(
-        vocab_size=data.vocab_size, seq_len=cfg.seq, width=width, depth=cfg.depth,
-        heads=cfg.heads, rotary=cfg.rotary, scale_gelu=cfg.scale_gelu, init=cfg.init,
-        embed_radius=cfg.embed_radius, hidden_radius=cfg.hidden_radius,
-        output_radius=cfg.output_radius, output_norm=cfg.output_norm, dtype=cfg.dtype)
+    self.gcfg = train_lib.model_config(cfg, data.vocab_size)
     self.data = data
     self.graphdef, _ = nnx.split(model_lib.GPT(self.gcfg, rngs=nnx.Rngs(params=cfg.seed)))
     self.val = [(jnp.asarray(x), jnp.asarray(y)) for x, y in data_lib.val_batches(
@@ -107,7 +101,7 @@ class Sweep:
       return train_lib.make_optimizer(dataclasses.replace(cfg, lr=peak), self.gcfg)
 
     def loss_fn(params, x_BxL, y_BxL):
-      return train_lib._loss(nnx.merge(self.graphdef, params), x_BxL, y_BxL)
+      return train_lib.loss_fn(nnx.merge(self.graphdef, params), x_BxL, y_BxL)
 
     @jax.jit
     def init(seed):
@@ -311,12 +305,12 @@ def main(argv: list[str] | None = None) -> None:
       batch=args.batch, seq=args.seq, points=args.points, eval_batches=args.eval_batches,
       seed=args.seed, extend=args.extend, skipped=args.skip, init=OPTIMIZERS,
       schedule="linear_decay, decay_frac 0.3, no warmup",
-      momentum=0.1, weight_decay=0.0,
+      beta=0.9, weight_decay=0.0,
       reduced_from=None if args.full else dict(
           FULL, note="REDUCED sizes so the sweep fits ~30 min on 2 busy CPU cores"),
       reference="LIONS-EPFL/scion shallow nanoGPT width transfer (shakespeare_char, 122 iters)")
   result = dict(benchmark="lr_transfer", date=datetime.datetime.now(datetime.UTC).isoformat(),
-                command=" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                command=_common.command("lr_transfer", argv),
                 config=config, grid=grids, machine=machine_info(), runs=[], complete=False)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   png = os.path.splitext(args.out)[0] + ".png"
@@ -324,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.resume and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)
-    new = json.loads(json.dumps(config))
+    new = _common.portable(json.loads(json.dumps(config)))
     if all(old["config"].get(k) == v for k, v in new.items() if k not in ("extend", "skipped")):
       done = {(r["optimizer"], r["width"], r["lr"]): r for r in old["runs"]}
   for width in args.widths:  # the costliest width last: a cut-short sweep keeps the others

@@ -25,14 +25,14 @@ on the hidden matrices, AdamW on the rest); ``optax_muon``
 FLOPs (``flops`` in the JSON): the forward and backward matmuls, ``6 N T``
 (``N`` the matmul parameters, ``T`` tokens) plus causal-free attention
 ``12 B L^2 d`` per layer, against the Newton–Schulz matmuls of each optimizer
-(the counts of ``benchmarks/orthogonalize.py``: per ``m x n`` matrix, ``m <= n``,
-standard ``4 m^2 n + 2 m^3`` a step, Gram as documented there). Their ratio is
-the floor of the LMO's share of a step if both ran at the same FLOP rate.
+(``benchmarks._common.polar_flops``: per ``m x n`` matrix, ``m <= n``, standard
+``4 m^2 n + 2 m^3`` a step, Gram as documented there). Their ratio is the floor
+of the LMO's share of a step if both ran at the same FLOP rate.
 
-Usage::
+Usage, from the repository root::
 
-  .venv/bin/python benchmarks/step_overhead.py                       # width 512, depth 4, ...
-  .venv/bin/python benchmarks/step_overhead.py --width 128 --seq 64 --batch 8 --reps 3  # quick
+  python -m benchmarks.step_overhead                       # width 512, depth 4, ...
+  python -m benchmarks.step_overhead --width 128 --seq 64 --batch 8 --reps 3  # a quick look
 """
 
 from __future__ import annotations
@@ -40,26 +40,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # examples/ is not installed
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import optax_lmo as ol  # noqa: E402
-from benchmarks import _common  # noqa: E402
-from benchmarks.orthogonalize import polar_flops  # noqa: E402
-from examples.gpt import data as data_lib  # noqa: E402
-from examples.gpt import model as model_lib  # noqa: E402
-from examples.gpt import train as train_lib  # noqa: E402
-from optax_lmo._src import polar as polar_lib  # noqa: E402
+import optax_lmo as ol
+from benchmarks import _common
+from examples.gpt import data as data_lib
+from examples.gpt import model as model_lib
+from examples.gpt import train as train_lib
+from optax_lmo._src import polar as polar_lib
 
 OPTIMIZERS = ("adamw", "scion", "muon", "optax_muon")
 TARGETS = {"adamw": 1.15, "optax_muon": 0.85}  # scion step / peer step at most
@@ -72,7 +67,7 @@ OPTAX_NS = ol.Polar(method="newton_schulz", coeffs="jordan", steps=5)  # optax.c
 @nnx.jit
 def fwd_bwd(model, x_BxL, y_BxL):
   """Loss and gradients, no optimizer: the part of a step every optimizer shares."""
-  return nnx.value_and_grad(train_lib._loss)(model, x_BxL, y_BxL)
+  return nnx.value_and_grad(train_lib.loss_fn)(model, x_BxL, y_BxL)
 
 
 @nnx.jit
@@ -90,9 +85,7 @@ def build(name: str, args, vocab_size: int):
   """``(model, optimizer, gcfg)`` for optimizer ``name``, built as the example's ``train`` does."""
   cfg = train_lib.make_config(optimizer=name, width=args.width, depth=args.depth, seq=args.seq,
                               batch=args.batch, heads=args.heads, steps=1000)
-  cfg = train_lib.resolve(cfg)
-  gcfg = model_lib.GPTConfig(vocab_size=vocab_size, seq_len=cfg.seq, width=cfg.width,
-                             depth=cfg.depth, heads=cfg.heads)
+  gcfg = train_lib.model_config(train_lib.resolve(cfg), vocab_size)
   tx = train_lib.make_optimizer(cfg, gcfg)
 
   @nnx.jit
@@ -120,8 +113,8 @@ def flop_counts(args, vocab_size: int) -> dict:
   shapes = hidden_shapes(args.width, args.depth)
   ours = ol.Polar()
   methods = {"x".join(map(str, s)): polar_lib.choose_method(s, jnp.float32) for s in shapes}
-  lmo_ours = sum(polar_flops(s, ours) for s in shapes)
-  lmo_optax = sum(polar_flops(s, OPTAX_NS) for s in shapes)
+  lmo_ours = sum(_common.polar_flops(s, ours) for s in shapes)
+  lmo_optax = sum(_common.polar_flops(s, OPTAX_NS) for s in shapes)
   fb = dense + attention
   return {
       "matmul_params": n_matmul, "tokens": tokens, "fwd_bwd": fb, "fwd_bwd_dense": dense,
@@ -285,7 +278,9 @@ def print_table(res: dict) -> None:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      epilog="Run from the repository root: python -m benchmarks.step_overhead")
   p.add_argument("--width", type=int, default=512)
   p.add_argument("--depth", type=int, default=4)
   p.add_argument("--heads", type=int, default=8)
@@ -307,7 +302,7 @@ def main(argv=None):
       "flax": __import__("flax").__version__,
       "optax_lmo": ol.__version__,
       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+      "command": _common.command("step_overhead", argv),
       **run(args),
   }
   print_table(res)

@@ -175,7 +175,7 @@ def test_sigkill_and_restart_ends_bitwise_identical(tmp_path):
   got = _restore_raw(ckpt_dir, STEPS)
   want = _restore_raw(os.path.join(ref_dir, "ckpt"), STEPS)
   assert got.keys() == want.keys() and any(k.startswith("model.") for k in want)
-  for k in want:  # parameters, momentum, step counters, RNG key: all of it
+  for k in want:  # parameters, momentum, step counters: all of it
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   # The log is continued, not duplicated: every step's loss once, the same as uninterrupted.
   assert _train_losses(workdir) == _train_losses(ref_dir)

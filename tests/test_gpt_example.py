@@ -182,30 +182,32 @@ def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
 def test_parameter_names_match_gpt_rules():
   cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
-  rows = ol.describe(ol.gpt_rules(), nnx.state(model, nnx.Param), verbose=False)
-  got = {r["path"]: (r["shape"], r["norm"]) for r in rows}
+  rules = ol.gpt_rules()
+  got = {ckpt_lib.leaf_name(p): (x.shape, type(rules.group_for(ckpt_lib.leaf_name(p), x).norm))
+         for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
   d, v = 16, 11
+  nrm = ol.norms
   want = {
-      "embed/embedding": ((v, d), "ColNorm"),
-      "pos_embed/embedding": ((8, d), "ColNorm"),
-      "final_norm/scale": ((d,), "BiasRMS"),
-      "head/kernel": ((d, v), "RowNorm"),
+      "embed/embedding": ((v, d), nrm.ColNorm),
+      "pos_embed/embedding": ((8, d), nrm.ColNorm),
+      "final_norm/scale": ((d,), nrm.BiasRMS),
+      "head/kernel": ((d, v), nrm.RowNorm),
   }
   for i in range(2):
     want.update({
-        f"blocks/{i}/norm1/scale": ((d,), "BiasRMS"),
-        f"blocks/{i}/norm2/scale": ((d,), "BiasRMS"),
-        f"blocks/{i}/attn/qkv/kernel": ((d, 3 * d), "Spectral"),
-        f"blocks/{i}/attn/out/kernel": ((d, d), "Spectral"),
-        f"blocks/{i}/mlp/fc_in/kernel": ((d, 4 * d), "Spectral"),
-        f"blocks/{i}/mlp/fc_out/kernel": ((4 * d, d), "Spectral"),
+        f"blocks/{i}/norm1/scale": ((d,), nrm.BiasRMS),
+        f"blocks/{i}/norm2/scale": ((d,), nrm.BiasRMS),
+        f"blocks/{i}/attn/qkv/kernel": ((d, 3 * d), nrm.Spectral),
+        f"blocks/{i}/attn/out/kernel": ((d, d), nrm.Spectral),
+        f"blocks/{i}/mlp/fc_in/kernel": ((d, 4 * d), nrm.Spectral),
+        f"blocks/{i}/mlp/fc_out/kernel": ((4 * d, d), nrm.Spectral),
     })
   assert got == want
   # The scion init puts every matrix on its ball: ||W|| = radius.
-  assert float(ol.norms.RowNorm().norm(model.head.kernel[...])) == pytest.approx(10.0, rel=1e-5)
-  assert float(ol.norms.ColNorm().norm(model.embed.embedding[...])) == pytest.approx(1.0, rel=1e-5)
+  assert float(nrm.RowNorm().norm(model.head.kernel[...])) == pytest.approx(10.0, rel=1e-5)
+  assert float(nrm.ColNorm().norm(model.embed.embedding[...])) == pytest.approx(1.0, rel=1e-5)
   qkv = model.blocks[0].attn.qkv.kernel[...]
-  assert float(ol.norms.Spectral().norm(qkv)) == pytest.approx(3.0, rel=1e-4)
+  assert float(nrm.Spectral().norm(qkv)) == pytest.approx(3.0, rel=1e-4)
 
 
 def test_model_is_causal():
@@ -230,15 +232,73 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 
 
 def test_every_flag_has_help(capsys):
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as exit_:
     train_lib.parse_args(["--help"])
-  text = capsys.readouterr().out
+  assert exit_.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
   for f in dataclasses.fields(train_lib.TrainConfig):
-    assert "--" + f.name.replace("_", "-") in text
-  helps = train_lib._field_help(train_lib.TrainConfig)
-  assert set(helps) == {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+    assert "--" + f.name.replace("_", "-") in text, f.name
+    assert f.metadata["help"] and " ".join(f.metadata["help"].split()) in text, f.name
   cfg = train_lib.parse_args(["--preset", "demo", "--steps", "7", "--no-rotary"])
   assert cfg.steps == 7 and not cfg.rotary and cfg.workdir == "runs/demo"
+
+
+# Each is refused before anything is built: exit status 2 and one `error:` line naming the flag.
+BAD_FLAGS = [
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--adam-lr", "-1"], "--adam-lr must be > 0"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "ten"], "--steps: invalid int value"),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--batch", "-4"], "--batch must be >= 1"),
+    (["--width", "100", "--heads", "3"], "heads=3 must divide width=100"),
+    (["--width", "12", "--heads", "4"], "rotary needs an even head dimension"),
+    (["--optimizer", "sgd"], "--optimizer: invalid choice: 'sgd'"),
+    (["--beta", "1"], "--beta must be in [0, 1)"),
+    (["--beta", "-0.5"], "--beta must be in [0, 1)"),
+    (["--weight-decay", "0.1"], "--weight-decay: scion has none to set"),
+    (["--optimizer", "adamw", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--decay-frac", "1.5"], "--decay-frac must be in [0, 1]"),
+    (["--val-frac", "0"], "--val-frac must be in (0, 1)"),
+    (["--embed-radius", "0"], "--embed-radius must be > 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--mesh", "data=two"], "--mesh 'data=two'"),
+    (["--mesh", "data=2,fsdp=4", "--batch", "12"], "--batch 12 does not split"),
+    (["--num-processes", "2"], "--num-processes > 1 needs --coordinator"),
+    (["--process-id", "1"], "--process-id must be < --num-processes 1"),
+    (["--data", "/nonexistent/text.txt"], "--data /nonexistent/text.txt: no such file"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_invalid_flag_exits_2_with_one_error_line(capsys, argv, message):
+  with pytest.raises(SystemExit) as exit_:
+    train_lib.main(argv)
+  assert exit_.value.code == 2
+  out, err = capsys.readouterr()
+  assert out == "" and "Traceback" not in err
+  errors = [line for line in err.splitlines() if "error:" in line]
+  assert len(errors) == 1 and errors[0].startswith("python -m examples.gpt.train: error: ")
+  assert message in errors[0], errors[0]
+
+
+def test_validate_refuses_a_config_built_in_python():
+  with pytest.raises(ValueError, match="--lr must be a finite number, got nan"):
+    train_lib.validate(train_lib.make_config(lr=float("nan")))
+  with pytest.raises(ValueError, match="--optimizer 'sgd': choose from scion"):
+    train_lib.train(train_lib.make_config(optimizer="sgd"))
+
+
+def test_main_writes_the_summary_to_stdout_and_the_progress_bar_to_stderr(tmp_path, capsys):
+  train_lib.main(["--steps", "2", "--width", "16", "--depth", "1", "--heads", "2", "--batch", "4",
+                  "--seq", "16", "--eval-batches", "1", "--log-every", "1", "--no-plot",
+                  "--workdir", str(tmp_path)])
+  out, err = capsys.readouterr()
+  assert "scion: 2 steps (fresh)" in out and "final validation loss" in out
+  assert "2/2" in err and "2/2" not in out  # tqdm's counter
 
 
 def test_optimizers_build_for_the_model():
@@ -252,8 +312,7 @@ def test_optimizers_build_for_the_model():
 
 
 def test_batch_that_does_not_split_over_the_mesh_is_refused():
-  cfg = train_lib.make_config(mesh="data=2,fsdp=4", batch=12)
-  with pytest.raises(ValueError, match=r"batch=12 .* data x fsdp = 8"):
-    train_lib._check(cfg)
-  train_lib._check(train_lib.make_config(mesh="data=2,fsdp=4", batch=16))  # a multiple is fine
-  train_lib._check(train_lib.make_config(mesh="tp=8", batch=3))  # tp does not split the batch
+  with pytest.raises(ValueError, match=r"--batch 12 .* data x fsdp = 8"):
+    train_lib.validate(train_lib.make_config(mesh="data=2,fsdp=4", batch=12))
+  train_lib.validate(train_lib.make_config(mesh="data=2,fsdp=4", batch=16))  # a multiple is fine
+  train_lib.validate(train_lib.make_config(mesh="tp=8", batch=3))  # tp does not split the batch

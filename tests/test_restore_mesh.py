@@ -51,8 +51,7 @@ def _worker(tmp: str) -> dict:
 
   def target(c, mesh):
     """A fresh state tree laid out on ``mesh`` (None: one device), shaped like a checkpoint."""
-    gcfg = model_lib.GPTConfig(vocab_size=data.vocab_size, seq_len=c.seq, width=c.width,
-                               depth=c.depth, heads=c.heads)
+    gcfg = train_lib.model_config(c, data.vocab_size)
     tx = train_lib.make_optimizer(c, gcfg)
 
     def create():
@@ -63,15 +62,14 @@ def _worker(tmp: str) -> dict:
     return {
         "model": nnx.state(model, nnx.Param),
         "optimizer": nnx.state(opt),
-        "train": {"step": np.int64(0), "data_step": np.int64(0),
-                  "rng": jax.random.key_data(jax.random.key(0))},
+        "train": {"step": np.int64(0)},
     }
 
   def restore(c, step, mesh):
     """Restores ``c``'s checkpoint ``step`` onto ``mesh``; per leaf: value, sharding ok."""
     want = target(c, mesh)
     ckpt = ckpt_lib.Checkpointer(os.path.join(c.workdir, "ckpt"),
-                                 train_lib._resume_config(c, data))
+                                 train_lib.resume_config(c, data))
     try:
       got = ckpt.restore(step, want)
     finally:

@@ -1,12 +1,15 @@
-"""The checks of ``benchmarks/stability.py``: norms by hand, violations found, a short real run."""
+"""The ball check of the GPT example (``examples.gpt.monitor``): norms by hand, violations found,
+and a short constrained Scion run that stays finite and inside its balls."""
 
 import math
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import optax_lmo as ol
-from benchmarks import stability
+from examples.gpt import model as model_lib
+from examples.gpt import monitor
 from examples.gpt import train as train_lib
 
 RULES = ol.gpt_rules(embed_radius=1.0, hidden_radius=3.0, output_radius=10.0)
@@ -24,7 +27,7 @@ def _params(seed: int = 0) -> dict:
 
 def test_leaf_norms_match_numpy_by_hand():
   p = _params()
-  rows = {r["path"]: r for r in stability.leaf_norms(p, RULES)}
+  rows = {r["path"]: r for r in monitor.leaf_norms(p, RULES)}
   e, w = p["embed"]["embedding"], p["blocks"]["0"]["mlp"]["fc_in"]["kernel"]
   h, g = p["head"]["kernel"], p["blocks"]["0"]["norm1"]["scale"]
   want = {  # (norm, radius, value): the definitions, in numpy
@@ -43,17 +46,17 @@ def test_leaf_norms_match_numpy_by_hand():
 
 def test_violations_name_the_leaf_and_the_problem():
   p = _params()
-  rows = stability.leaf_norms(p, RULES)
+  rows = monitor.leaf_norms(p, RULES)
   inside = [dict(r, value=r["radius"] * (1 + 0.5e-3)) for r in rows]  # within tol
-  assert stability.violations(7, 1.5, inside, tol=1e-3) == []
+  assert monitor.violations(7, 1.5, inside, tol=1e-3) == []
   outside = [dict(r, value=2 * r["radius"]) if r["path"] == "head/kernel" else r for r in inside]
-  (bad,) = stability.violations(7, 1.5, outside, tol=1e-3)
+  (bad,) = monitor.violations(7, 1.5, outside, tol=1e-3)
   assert bad.startswith("step 7: head/kernel: RowNorm norm 20 exceeds its radius 10")
   p["blocks"]["0"]["norm1"]["scale"][3] = np.nan
-  rows = stability.leaf_norms(p, RULES)
+  rows = monitor.leaf_norms(p, RULES)
   nan_row = next(r for r in rows if r["path"] == "blocks/0/norm1/scale")
   assert not nan_row["finite"] and math.isnan(nan_row["value"])
-  bad = stability.violations(9, float("inf"), rows, tol=1e-3)
+  bad = monitor.violations(9, float("inf"), rows, tol=1e-3)
   assert "step 9: validation loss is inf" in bad
   assert "step 9: blocks/0/norm1/scale has NaN or Inf entries" in bad
 
@@ -62,14 +65,29 @@ def test_short_scion_run_stays_finite_and_in_its_balls(tmp_path):
   cfg = train_lib.make_config(steps=30, width=32, depth=1, heads=2, batch=8, seq=32, lr=2**-4,
                               eval_every=10, eval_batches=1, ckpt_every=30, workdir=str(tmp_path),
                               progress=False, plot=False)
-  res = stability.run(cfg, tol=1e-3)
-  assert res["ok"] and res["violations"] == [] and res["steps"] == 30, res["violations"]
-  assert [e["step"] for e in res["evals"]] == [0, 10, 20, 30]
-  assert res["n_train_losses_checked"] == 3 and math.isfinite(res["final_val_loss"])
+  check = monitor.BallCheck(model_lib.rules(train_lib.model_config(cfg, vocab_size=1)), tol=1e-3)
+  out = train_lib.train(cfg, on_eval=check)
+  assert out["step"] == 30 and math.isfinite(out["val_loss"])
+  assert check.violations == [], check.violations
+  assert [e["step"] for e in check.evals] == [0, 10, 20, 30]
   n_leaves = 3 + 6  # embedding, final gain, head; 4 kernels and 2 gains in the block
-  assert len(res["leaves"]) == n_leaves
+  assert len(check.leaves) == n_leaves
   # The scion init puts every leaf on its sphere, and the constrained steps keep it inside.
-  assert res["evals"][0]["max_ratio"] == pytest.approx(1.0, abs=1e-4)
-  for path, leaf in res["leaves"].items():
+  assert check.evals[0]["max_ratio"] == pytest.approx(1.0, abs=1e-4)
+  for path, leaf in check.leaves.items():
     assert leaf["max_ratio"] <= 1 + 1e-3, path
     assert leaf["final_ratio"] < 1.0, path  # a 2**-4 step pulls every leaf off the sphere
+  p = out["params"]["head/kernel"]  # the check's head norm is the RowNorm, by hand
+  assert check.leaves["head/kernel"]["final_ratio"] == pytest.approx(
+      np.sqrt(p.shape[0]) * np.linalg.norm(p, axis=0).max() / 10.0, rel=1e-5)
+
+
+def test_ball_check_catches_a_leaf_outside_its_ball():
+  """The check is not vacuous: a model whose head is twice its radius is reported."""
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2)
+  model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  model.head.kernel[...] = 2 * model.head.kernel[...]
+  check = monitor.BallCheck(model_lib.rules(cfg), tol=1e-3)
+  check(5, 1.0, model)
+  assert len(check.violations) == 1 and "step 5: head/kernel: RowNorm norm 20" in \
+      check.violations[0], check.violations

@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-FORMAT = 1  # bump when the layout of ``state`` or ``meta`` changes
+FORMAT = 2  # bump when the layout of ``state`` or ``meta`` changes
 
 
 class CheckpointError(RuntimeError):
@@ -94,8 +94,29 @@ class Checkpointer:
                                            cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def start(self, *, resume: bool) -> int | None:
+    """The step to resume from, its configuration checked (:meth:`check`); ``None`` if none.
+
+    With ``resume=False`` every saved step is deleted first: the run starts over.
+    """
+    latest = self.latest_step()
+    if latest is not None and not resume:
+      print(f"starting fresh: replacing the checkpoints in {self.directory}", flush=True)
+      for s in self.manager.all_steps():
+        self.manager.delete(s)
+      return None
+    if latest is not None:
+      self.check(latest)
+    return latest
 
   def save(self, step: int, tree) -> None:
     """Writes ``tree`` (any pytree of arrays) as step ``step`` (asynchronously)."""

@@ -105,13 +105,6 @@ def unigram_entropy(ids_N: np.ndarray, vocab_size: int) -> float:
   return float(-(p * np.log(p)).sum())
 
 
-def unigram_cross_entropy(train_N: np.ndarray, val_N: np.ndarray, vocab_size: int) -> float:
-  """Cross-entropy (nats) on ``val_N`` of the train unigram distribution (add-one smoothed)."""
-  p = (np.bincount(train_N, minlength=vocab_size) + 1) / (len(train_N) + vocab_size)
-  return float(-np.log(p[val_N]).mean())
-
-
 __all__ = [
     "Dataset", "build", "load", "load_text", "train_batch", "val_batches", "unigram_entropy",
-    "unigram_cross_entropy",
 ]

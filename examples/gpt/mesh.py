@@ -141,8 +141,10 @@ def put_batch(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
   return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.shape[0]), lambda i: x[i])
 
 
-def create(fn, mesh: Mesh):
+def create(fn, mesh: Mesh | None):
   """``fn() -> (model, optimizer)`` run as one ``jax.jit`` that lays every array out on ``mesh``."""
+  if mesh is None:
+    return nnx.jit(fn)()
   graphdef = []
 
   def init():
@@ -156,13 +158,16 @@ def create(fn, mesh: Mesh):
   return nnx.merge(graphdef[0], state)
 
 
-def jit_step(step, model, optimizer, mesh: Mesh, batch: int):
+def jit_step(step, model, optimizer, mesh: Mesh | None, batch: int):
   """``step(model, optimizer, x_BxL, y_BxL) -> loss`` as a ``jax.jit`` with pinned shardings.
 
   The model and optimizer state go in and come out with the layout they have
   (from :func:`create`), the batch with :func:`batch_sharding`. The returned
   function updates ``model`` and ``optimizer`` in place, like ``nnx.jit``.
+  Without a mesh, ``step`` itself.
   """
+  if mesh is None:
+    return step
   graphdef, state = nnx.split((model, optimizer))
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   batch_sh = batch_sharding(mesh, batch)

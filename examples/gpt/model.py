@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 import optax_lmo
@@ -178,3 +180,14 @@ def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
     else:
       raise ValueError(f"{name}: scion_init has no initializer for this parameter.")
     var.set_value(new.astype(dtype))
+
+
+def optax_muon_dims(params):
+  """optax.contrib.muon's routing: hidden 2-D kernels to Muon; embeddings, head, gains to AdamW."""
+
+  def dims(path, x):
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    skip = x.ndim != 2 or re.search(r"(^|/)(pos_)?embed/|(^|/)head/", name)
+    return None if skip else optax.contrib.MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+
+  return jax.tree_util.tree_map_with_path(dims, params)
