@@ -5,6 +5,7 @@ from optax_lmo._src.adaptive_batch import AdaptiveBatchState, adaptive_batch
 from optax_lmo._src.alias import (
     muon,
     normalized_sgd,
+    polargrad,
     scion,
     sign_descent,
     unconstrained_scion,
@@ -13,6 +14,8 @@ from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
 from optax_lmo._src.coeffs import Coefficients, get_coefficients
 from optax_lmo._src.describe import Description, describe
 from optax_lmo._src.diagnostics import norm_report
+from optax_lmo._src.drop import DropState, drop_leaves
+from optax_lmo._src.momentum import MomentumState, momentum, state_dtype
 from optax_lmo._src.polar import Polar, polar
 from optax_lmo._src.route import RouteState, route
 from optax_lmo._src.rules import Group, Plan, Rules, default_rules, gpt_rules, muon_rules
@@ -27,14 +30,11 @@ from optax_lmo._src.schedules import (
 )
 from optax_lmo._src.spec import MatrixSpec, from_matrices, to_matrices
 from optax_lmo._src.transforms import (
-    MomentumState,
     add_constrained_decay,
-    momentum,
     orthogonalize,
     scale_by_norm,
     scale_by_radius,
     sign,
-    state_dtype,
     with_float32_state,
 )
 
@@ -46,6 +46,9 @@ __all__ = [
     "COEFFICIENTS",
     "Coefficients",
     "Description",
+    "DropState",
+    "drop_leaves",
+    "polargrad",
     "Group",
     "Plan",
     "RouteState",

@@ -24,11 +24,13 @@ References:
 from typing import Any
 
 import chex
+import jax
 import optax
 
+from optax_lmo._src import drop, transforms
+from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
-from optax_lmo._src import transforms
 from optax_lmo._src.polar import Polar
 from optax_lmo._src.route import route
 
@@ -40,40 +42,62 @@ def _check_lr(learning_rate, what: str):
 
 def _lmo_chain(
     learning_rate, plan: rules_lib.Plan, *, beta, nesterov, bias_correction, decay, clip,
-    mu_dtype, distribute,
+    mu_dtype, distribute, keep_prob=1.0, seed=0, steepest=False,
 ) -> optax.GradientTransformationExtraArgs:
-  """momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate."""
+  """momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate.
+
+  ``steepest`` scales each direction by its dual norm instead of the radius
+  (PolarGrad); ``keep_prob`` < 1 samples the spectral leaves (Drop-Muon).
+  """
 
   def leaf_decay(g):
     d = decay if g.decay is None else g.decay
     return None if isinstance(d, (int, float)) and d == 0 else d
 
+  def leaf_keep(g):
+    p = g.keep_prob if g.keep_prob is not None else (
+        keep_prob if isinstance(g.norm, norms_lib.Spectral) else None)
+    return None if isinstance(p, (int, float)) and p == 1 else p
+
   radius = plan.tree(lambda g: g.radius if g.norm is not None else None)
-  return optax.chain(
-      transforms.momentum(beta, nesterov=nesterov, bias_correction=bias_correction,
-                          mu_dtype=mu_dtype),
+  tx = optax.chain(
+      momentum_lib.momentum(beta, nesterov=nesterov, bias_correction=bias_correction,
+                            mu_dtype=mu_dtype),
       transforms.scale_by_norm(
           plan.tree(lambda g: g.norm),
           specs=plan.tree(lambda g: g.spec),
           dual_clip=radius if clip else None,
+          dual_scale=steepest,
           distribute=distribute,
       ),
-      transforms.scale_by_radius(radius),
+      transforms.scale_by_radius(None if steepest else radius),
       transforms.add_constrained_decay(plan.tree(leaf_decay)),
       transforms.scale_by_radius(plan.tree(lambda g: g.lr_mult)),  # per-group lr multiplier
       optax.scale_by_learning_rate(learning_rate),
   )
+  keep = plan.tree(lambda g: leaf_keep(g) if g.norm is not None else None)
+  if all(k is None for k in jax.tree.leaves(keep)):
+    return tx
+  return drop.drop_leaves(tx, keep, seed=seed)
 
 
 def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
-          distribute):
+          distribute, keep_prob=1.0, seed=0, steepest=False):
   _check_lr(learning_rate, name)
-  transforms.check_beta(beta, name)
+  momentum_lib.check_beta(beta, name)
+  _check_keep(keep_prob, name)
   build = lambda plan: _lmo_chain(
       learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
-      clip=clip, mu_dtype=mu_dtype, distribute=distribute,
+      clip=clip, mu_dtype=mu_dtype, distribute=distribute, keep_prob=keep_prob, seed=seed,
+      steepest=steepest,
   )
-  return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay)
+  return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay,
+               keep_prob=keep_prob)
+
+
+def _check_keep(keep_prob, what: str):
+  if isinstance(keep_prob, (int, float)) and not 0.0 < keep_prob <= 1.0:
+    raise ValueError(f"{what}: keep_prob must be in (0, 1], got {keep_prob}.")
 
 
 def scion(
@@ -86,6 +110,8 @@ def scion(
     polar: Polar | None = None,
     mu_dtype: Any = None,
     distribute: bool | None = None,
+    keep_prob: chex.Numeric = 1.0,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: stochastic conditional gradient under a per-layer norm (SCG).
 
@@ -116,6 +142,11 @@ def scion(
       :func:`~optax_lmo.scale_by_norm`). ``None``: whenever the updates live on
       a mesh with more than one device; ``False``: never (XLA partitions the
       polar factor itself, re-gathering the matrix inside every iteration).
+    keep_prob: update each spectral leaf with this probability per step
+      (Drop-Muon, :func:`~optax_lmo.drop_leaves`): a dropped leaf neither moves
+      nor pays for its polar factor, and its momentum keeps accumulating. A
+      group's ``keep_prob`` overrides it. 1: every leaf every step.
+    seed: seed of those draws.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Every numeric argument can be
@@ -137,7 +168,8 @@ def scion(
     ICML 2025, arXiv:2502.07529.
   """
   return _uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
-               clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute)
+               clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
+               keep_prob=keep_prob, seed=seed)
 
 
 def unconstrained_scion(
@@ -151,6 +183,8 @@ def unconstrained_scion(
     polar: Polar | None = None,
     mu_dtype: Any = None,
     distribute: bool | None = None,
+    keep_prob: chex.Numeric = 1.0,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unconstrained Scion (uSCG): steepest descent under a per-layer norm.
 
@@ -171,6 +205,7 @@ def unconstrained_scion(
     polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
+    keep_prob, seed: randomized layer updates, as in :func:`scion`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -184,7 +219,7 @@ def unconstrained_scion(
   """
   return _uscg(learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
                decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
-               distribute=distribute)
+               distribute=distribute, keep_prob=keep_prob, seed=seed)
 
 
 def muon(
@@ -204,6 +239,8 @@ def muon(
     polar: Polar | None = None,
     mu_dtype: Any = None,
     distribute: bool | None = None,
+    keep_prob: chex.Numeric = 1.0,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon: the spectral LMO on hidden matrices, AdamW on everything else.
 
@@ -229,6 +266,7 @@ def muon(
     polar: :class:`~optax_lmo.Polar` options for the spectral leaves.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
+    keep_prob, seed: randomized updates of the spectral leaves, as in :func:`scion`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; every numeric argument can be
@@ -247,7 +285,8 @@ def muon(
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
   _check_lr(learning_rate, "muon")
-  transforms.check_beta(beta, "muon")
+  momentum_lib.check_beta(beta, "muon")
+  _check_keep(keep_prob, "muon")
   if adam_learning_rate is not None:
     _check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(
@@ -260,6 +299,7 @@ def muon(
     lmo_tx = _lmo_chain(
         learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
         decay=weight_decay, clip=False, mu_dtype=mu_dtype, distribute=distribute,
+        keep_prob=keep_prob, seed=seed,
     )
     labels = plan.treedef.unflatten(
         ["adam" if g is None or g.norm is None else "lmo" for g in plan.groups]
@@ -268,7 +308,63 @@ def muon(
 
   return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",
                polar=polar, needs_norm=False, fallback="AdamW", mu_dtype=mu_dtype,
-               decay=weight_decay)
+               decay=weight_decay, keep_prob=keep_prob)
+
+
+def polargrad(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    rules: Any = None,
+    beta: chex.Numeric = 0.9,
+    nesterov: bool = False,
+    weight_decay: chex.Numeric = 0.0,
+    polar: Polar | None = None,
+    mu_dtype: Any = None,
+    distribute: bool | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""PolarGrad: steepest descent under each leaf's norm, the LMO scaled by the dual norm.
+
+  .. math::
+    d \leftarrow \beta d + (1-\beta) g, \qquad
+    W \leftarrow W - \gamma_t\,(\|d\|_*\, \mathrm{lmo}(d) + \mu W)
+
+  For a hidden matrix (the spectral norm) the step is ``||d||_nuc polar(d)``
+  times the squared dimension factor ``d_out / d_in``; the dual norm comes from
+  the LMO itself, ``||d||_* = <d, lmo(d)>``. Unlike the LMO step the update is
+  degree-1 homogeneous in ``d`` (it shrinks with the gradient), so learning
+  rates are on an SGD-like scale; radii are not used. Routing as in
+  :func:`scion` (:func:`~optax_lmo.default_rules`: embeddings ColNorm, head
+  RowNorm, vectors BiasRMS, hidden matrices Spectral).
+
+  Args:
+    learning_rate: ``gamma``, a float or an optax schedule.
+    rules: routing, as in :func:`scion` (radii are ignored).
+    beta: momentum (decay of the running average); 0 disables it.
+    nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
+    weight_decay: ``mu``; a group's ``decay`` overrides it for its leaves.
+    polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
+    mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
+    distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> tx = ol.polargrad(0.1, beta=0.0, rules=[(".*", ol.Group(ol.norms.Spectral()))],
+    ...                   polar=ol.Polar(method="svd"))
+    >>> g = jnp.diag(jnp.array([3.0, 1.0]))
+    >>> u, _ = tx.update(g, tx.init(g))
+    >>> [round(float(v), 4) for v in jnp.diag(u)]  # -0.1 * ||g||_nuc * polar(g) = -0.4 I
+    [-0.4, -0.4]
+
+  References:
+    Lau, Long, Su, PolarGrad: A class of matrix-gradient optimizers from a
+    unifying preconditioning perspective, arXiv:2505.21799, 2025.
+  """
+  return _uscg(learning_rate, rules, name="polargrad", beta=beta, nesterov=nesterov,
+               decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype,
+               distribute=distribute, steepest=True)
 
 
 def sign_descent(

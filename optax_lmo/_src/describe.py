@@ -9,10 +9,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import spec as spec_lib
-from optax_lmo._src import transforms
 from optax_lmo._src.route import RouteState, Routing
 
 
@@ -22,15 +22,16 @@ class Description:
   Indexing and iteration give the rows (dicts with the keys in :attr:`columns`).
   """
 
-  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "decay", "state", "role",
-             "evidence")
+  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "decay", "keep", "state",
+             "role", "evidence")
 
   def __init__(self, rows: list[dict]):
     self.rows = rows
-    # role and evidence only when some leaf states them (inferred or name rules).
+    # keep, role and evidence only when some leaf states them.
+    optional = {"role": ("-",), "evidence": ("-",), "keep": ("-", 1.0, 1)}
     self.columns = tuple(
         c for c in self.COLUMNS
-        if c not in ("role", "evidence") or any(r.get(c) not in (None, "", "-") for r in rows)
+        if c not in optional or any(r.get(c) not in optional[c] for r in rows)
     )
 
   def __len__(self):
@@ -115,7 +116,7 @@ def describe(tx_or_rules: Any, params: Any) -> Description:
 
 def _row(path, shape, dtype, routing: Routing | None, g) -> dict:
   row = dict(path=path, shape=shape, view="-", norm="-", radius="-", lr_mult="-", decay="-",
-             state="-", role="-", evidence="-")
+             keep="-", state="-", role="-", evidence="-")
   if g is not None:
     row.update(role=g.role or "-", evidence=g.evidence or "-")
   if g is None or g.norm is None:
@@ -125,15 +126,21 @@ def _row(path, shape, dtype, routing: Routing | None, g) -> dict:
   decay = g.decay
   if decay is None and routing is not None and routing.name != "rules":
     decay = "injected" if routing.decay is None else routing.decay
+  keep = g.keep_prob
+  if keep is None and routing is not None and routing.name != "rules":
+    keep = 1.0
+    if isinstance(g.norm, norms_lib.Spectral):
+      keep = "injected" if routing.keep_prob is None else routing.keep_prob
   state = "-"
   if routing is not None and routing.name != "rules" and dtype is not None:
-    state = transforms.state_dtype(dtype, routing.mu_dtype).name
+    state = momentum_lib.state_dtype(dtype, routing.mu_dtype).name
   row.update(
-      view=g.norm.view(shape, g.spec, path).describe(shape),
+      view=g.norm.describe_view(shape, g.spec, path),
       norm=_norm_name(g.norm),
       radius=g.radius,
       lr_mult=g.lr_mult,
       decay="-" if decay is None else decay,
+      keep="-" if keep is None else keep,
       state=state,
   )
   return row

@@ -188,7 +188,7 @@ class Spectral(Norm):
     return max(1.0, f) if self.input_layer else f
 
   def lmo_matrices(self, m):
-    return self.factor(*m.shape[-2:]) * self.polar(m)
+    return self.factor(*m.shape[-2:]) * self.polar.apply(m)
 
   def norm_matrices(self, m):
     return jnp.max(numerics.singular_values(m), axis=-1) / self.factor(*m.shape[-2:])

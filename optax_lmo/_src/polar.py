@@ -84,7 +84,12 @@ class Polar:
     if self.restart_every is not None and self.restart_every < 1:
       raise ValueError(f"restart_every must be >= 1, got {self.restart_every}.")
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def apply(self, x: jax.Array) -> jax.Array:
+    """The polar factor of each matrix of ``x`` with these options (see :func:`polar`).
+
+    (A method, not ``__call__``: ``optax.inject_hyperparams`` treats callable
+    arguments as schedules, and a ``Polar`` must pass through it unchanged.)
+    """
     return polar(
         x,
         method=self.method,

@@ -37,14 +37,17 @@ class Routing:
     mu_dtype: the ``mu_dtype`` argument (``None``: follows the parameters).
     decay: the optimizer's default decay as a Python number, or ``None`` when
       it is an injected (traced) value.
+    keep_prob: the optimizer's keep probability for spectral leaves, likewise.
   """
 
-  def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any):
+  def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
+               keep_prob: Any = 1.0):
     self.plan = plan
     self.name = name
     self.fallback = fallback
     self.mu_dtype = mu_dtype
     self.decay = decay if isinstance(decay, (int, float)) else None
+    self.keep_prob = keep_prob if isinstance(keep_prob, (int, float)) else None
 
   def __eq__(self, other):
     return isinstance(other, Routing)
@@ -88,6 +91,7 @@ def route(
     fallback: str | None = None,
     mu_dtype: Any = None,
     decay: Any = None,
+    keep_prob: Any = 1.0,
 ) -> optax.GradientTransformationExtraArgs:
   """Resolves ``rules`` per tree and runs the transformation ``build(plan)``.
 
@@ -100,7 +104,7 @@ def route(
     polar: :class:`~optax_lmo.Polar` options put into every spectral norm of the plan.
     needs_norm: raise at ``init`` for a leaf whose group has no norm.
     fallback: what norm-less leaves get (shown by ``describe``).
-    mu_dtype, decay: shown by ``describe``.
+    mu_dtype, decay, keep_prob: shown by ``describe``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`RouteState`.
@@ -120,7 +124,8 @@ def route(
   def init_fn(params):
     plan = plan_of(params)
     _check(plan, params, name, needs_norm)
-    return RouteState(build(plan).init(params), Routing(plan, name, fallback, mu_dtype, decay))
+    return RouteState(build(plan).init(params), Routing(plan, name, fallback, mu_dtype, decay,
+                                                           keep_prob))
 
   def update_fn(updates, state, params=None, **extra_args):
     tx = optax.with_extra_args_support(build(plan_of(updates)))

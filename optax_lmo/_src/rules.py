@@ -43,6 +43,9 @@ class Group:
       shown by :func:`describe`. ``None``: not stated.
     evidence: why the leaf got this group (e.g. the traced ops that use it, or
       ``"name rule"``); shown by :func:`describe`.
+    keep_prob: probability that the leaf is updated at a step (randomized layer
+      updates, :func:`~optax_lmo.drop_leaves`); ``None`` takes the optimizer's
+      ``keep_prob`` for spectral leaves and 1 for the rest.
   """
 
   norm: norms_lib.Norm | None
@@ -52,6 +55,7 @@ class Group:
   spec: MatrixSpec | None = None
   role: str | None = None
   evidence: str = ""
+  keep_prob: float | None = None
 
   def __post_init__(self):
     if self.norm is not None and not isinstance(self.norm, norms_lib.Norm):
@@ -60,6 +64,8 @@ class Group:
       v = getattr(self, name)
       if isinstance(v, (int, float)) and not (np.isfinite(v) and v >= 0):
         raise ValueError(f"Group.{name} must be a finite number >= 0, got {v}.")
+    if isinstance(self.keep_prob, (int, float)) and not 0.0 <= self.keep_prob <= 1.0:
+      raise ValueError(f"Group.keep_prob must be in [0, 1], got {self.keep_prob}.")
 
 
 RuleList = Sequence[tuple[str, Group]]

@@ -9,7 +9,7 @@ Each is an ``optax.GradientTransformationExtraArgs``; the optimizers in
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import chex
 import jax
@@ -70,6 +70,7 @@ def scale_by_norm(
     *,
     specs: MatrixSpec | PerLeaf = None,
     dual_clip: PerLeaf = None,
+    dual_scale: bool = False,
     batch: bool = True,
     distribute: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -83,8 +84,19 @@ def scale_by_norm(
   followed by :func:`scale_by_radius` this gives the clipped step
   ``min(rho, ||g||_*) lmo(g)`` of clipped Scion.
 
+  With ``dual_scale=True`` the direction is multiplied by that dual norm:
+  ``||g||_* lmo(g)``, the steepest-descent step under the norm ([S] eq. 7; for
+  the spectral norm the PolarGrad step ``||g||_nuc polar(g)``). It costs nothing
+  beyond the LMO.
+
   Spectral leaves whose matrix views share a shape and a norm are stacked and
   orthogonalized in one batched call (``batch=True``), then unstacked.
+
+  ``update`` takes an optional extra argument ``keep``: a pytree of booleans
+  matched to the updates by path (``None`` entries: always computed), as
+  :func:`~optax_lmo.drop_leaves` passes it. A spectral leaf whose entry is
+  false gets a zero direction without running its polar factor (it is taken
+  out of the batched call and computed under ``lax.cond``).
 
   Args:
     norms: a :class:`~optax_lmo.norms.Norm` for every leaf, or a pytree of norms
@@ -92,9 +104,10 @@ def scale_by_norm(
     specs: a :class:`~optax_lmo.MatrixSpec` per leaf, in the same forms; ``None``
       takes each norm's default view (an error for ndim >= 3 matrix norms).
     dual_clip: ``None``, or the radius per leaf for the clipped step.
+    dual_scale: multiply each direction by its dual norm (steepest descent).
     batch: stack same-shape spectral leaves into one polar call.
     distribute: give each spectral matrix one owner device on the mesh the
-      updates live on (see ``distributed.py``); ``None``: when that mesh has more
+      updates live on (see ``exchange.py``); ``None``: when that mesh has more
       than one device, ``False``: never.
 
   Returns:
@@ -113,12 +126,14 @@ def scale_by_norm(
     del params
     return optax.EmptyState()
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, keep=None, **extra_args):
     del params, extra_args
     flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
     norm_l = per_leaf(norms, updates, kind=Norm, what="norm")
     spec_l = per_leaf(specs, updates, kind=MatrixSpec, what="MatrixSpec")
     clip_l = per_leaf(dual_clip, updates, what="dual_clip radius")
+    keep_l = per_leaf(keep, updates, what="keep mask")
+    finish = lambda idx, u, st: _finish(out[idx], u, clip_l[idx], st, dual_scale)
     out = [g for _, g in flat]
     spectral: dict[Any, list] = {}  # (polar, matrix shape) -> [(index, norm, stack)]
     for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
@@ -129,28 +144,34 @@ def scale_by_norm(
         raise TypeError(f"{p}: expected a Norm or None, got {nrm!r}.")
       _check_float(g, p)
       st = nrm.to_stack(g, spec_l[idx], path=p)
-      if isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
+      if isinstance(nrm, Spectral) and keep_l[idx] is not None:  # sampled: skip when dropped
+        m = st.matrices
+        u = jax.lax.cond(keep_l[idx], nrm.polar.apply, jnp.zeros_like, m)
+        out[idx] = finish(idx, nrm.factor(*m.shape[-2:]) * u, st)
+      elif isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
         key = (nrm.polar, st.matrices.shape[1:] if batch else idx)
         spectral.setdefault(key, []).append((idx, nrm, st))
       else:  # row-local LMOs run where the data lives
-        out[idx] = _finish(g, nrm.lmo_matrices(st.matrices), clip_l[idx], st)
+        out[idx] = finish(idx, nrm.lmo_matrices(st.matrices), st)
     stacks = [[st.matrices for _, _, st in items] for items in spectral.values()]
     mesh = exchange_lib.find_mesh([m for ms in stacks for m in ms], distribute)
-    polars = exchange_lib.polar_stacks([pol for pol, _ in spectral], stacks, mesh)
+    polars = exchange_lib.polar_stacks([pol.apply for pol, _ in spectral], stacks, mesh)
     for items, ps in zip(spectral.values(), polars, strict=True):
       for (idx, nrm, st), p in zip(items, ps, strict=True):
-        out[idx] = _finish(out[idx], nrm.factor(*p.shape[-2:]) * p, clip_l[idx], st)
+        out[idx] = finish(idx, nrm.factor(*p.shape[-2:]) * p, st)
     return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _finish(g, u, clip, st):
-  """The stack LMO ``u`` of ``g`` back in leaf shape, clipped by the dual norm if asked."""
+def _finish(g, u, clip, st, dual_scale=False):
+  """The stack LMO ``u`` of ``g`` back in leaf shape, scaled or clipped by the dual norm."""
   u = st.weight * u
-  if clip is not None:  # <g, lmo(g)> per matrix of the view: summed over its blocks
+  if clip is not None or dual_scale:  # <g, lmo(g)> per matrix of the view, over its blocks
     dual = st.per_view(jnp.sum(st.matrices * u, axis=(-2, -1))).sum(axis=-1, keepdims=True)
-    scale = jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
+    scale = dual if dual_scale else 1.0
+    if clip is not None:
+      scale = scale * jnp.minimum(1.0, dual / jnp.asarray(clip, jnp.float32))
     u = u * jnp.broadcast_to(scale, dual.shape[:-1] + (st.blocks,)).reshape(-1, 1, 1)
   return st.unstack(u).astype(g.dtype)
 
@@ -238,111 +259,6 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
         for g, r in zip(leaves, rad, strict=True)
     ]
     return jax.tree.unflatten(treedef, out), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-class MomentumState(NamedTuple):
-  """State of :func:`momentum`."""
-
-  count: chex.Array  # [], int32: steps taken
-  trace: optax.Updates  # like params; mu_dtype, or float32 for low-precision params: d
-
-
-def state_dtype(dtype, mu_dtype=None):
-  """The dtype of optimizer state for a leaf of ``dtype``.
-
-  ``mu_dtype`` when given; otherwise the leaf's own dtype, except float32 for
-  floating-point dtypes narrower than 32 bits (bfloat16, float16).
-  """
-  if mu_dtype is not None:
-    return jnp.dtype(mu_dtype)
-  dtype = jnp.dtype(dtype)
-  if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
-    return jnp.dtype(jnp.float32)
-  return dtype
-
-
-def check_beta(beta, what: str = "momentum") -> None:
-  """Raises for a Python-number ``beta`` outside ``[0, 1)`` (traced values pass)."""
-  if isinstance(beta, (int, float)) and not 0.0 <= float(beta) < 1.0:
-    raise ValueError(
-        f"{what}: beta must be in [0, 1) (the decay of the running average, as in optax;"
-        f" beta=0.9 keeps 90% of it), got {beta}."
-    )
-
-
-def momentum(
-    beta: chex.Numeric = 0.9,
-    *,
-    nesterov: bool = False,
-    bias_correction: bool = False,
-    mu_dtype: Any = None,
-) -> optax.GradientTransformationExtraArgs:
-  r"""Momentum as an exponential moving average, in optax's convention.
-
-  .. math::
-    d \leftarrow \beta\, d + (1 - \beta)\, g, \qquad
-    \text{output } d \text{ (or } \beta\, d + (1-\beta)\, g \text{ with Nesterov)}
-
-  ``beta`` is the decay of the running average, as in ``optax.sgd(momentum=0.9)``
-  and ``optax.contrib.muon(beta=0.95)``; ``beta = 0`` is no momentum. The Scion
-  paper's ``alpha`` is ``1 - beta`` (its ``momentum=0.1`` is ``beta=0.9`` here).
-  The state is created eagerly as zeros shaped (and sharded) like the parameters.
-
-  Args:
-    beta: decay of the running average, in ``[0, 1)``; may be a traced value
-      (``optax.inject_hyperparams``).
-    nesterov: feed ``beta d + (1 - beta) g`` forward (Muon, Disco).
-    bias_correction: divide by ``1 - beta^t`` as Adam does (``t`` the step;
-      with Nesterov the ``d`` term uses ``t + 1``), as ``optax.contrib.muon``
-      does. LMOs are scale invariant, so this only matters with Nesterov.
-    mu_dtype: dtype of the trace; ``None``: the parameter's dtype, float32 for
-      bfloat16 and float16 parameters (see :func:`state_dtype`).
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs`` with :class:`MomentumState`.
-
-  Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> tx = ol.momentum(0.5)
-    >>> s = tx.init(jnp.zeros(1))
-    >>> u, s = tx.update(jnp.ones(1), s)
-    >>> u, s = tx.update(jnp.ones(1), s)
-    >>> u.tolist()
-    [0.75]
-  """
-  check_beta(beta)
-
-  def init_fn(params):
-    return MomentumState(
-        count=jnp.zeros([], jnp.int32),
-        trace=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype(p.dtype, mu_dtype)),
-                           params),
-    )
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    count = optax.safe_increment(state.count)
-
-    def step(g, d):
-      # Computed in the trace's dtype, at least float32 (float64 stays float64 under x64).
-      ct = jnp.promote_types(d.dtype, jnp.float32)
-      b, g = jnp.asarray(beta, ct), g.astype(ct)
-      d = b * d.astype(ct) + (1 - b) * g
-      # Bias-correction denominators 1 - beta^t (ones when switched off).
-      t = count.astype(ct)
-      c_g = 1 - b**t if bias_correction else 1.0
-      c_d = (1 - b ** (t + 1) if nesterov else c_g) if bias_correction else 1.0
-      out = b * d / c_d + (1 - b) * g / c_g if nesterov else d / c_d
-      return out, d
-
-    g_l, treedef = jax.tree.flatten(updates)
-    d_l = treedef.flatten_up_to(state.trace)
-    res = [step(g, d) for g, d in zip(g_l, d_l, strict=True)]
-    out = treedef.unflatten([o.astype(g.dtype) for (o, _), g in zip(res, g_l, strict=True)])
-    trace = treedef.unflatten([n.astype(d.dtype) for (_, n), d in zip(res, d_l, strict=True)])
-    return out, MomentumState(count=count, trace=trace)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
