@@ -1,10 +1,20 @@
 # Two commands: `make demo` and `make test`. Both create .venv on first use.
+# `make test-min` runs the suite again in .venv-min, on the oldest supported versions.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MIN_VENV := .venv-min
+MIN_PY := $(MIN_VENV)/bin/python
+MIN_STAMP := $(MIN_VENV)/.installed
 
-.PHONY: install test lint demo docs clean
+# pytest exits 5 when it collects no test; say so plainly instead of failing CI on it.
+define run_pytest
+@$(1) -m pytest -n 2 -q tests; rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+endef
+
+.PHONY: install test test-min lint demo docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +27,20 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# pytest exits 5 when it collects no test; say so plainly instead of failing CI on it.
 test: lint
-	@$(PY) -m pytest -n 2 -q tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+	$(call run_pytest,$(PY))
+
+# Every dependency pinned to its `>=` bound in pyproject.toml (scripts/min_constraints.py).
+$(MIN_STAMP): pyproject.toml scripts/min_constraints.py
+	@test -x $(MIN_PY) || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_PY) -m pip install -q --upgrade pip
+	$(MIN_PY) scripts/min_constraints.py dev examples > $(MIN_VENV)/constraints.txt
+	$(MIN_PY) -m pip install -q -c $(MIN_VENV)/constraints.txt -e ".[dev,examples]"
+	@touch $(MIN_STAMP)
+
+test-min: $(MIN_STAMP)
+	$(MIN_VENV)/bin/ruff check .
+	$(call run_pytest,$(MIN_PY))
 
 demo: $(STAMP)
 	$(PY) -m examples.gpt.train --preset demo
@@ -30,4 +50,4 @@ docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info docs/_build
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache build *.egg-info docs/_build
