@@ -12,6 +12,8 @@ from optax_lmo._src.alias import (
 from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
 from optax_lmo._src.coeffs import Coefficients, get_coefficients
 from optax_lmo._src.diagnostics import norm_report
+from optax_lmo._src.infer import infer_rules
+from optax_lmo._src.initialize import init_params
 from optax_lmo._src.polar import Polar, polar
 from optax_lmo._src.rules import Group, Rules, default_rules, describe, gpt_rules
 from optax_lmo._src.schedules import (
@@ -54,6 +56,8 @@ __all__ = [
     "get_coefficients",
     "gpt_rules",
     "group_lr_multipliers",
+    "infer_rules",
+    "init_params",
     "momentum",
     "muon",
     "muon_rules",
