@@ -55,7 +55,7 @@ def test_linen_mlp_on_real_inputs():
   x = jnp.zeros((4, 64))
   params, apply = _linen(model, x)
   expected = {
-      "layers_0/kernel": _row(SPEC_IN, 1.0, "input"),
+      "layers_0/kernel": _row(SPEC_IN, 3.0, "input"),
       "layers_0/bias": _vec("vector"),
       "layers_2/kernel": _row(SPEC, 3.0, "hidden"),
       "layers_2/bias": _vec("vector"),
@@ -89,7 +89,7 @@ def test_linen_cnn_with_batchnorm():
   params, stats = variables["params"], variables["batch_stats"]
   conv = ((0, 1, 2), (3,))
   expected = {
-      "Conv_0/kernel": _mat(CONV, 1.0, "input", *conv),
+      "Conv_0/kernel": _mat(CONV, 3.0, "input", *conv),
       "Conv_0/bias": _vec("vector"),
       "BatchNorm_0/scale": _vec("gain"),
       "BatchNorm_0/bias": _vec("vector"),
@@ -167,7 +167,7 @@ class ScanMLP(nn.Module):
 
 
 STACKED = {
-    "inp/kernel": _row(SPEC_IN, 1.0, "input"), "inp/bias": _vec("vector"),
+    "inp/kernel": _row(SPEC_IN, 3.0, "input"), "inp/bias": _vec("vector"),
     "head/kernel": _row(ROW, 10.0, "output"), "head/bias": _vec("vector"),
 }
 
@@ -227,7 +227,7 @@ def test_fori_loop_over_a_stacked_leaf():
     return x @ p["head"]
 
   table = _table(ol.infer_rules(apply, params, jnp.zeros((4, 8))), params)
-  assert table["w"] == _mat(SPEC_IN, 1.0, "input", (1,), (2,))  # the loop's first input is x
+  assert table["w"] == _mat(SPEC_IN, 3.0, "input", (1,), (2,))  # the loop's first input is x
   assert table["head"] == _row(ROW, 10.0, "output")
 
 
@@ -256,7 +256,7 @@ def test_einsum_mixture_of_experts():
   x = jnp.zeros((4, 8))
   params, apply = _linen(MoE(), x)
   expected = {
-      "inp/kernel": _row(SPEC_IN, 1.0, "input"), "inp/bias": _vec("vector"),
+      "inp/kernel": _row(SPEC_IN, 3.0, "input"), "inp/bias": _vec("vector"),
       "router/kernel": _row(SPEC, 3.0, "hidden"),
       "experts_w": _mat(SPEC, 3.0, "hidden", (1,), (2,)),  # experts = batch axis
       "experts_out": _mat(SPEC, 3.0, "hidden", (1,), (2,)),
