@@ -157,8 +157,7 @@ def main(argv=None):
           for m in args.models.split(",")}
   lines.append("AdamW minus Scion (points): " + ", ".join(f"{m} {g:+.2f}" for m, g in gaps.items()))
   print("\n".join(lines))
-  command = "python benchmarks/digits.py" + ("" if argv is None else " " + " ".join(argv)) \
-      if argv is not None else "python " + " ".join(["benchmarks/digits.py"] + sys.argv[1:])
+  command = " ".join(["python benchmarks/digits.py"] + (sys.argv[1:] if argv is None else argv))
   write_json(dict(
       command=command, device=device_name(), seconds=round(elapsed, 1),
       steps=args.steps, batch=args.batch, seeds=args.seeds, scion_init=args.scion_init,
