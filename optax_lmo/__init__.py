@@ -15,6 +15,8 @@ from optax_lmo._src.coeffs import Coefficients, get_coefficients
 from optax_lmo._src.describe import Description, describe
 from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.drop import DropState, drop_leaves
+from optax_lmo._src.infer import infer_rules
+from optax_lmo._src.initialize import init_params
 from optax_lmo._src.momentum import MomentumState, momentum, state_dtype
 from optax_lmo._src.polar import Polar, polar
 from optax_lmo._src.route import RouteState, route
@@ -65,6 +67,8 @@ __all__ = [
     "get_coefficients",
     "gpt_rules",
     "group_lr_multipliers",
+    "infer_rules",
+    "init_params",
     "momentum",
     "muon",
     "muon_rules",

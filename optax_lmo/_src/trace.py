@@ -1,0 +1,487 @@
+"""Where each parameter leaf goes in a traced model: the jaxpr walk behind ``infer_rules``.
+
+Each jaxpr variable carries three facts: the parameter *view* it is (which leaf,
+and which leaf axes each of its axes holds; ``None`` for activations), whether it
+is *raw* (derived from a real-valued input of the function without passing a
+parameter's product) and whether it is *data* (derived from any input). A
+forward pass records every op that consumes a view (a :class:`Use`); a backward
+pass marks the variables that reach the output without passing a parameter's
+product, which makes a product an output layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from optax_lmo._src import spec as spec_lib
+
+
+class Unresolved(Exception):
+  """A leaf whose role the traced computation does not decide."""
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A variable that is a view of one parameter leaf."""
+
+  leaf: int  # index of the leaf in the flattened parameters
+  axes: tuple[frozenset, ...]  # for each axis of the variable: the leaf axes it holds
+  gone: frozenset = frozenset()  # leaf axes indexed or scanned away (batch axes)
+
+
+@dataclasses.dataclass
+class Use:
+  """One op that consumes a parameter view."""
+
+  leaf: int  # index of the leaf
+  kind: str  # "embed", "dot", "conv", "elementwise", "reduce" or "unknown"
+  detail: str  # the op, for messages: "dot_general contracting (0,)"
+  fan_in: tuple = ()  # leaf axes (matrix uses)
+  fan_out: tuple = ()
+  batch: tuple = ()  # leaf axes that are batch axes
+  input: bool = False  # the other operand is raw input
+  gain: bool = False  # an elementwise multiply (a gain, not a bias)
+  frame: Any = None  # where the product's result lives, for the output flag
+  result: Any = None  # the product's result variable
+  output: bool = False  # set after the backward pass
+
+  def evidence(self, role: str) -> str:
+    batch = f", batch {self.batch}" if self.batch else ""
+    return f"{self.detail} -> fan_in {self.fan_in}, fan_out {self.fan_out}{batch}; {role}"
+
+
+_VIEW_OPS = {"reshape", "transpose", "convert_element_type", "squeeze", "broadcast_in_dim",
+             "slice", "dynamic_slice", "copy", "copy_p", "reduce_precision", "rev", "split",
+             "sharding_constraint", "optimization_barrier"}
+_ELEMENTWISE = {
+    "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
+    "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
+    "square", "select_n", "add_any", "erf", "erfc", "erf_inv", "sin", "cos", "tan", "atan2",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "clamp", "stop_gradient", "eq", "ne", "lt",
+    "le", "gt", "ge", "and", "or", "not", "is_finite", "floor", "ceil", "round", "rem",
+    "nextafter", "real", "imag", "conj", "xor", "reciprocal",
+}
+_GAIN_OPS = {"mul", "div"}
+_REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
+           "reduce_and", "reduce_or", "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp"}
+_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+          "custom_vjp_call_jaxpr", "remat2", "checkpoint", "remat", "custom_lin"}
+
+_NONE = (None, False, False)  # facts of a constant: no view, not raw, not data
+
+
+def _sub_jaxpr(eqn):
+  """The call-like sub-jaxpr of ``eqn`` (open jaxpr, consts), or ``None``."""
+  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    j = eqn.params.get(key)
+    if isinstance(j, jcore.ClosedJaxpr):
+      return j.jaxpr
+    if isinstance(j, jcore.Jaxpr):
+      return j
+  return None
+
+
+class Frame:
+  """One invocation of a jaxpr: the facts of its variables and the uses in it."""
+
+  def __init__(self, jaxpr):
+    self.jaxpr = jaxpr
+    self.facts: dict = {}  # var -> (view, raw, data)
+    self.children: dict[int, list[Frame]] = {}  # eqn index -> frames of its sub-jaxprs
+    self.products: set[int] = set()  # eqn indices that are parameter products
+    self.out: set = set()  # vars that reach the function's output past no product
+    self.uses: list[Use] = []
+
+  def get(self, v):
+    if isinstance(v, jcore.Literal):
+      return _NONE
+    return self.facts.get(v, _NONE)
+
+  def all_uses(self):
+    yield from self.uses
+    for frames in self.children.values():
+      for f in frames:
+        yield from f.all_uses()
+
+
+def _t(xs) -> tuple:
+  return tuple(sorted(xs))
+
+
+def _classify(view: View, groups: dict[str, tuple[int, ...]], ndim: int, what: str) -> dict:
+  """Leaf axes per category (``fan_in``/``fan_out``/``batch``) from the variable's axes."""
+  cat: dict[int, set] = {}
+  for name, var_axes in groups.items():
+    for a in var_axes:
+      for la in view.axes[a]:
+        cat.setdefault(la, set()).add(name)
+  for la in view.gone:
+    cat.setdefault(la, set()).add("batch")
+  split = sorted(la for la, s in cat.items() if len(s) > 1)
+  if split:
+    raise Unresolved(f"{what}: leaf axes {tuple(split)} are split between"
+                     f" {sorted(set().union(*(cat[a] for a in split)))} by a reshape")
+  out = {name: _t(la for la, s in cat.items() if name in s) for name in groups}
+  out["batch"] = _t(set(out.get("batch", ())) | {la for la in range(ndim) if la not in cat})
+  return out
+
+
+def _reshape_axes(old, new, axes) -> tuple[tuple, frozenset]:
+  """Axes map through a reshape: new axes hold the leaf axes of the old ones they regroup."""
+  res = [frozenset()] * len(new)
+  gone: set = set()
+  i = j = 0
+  while i < len(old) or j < len(new):
+    if i < len(old) and old[i] == 1:
+      gone |= axes[i]
+      i += 1
+      continue
+    if j < len(new) and new[j] == 1:
+      j += 1
+      continue
+    if i >= len(old) or j >= len(new):
+      break
+    pi, pj, bi, bj = old[i], new[j], [i], [j]
+    i, j = i + 1, j + 1
+    while pi != pj and (i < len(old) or j < len(new)):
+      if pi < pj and i < len(old):
+        pi, i = pi * old[i], i + 1
+        bi.append(i - 1)
+      elif j < len(new):
+        pj, j = pj * new[j], j + 1
+        bj.append(j - 1)
+      else:
+        break
+    held = frozenset().union(*(axes[k] for k in bi))
+    for k in bj:
+      res[k] = held
+  return tuple(res), frozenset(gone)
+
+
+def _view_through(eqn, view: View) -> list[View]:
+  """The views of a view op's outputs."""
+  p, name, axes = eqn.params, eqn.primitive.name, view.axes
+  shape_in = eqn.invars[0].aval.shape
+  if name == "reshape":
+    new_axes, gone = _reshape_axes(shape_in, eqn.outvars[0].aval.shape, axes)
+    return [View(view.leaf, new_axes, view.gone | gone)]
+  if name == "transpose":
+    return [View(view.leaf, tuple(axes[a] for a in p["permutation"]), view.gone)]
+  if name == "squeeze":
+    dims = {d % len(axes) for d in p["dimensions"]}
+    gone = frozenset().union(*(axes[d] for d in dims)) if dims else frozenset()
+    return [View(view.leaf, tuple(a for d, a in enumerate(axes) if d not in dims),
+                 view.gone | gone)]
+  if name == "broadcast_in_dim":
+    new = [frozenset()] * len(p["shape"])
+    for i, d in enumerate(p["broadcast_dimensions"]):
+      new[d] = axes[i]
+    return [View(view.leaf, tuple(new), view.gone)]
+  return [view] * len(eqn.outvars)  # casts, slices, split, copy: axes unchanged
+
+
+def _dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  contract, batch = (lc, lb) if k == 0 else (rc, rb)
+  free = tuple(a for a in range(len(view.axes)) if a not in contract and a not in batch)
+  detail = f"dot_general contracting {tuple(contract)}"
+  c = _classify(view, {"fan_in": tuple(contract), "fan_out": free, "batch": tuple(batch)},
+                ndim, detail)
+  if not c["fan_in"]:
+    raise Unresolved(f"{detail}: no leaf axis is contracted")
+  return Use(view.leaf, "dot", detail, c["fan_in"], c["fan_out"], c["batch"], input=other[1])
+
+
+def _conv_use(eqn, view: View, other, ndim: int) -> Use:
+  p = eqn.params
+  groups = p["feature_group_count"] * p["batch_group_count"]
+  rhs = p["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
+  if groups > 1:
+    raise Unresolved(f"conv_general_dilated with feature_group_count={p['feature_group_count']},"
+                     f" batch_group_count={p['batch_group_count']} (a grouped or depthwise"
+                     " convolution has no single matrix view)")
+  detail = (f"conv_general_dilated kernel spatial {tuple(rhs[2:])}, in-feature ({rhs[1]},),"
+            f" out-feature ({rhs[0]},)")
+  c = _classify(view, {"fan_in": tuple(rhs[2:]) + (rhs[1],), "fan_out": (rhs[0],)}, ndim, detail)
+  fan_in = tuple(la for d in tuple(rhs[2:]) + (rhs[1],) for la in sorted(view.axes[d]))
+  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1])
+
+
+def _gather_use(eqn, view: View, ndim: int) -> Use:
+  dn = eqn.params["dimension_numbers"]
+  idx = tuple(dn.start_index_map)
+  rest = tuple(a for a in range(len(view.axes)) if a not in idx
+               and a not in dn.operand_batching_dims)
+  detail = f"gather on {idx} by integer indices"
+  c = _classify(view, {"fan_in": idx, "fan_out": rest,
+                       "batch": tuple(dn.operand_batching_dims)}, ndim, detail)
+  return Use(view.leaf, "embed", detail, c["fan_in"], c["fan_out"], c["batch"])
+
+
+class Tracer:
+  """Forward and backward passes over a traced function's jaxpr."""
+
+  def __init__(self, ndims: list[int]):
+    self.ndims = ndims
+
+  # -- forward ----------------------------------------------------------------
+  def forward(self, jaxpr, in_facts) -> tuple[Frame, list]:
+    fr = Frame(jaxpr)
+    for v, f in zip(jaxpr.invars, in_facts, strict=True):
+      fr.facts[v] = f
+    for i, eqn in enumerate(jaxpr.eqns):
+      ins = [fr.get(v) for v in eqn.invars]
+      outs = self._eqn(fr, i, eqn, ins)
+      for v, f in zip(eqn.outvars, outs, strict=True):
+        fr.facts[v] = f
+    return fr, [fr.get(v) for v in jaxpr.outvars]
+
+  def _use(self, fr: Frame, use: Use, eqn=None):
+    if eqn is not None:
+      use.frame, use.result = fr, eqn.outvars[0]
+    fr.uses.append(use)
+
+  def _guarded(self, fr, leaf, make):
+    try:
+      return make()
+    except Unresolved as e:
+      self._use(fr, Use(leaf, "unknown", str(e)))
+      return None
+
+  def _eqn(self, fr: Frame, i: int, eqn, ins) -> list:
+    name = eqn.primitive.name
+    views = [f[0] for f in ins]
+    raw = any(f[1] for f in ins)
+    data = any(f[2] for f in ins)
+    n_out = len(eqn.outvars)
+    if name in _CALLS or (_sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
+      sub = _sub_jaxpr(eqn)
+      if sub is not None and len(sub.invars) == len(ins) and len(sub.outvars) == n_out:
+        child, outs = self.forward(sub, ins)
+        fr.children[i] = [child]
+        return outs
+    if name == "scan":
+      return self._scan(fr, i, eqn, ins)
+    if name == "while":
+      return self._while(fr, i, eqn, ins)
+    if name == "cond":
+      return self._cond(fr, i, eqn, ins)
+    if all(v is None for v in views):
+      return [(None, raw, data)] * n_out
+    if name in _VIEW_OPS and views[0] is not None and all(v is None for v in views[1:]):
+      return [(v, False, data) for v in _view_through(eqn, views[0])]
+    if name == "dot_general":
+      return self._product(fr, i, eqn, ins, lambda k, v, o: _dot_use(eqn, k, v, o,
+                                                                     self.ndims[v.leaf]))
+    if name == "conv_general_dilated" and views[0] is None:
+      return self._product(fr, i, eqn, ins, lambda k, v, o: _conv_use(eqn, v, o,
+                                                                      self.ndims[v.leaf]))
+    if name == "gather" and views[1] is None and jnp.issubdtype(eqn.invars[1].aval.dtype,
+                                                                 jnp.integer):
+      return self._product(fr, i, eqn, ins, lambda k, v, o: _gather_use(eqn, v,
+                                                                        self.ndims[v.leaf]))
+    if name in _ELEMENTWISE:
+      if data:
+        for v in views:
+          if v is not None:
+            self._use(fr, Use(v.leaf, "elementwise", name, batch=_t(v.gone),
+                              gain=name in _GAIN_OPS))
+        return [(None, raw, True)] * n_out
+      shape = eqn.outvars[0].aval.shape
+      keep = next((v for v, x in zip(views, eqn.invars, strict=True)
+                   if v is not None and x.aval.shape == shape), None)
+      for v in views:
+        if v is not None and v is not keep:
+          self._use(fr, Use(v.leaf, "elementwise", name, batch=_t(v.gone),
+                            gain=name in _GAIN_OPS))
+      return [(keep, False, False)] * n_out
+    if name in _REDUCE:
+      for v in views:
+        if v is not None:
+          self._use(fr, Use(v.leaf, "reduce", name))
+      return [(None, raw, data)] * n_out
+    for v in views:
+      if v is not None:
+        self._use(fr, Use(v.leaf, "unknown", name))
+    return [(None, raw, data)] * n_out
+
+  def _product(self, fr, i, eqn, ins, make) -> list:
+    fr.products.add(i)
+    for k, (view, _, _) in enumerate(ins[:2]):
+      if view is not None:
+        other = ins[1 - k] if k < 2 else _NONE
+        use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other:
+                            make(k, view, other))
+        if use is not None:
+          self._use(fr, use, eqn)
+    return [(None, False, any(f[2] for f in ins))] * len(eqn.outvars)
+
+  def _loop(self, fr, i, body, consts, carry, xs, n_carry, slice_xs: bool):
+    """Forward fixpoint over a loop body: carries join their initial and updated facts."""
+    carry = [(None, c[1], c[2]) for c in carry]  # a view does not travel through a carry
+    if slice_xs:
+      xs = [(None if v is None else View(v.leaf, v.axes[1:], v.gone | v.axes[0]), r, d)
+            for v, r, d in xs]
+    for _ in range(n_carry + 2):
+      child, outs = self.forward(body, list(consts) + carry + list(xs))
+      new = [(None, a[1] or b[1], a[2] or b[2]) for a, b in zip(carry, outs[:n_carry],
+                                                                 strict=True)]
+      if new == carry:
+        break
+      carry = new
+    fr.children[i] = [child]
+    return carry, outs[n_carry:]
+
+  def _scan(self, fr, i, eqn, ins) -> list:
+    nc, nk = eqn.params["num_consts"], eqn.params["num_carry"]
+    body = eqn.params["jaxpr"].jaxpr
+    carry, ys = self._loop(fr, i, body, ins[:nc], ins[nc:nc + nk], ins[nc + nk:], nk, True)
+    ys = [(None if v is None else View(v.leaf, (frozenset(),) + v.axes, v.gone), r, d)
+          for v, r, d in ys]
+    return carry + ys
+
+  def _while(self, fr, i, eqn, ins) -> list:
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    body = eqn.params["body_jaxpr"].jaxpr
+    carry, _ = self._loop(fr, i, body, ins[cn:cn + bn], ins[cn + bn:], [], len(ins) - cn - bn,
+                          False)
+    cond, _ = self.forward(eqn.params["cond_jaxpr"].jaxpr, ins[:cn] + carry)
+    fr.children[i].append(cond)
+    return carry
+
+  def _cond(self, fr, i, eqn, ins) -> list:
+    results = []
+    fr.children[i] = []
+    for branch in eqn.params["branches"]:
+      child, outs = self.forward(branch.jaxpr, ins[1:])
+      fr.children[i].append(child)
+      results.append(outs)
+    joined = []
+    for outs in zip(*results, strict=True):
+      views = {o[0] for o in outs}
+      joined.append((outs[0][0] if len(views) == 1 else None, any(o[1] for o in outs),
+                     any(o[2] for o in outs)))
+    return joined
+
+  # -- backward ---------------------------------------------------------------
+  def backward(self, fr: Frame, out_flags) -> list[bool]:
+    for v, f in zip(fr.jaxpr.outvars, out_flags, strict=True):
+      if f and not isinstance(v, jcore.Literal):
+        fr.out.add(v)
+    for i in reversed(range(len(fr.jaxpr.eqns))):
+      eqn = fr.jaxpr.eqns[i]
+      flags = [v in fr.out for v in eqn.outvars]
+      if not any(flags) or i in fr.products:
+        continue
+      name = eqn.primitive.name
+      if i in fr.children and name == "scan":
+        in_flags = self._scan_back(eqn, fr.children[i][0], flags)
+      elif i in fr.children and name == "while":
+        in_flags = self._while_back(eqn, fr.children[i][0], flags)
+      elif i in fr.children and name == "cond":
+        in_flags = [False] + [any(t) for t in zip(*(self.backward(c, flags)
+                                                    for c in fr.children[i]), strict=True)]
+      elif i in fr.children:
+        in_flags = self.backward(fr.children[i][0], flags)
+      else:
+        in_flags = [True] * len(eqn.invars)
+      for v, f in zip(eqn.invars, in_flags, strict=True):
+        if f and not isinstance(v, jcore.Literal):
+          fr.out.add(v)
+    return [v in fr.out for v in fr.jaxpr.invars]
+
+  def _scan_back(self, eqn, body: Frame, flags) -> list[bool]:
+    nc, nk = eqn.params["num_consts"], eqn.params["num_carry"]
+    carry = list(flags[:nk])
+    while True:
+      got = self.backward(body, carry + list(flags[nk:]))
+      new = [a or b for a, b in zip(carry, got[nc:nc + nk], strict=True)]
+      if new == carry:
+        return got[:nc] + carry + got[nc + nk:]
+      carry = new
+
+  def _while_back(self, eqn, body: Frame, flags) -> list[bool]:
+    cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+    carry = list(flags)
+    while True:
+      got = self.backward(body, carry)
+      new = [a or b for a, b in zip(carry, got[bn:], strict=True)]
+      if new == carry:
+        return [False] * cn + got[:bn] + carry
+      carry = new
+
+
+def _is_array(x) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (int, float, bool))
+
+
+def _split_static(tree):
+  """``(arrays, rebuild)``: the array leaves of ``tree`` and a function putting them back."""
+  leaves, treedef = jax.tree.flatten(tree)
+  where = [k for k, x in enumerate(leaves) if _is_array(x)]
+
+  def rebuild(arrays):
+    out = list(leaves)
+    for k, a in zip(where, arrays, strict=True):
+      out[k] = a
+    return treedef.unflatten(out)
+
+  return [leaves[k] for k in where], rebuild
+
+
+def trace_uses(fn_or_module, args, kwargs) -> tuple[list[tuple[str, Any]], dict[int, list[Use]]]:
+  """``([(path, leaf)], {leaf index: [Use]})`` for the parameters of a traced call."""
+  extra, call = [], None
+  if callable(fn_or_module) and not _is_nnx_module(fn_or_module):
+    if not args:
+      raise TypeError("infer_rules(fn, params, *args): pass the parameters after the function.")
+    params, args = args[0], args[1:]
+    call = lambda p, e, a: fn_or_module(p, *a[0], **a[1])
+  else:
+    from flax import nnx
+
+    if not _is_nnx_module(fn_or_module):
+      raise TypeError(f"infer_rules needs a function or a Flax NNX module, got"
+                      f" {type(fn_or_module).__name__}.")
+    graphdef, params, rest = nnx.split(fn_or_module, nnx.Param, ...)
+    extra = rest
+    call = lambda p, e, a: nnx.merge(graphdef, p, e)(*a[0], **a[1])
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths = [(spec_lib.path_str(p), x) for p, x in flat]
+  leaves = [x for _, x in flat]
+  extra_leaves, extra_def = jax.tree.flatten(extra)
+  data, rebuild = _split_static((args, kwargs))
+
+  def wrapped(leaves, extra_leaves, data):
+    return call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+
+  closed = jax.make_jaxpr(wrapped)(leaves, extra_leaves, data)
+  jaxpr = closed.jaxpr
+  ndims = [np.ndim(x) if not hasattr(x, "shape") else len(x.shape) for x in leaves]
+  facts = [(View(k, tuple(frozenset({a}) for a in range(nd))), False, False)
+           for k, nd in enumerate(ndims)]
+  facts += [_NONE] * len(extra_leaves)
+  facts += [(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True) for x in data]
+  tracer = Tracer(ndims)
+  top, _ = tracer.forward(jaxpr, facts)
+  tracer.backward(top, [jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in jaxpr.outvars])
+  uses: dict[int, list[Use]] = {}
+  for u in top.all_uses():
+    if u.frame is not None:
+      u.output = u.result in u.frame.out
+    uses.setdefault(u.leaf, []).append(u)
+  return paths, uses
+
+
+def _is_nnx_module(x) -> bool:
+  try:
+    from flax import nnx
+  except ImportError:  # pragma: no cover
+    return False
+  return isinstance(x, nnx.Module)
