@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 import optax_lmo as ol
-from examples.gpt import checkpoint as ckpt_lib
 
 
 def leaf_norms_fn(rules: ol.Rules, params) -> Callable[[Any], list[dict]]:
@@ -31,9 +30,8 @@ def leaf_norms_fn(rules: ol.Rules, params) -> Callable[[Any], list[dict]]:
   entry). The norm and radius are those ``rules`` give the leaf; a leaf stored
   as a stack of matrices reports its largest norm.
   """
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  paths = [ckpt_lib.leaf_name(p) for p, _ in flat]
-  groups = [rules.group_for(p, x) for p, (_, x) in zip(paths, flat, strict=True)]
+  plan = rules.plan(params)
+  paths, groups = plan.paths, plan.groups
 
   @jax.jit
   def values(leaves):

@@ -10,6 +10,7 @@ resolves once per tree structure into a :class:`Plan` that the transforms read.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import re
@@ -69,6 +70,7 @@ class Group:
 
 
 RuleList = Sequence[tuple[str, Group]]
+_PLANS_KEPT = 16  # plans a Rules keeps (one per tree structure and leaf shapes)
 RuleFn = Callable[[str, Any], Group | None]
 
 
@@ -130,7 +132,7 @@ class Rules:
         if not isinstance(g, Group):
           raise TypeError(f"Rule {p!r} must map to a Group, got {g!r}.")
       object.__setattr__(self, "rules", pairs)
-    object.__setattr__(self, "_plans", {})
+    object.__setattr__(self, "_plans", collections.OrderedDict())
 
   def group_for(self, path: str, leaf) -> Group | None:
     """The group of one leaf, or ``None`` when nothing matches and not strict.
@@ -172,6 +174,7 @@ class Rules:
     key = (treedef, tuple(tuple(np.shape(x)) for _, x in flat))
     cached = self._plans.get(key)
     if cached is not None:
+      self._plans.move_to_end(key)
       return cached
     paths = tuple(spec_lib.path_str(p) for p, _ in flat)
     groups = tuple(self.group_for(p, x) for p, (_, x) in zip(paths, flat, strict=True))
@@ -179,6 +182,8 @@ class Rules:
     if self.check is not None:
       self.check(plan)
     self._plans[key] = plan
+    if len(self._plans) > _PLANS_KEPT:  # a bounded cache: the least recently used goes
+      self._plans.popitem(last=False)
     return plan
 
   def resolve(self, tree) -> Any:
