@@ -32,7 +32,7 @@ def _rules():
   )
 
 
-# ---- NumPy re-derivation of SPEC section 1 and 3 (Flax layout) -------------------------
+# ---- NumPy re-derivation of the template and the LMOs ([S] Table 2, Flax layout) --------
 
 
 def np_lmo(path, g):

@@ -6,7 +6,7 @@ import pytest
 import optax_lmo as ol
 from optax_lmo._src import coeffs as coeffs_lib
 
-# Polar Express [PE Alg. 1], raw numbers copied from SPEC section 4 (no safety factor).
+# Polar Express (Amsel et al., arXiv:2505.16932, Alg. 1): raw numbers, no safety factor.
 PE_RAW = [
     (8.28721201814563, -23.595886519098837, 17.300387312530933),
     (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
@@ -28,7 +28,7 @@ YOU5 = [
 
 
 def _composed(triples, x, safety=1.0):
-  """NumPy composition of the odd quintics, written from SPEC section 4."""
+  """NumPy composition of the odd quintics, written from the published coefficient tables."""
   y = np.asarray(x, np.float64) / safety
   for a, b, c in triples:
     y = a * y + b * y**3 + c * y**5
@@ -101,7 +101,7 @@ def test_composed_matches_numpy(name):
 
 
 def test_converged_presets_reach_one():
-  # Polar Express with 8 steps and cubic with 30 map (0.05, 1] close to 1 (SPEC section 4).
+  # Polar Express with 8 steps and cubic with 30 map (0.05, 1] close to 1 (the Polar Express paper).
   x = np.linspace(0.05, 1.0, 200)
   pe = coeffs_lib.REGISTRY["polar_express"]
   np.testing.assert_allclose(_composed(pe.schedule(8), x, pe.safety), 1.0, atol=1e-2)

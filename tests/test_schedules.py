@@ -1,4 +1,4 @@
-"""Norm-transfer laws [NT] against their formulas (SPEC section 5), written here in NumPy."""
+"""Norm-transfer laws (Filatov et al., arXiv:2510.03871) against formulas written here in NumPy."""
 
 import math
 
