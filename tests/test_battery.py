@@ -1,5 +1,6 @@
 """The shared integration battery, run for every optimizer (after optax's contrib/_common_test)."""
 
+import inspect
 import tempfile
 
 import chex
@@ -28,12 +29,14 @@ each_optimizer = pytest.mark.parametrize("factory, kwargs", OPTIMIZERS, ids=IDS)
 
 # Every numeric hyperparameter of each factory: (value to start from, value to switch to).
 HYPERPARAMS = {
-    ol.scion: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3)},
+    ol.scion: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3), "keep_prob": (1.0, 0.01)},
     ol.unconstrained_scion: {
         "learning_rate": (0.05, 0.02), "beta": (0.9, 0.3), "weight_decay": (0.01, 0.5),
+        "keep_prob": (1.0, 0.01),
     },
     ol.muon: {
         "learning_rate": (0.05, 0.02), "beta": (0.95, 0.3), "weight_decay": (0.01, 0.5),
+        "keep_prob": (1.0, 0.01),
         "adam_learning_rate": (0.01, 0.03), "adam_b1": (0.9, 0.5), "adam_b2": (0.999, 0.9),
         "adam_eps": (1e-8, 1e-1), "adam_weight_decay": (0.01, 0.5),
     },
@@ -244,7 +247,9 @@ def _differ(a, b, tol=1e-4):
 def test_inject_hyperparams_every_numeric_hyperparameter(factory, kwargs):
   hps = HYPERPARAMS[factory]
   start = {**kwargs, **{k: v for k, (v, _) in hps.items()}}
-  injected, plain = optax.inject_hyperparams(factory)(**start), factory(**start)
+  static = ("seed",) if "seed" in inspect.signature(factory).parameters else ()
+  injected = optax.inject_hyperparams(factory, static_args=static)(**start)
+  plain = factory(**start)
   params = _params()
   s_inj, s_plain = injected.init(params), plain.init(params)
   assert set(s_inj.hyperparams) == set(hps)  # every numeric one, and nothing else
@@ -319,6 +324,7 @@ def test_describe_sees_through_wrappers(factory, kwargs):
   injected = ol.describe(optax.inject_hyperparams(factory)(**kwargs), params)
   assert [r["path"] for r in injected] == paths
   for r, q in zip(injected, plain, strict=True):
-    assert {**r, "decay": None} == {**q, "decay": None}
-    # An injected decay is a traced value: the table says so instead of a number.
-    assert r["decay"] == q["decay"] or r["decay"] == "injected", (r, q)
+    assert {**r, "decay": None, "keep": None} == {**q, "decay": None, "keep": None}
+    # An injected decay or keep_prob is a traced value: the table says so, not a number.
+    for col in ("decay", "keep"):
+      assert r[col] == q[col] or r[col] == "injected", (col, r, q)

@@ -266,7 +266,7 @@ def test_eager_matches_jit():
 def test_polar_object_matches_function():
   p = ol.Polar(method="newton_schulz", coeffs="you5", steps=5)
   np.testing.assert_allclose(
-      np.asarray(jax.jit(p)(G)),
+      np.asarray(jax.jit(p.apply)(G)),
       np.asarray(_polar(G, method="newton_schulz", coeffs="you5", steps=5)),
       atol=1e-6,
   )

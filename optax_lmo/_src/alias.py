@@ -24,7 +24,6 @@ References:
 from typing import Any
 
 import chex
-import jax
 import optax
 
 from optax_lmo._src import drop, transforms
@@ -75,9 +74,9 @@ def _lmo_chain(
       transforms.scale_by_radius(plan.tree(lambda g: g.lr_mult)),  # per-group lr multiplier
       optax.scale_by_learning_rate(learning_rate),
   )
+  # Always wrapped, so the state has one structure whatever keep_prob is (a keep_prob
+  # injected with optax.inject_hyperparams is traced); with none below 1 it draws nothing.
   keep = plan.tree(lambda g: leaf_keep(g) if g.norm is not None else None)
-  if all(k is None for k in jax.tree.leaves(keep)):
-    return tx
   return drop.drop_leaves(tx, keep, seed=seed)
 
 
@@ -146,7 +145,8 @@ def scion(
       (Drop-Muon, :func:`~optax_lmo.drop_leaves`): a dropped leaf neither moves
       nor pays for its polar factor, and its momentum keeps accumulating. A
       group's ``keep_prob`` overrides it. 1: every leaf every step.
-    seed: seed of those draws.
+    seed: seed of those draws (static: under ``optax.inject_hyperparams`` name
+      it in ``static_args``, or it is taken as a number and still only seeds).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Every numeric argument can be

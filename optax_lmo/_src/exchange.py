@@ -165,7 +165,7 @@ def polar_stacks(
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
     >>> from optax_lmo._src import exchange
-    >>> [[u]] = exchange.polar_stacks([ol.Polar()], [[jnp.ones((1, 4, 8))]])
+    >>> [[u]] = exchange.polar_stacks([ol.Polar().apply], [[jnp.ones((1, 4, 8))]])
     >>> u.shape
     (1, 4, 8)
   """
