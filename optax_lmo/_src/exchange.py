@@ -223,7 +223,7 @@ def polar_stacks(
 
   Args:
     fns: per group, a pure function on float32 ``(B, d_in, d_out)`` stacks that
-      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`).
+      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`'s ``apply``).
     groups: per group, float32 stacks ``(b, d_in, d_out)`` of one matrix shape.
     mesh: ``None`` concatenates each group and calls its function once where the
       data lives; a mesh from :func:`find_mesh` gives every matrix one owner.
@@ -238,7 +238,7 @@ def polar_stacks(
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
     >>> from optax_lmo._src import exchange
-    >>> [[u]] = exchange.polar_stacks([ol.Polar()], [[jnp.ones((1, 4, 8))]])
+    >>> [[u]] = exchange.polar_stacks([ol.Polar().apply], [[jnp.ones((1, 4, 8))]])
     >>> u.shape
     (1, 4, 8)
   """
