@@ -12,10 +12,19 @@ reads from the compiled HLO:
   bytes of the matrices;
 - ``flops/ideal``: per-device flops (``compiled.cost_analysis()``, which counts
   a loop body once and a ``cond`` at its dearer branch) over single-device
-  flops / 8; ``plan``: the busiest device's share of the Newton–Schulz work
-  over the ideal 1/8 under our ownership plan (padding slots are skipped at run
-  time, which the static count above cannot see);
-- ``compile_s``: lowering plus compilation.
+  flops / 8. On CPU the polar factor runs a stack's matrices one at a time in
+  a ``lax.map`` loop, so the single-device count sees one matrix per shape and
+  this ratio overstates the per-device share about ``depth``-fold; ``plan``: the busiest
+  device's share of the Newton–Schulz work over the ideal 1/8 under our
+  ownership plan (padding slots are skipped at run time, which the static count
+  above cannot see);
+- ``compile_s``: lowering plus compilation;
+- ``exchange`` (ours only): for the matrices sent to their owners and back in
+  float32 and in bfloat16 (``exchange_dtype``), the collectives' bytes per
+  device and the relative error of the sharded update against the
+  single-device one (this step is run: parameters 0, gradients N(0, 1), so the
+  new parameters are the update; the error is the largest over leaves of
+  ``||u - u_1||_F / ||u_1||_F``).
 
 ``ours`` is ``optax_lmo.muon``; ``optax`` is ``optax.contrib.muon`` (its
 default unrolls the five Newton–Schulz steps, so its HLO has no loop to count
@@ -25,7 +34,8 @@ in; ``optax-scan`` gives the same coefficients as a table, which optax runs in a
 raises; the error is recorded). Prints a table and writes
 ``benchmarks/results/sharding.json``.
 
-Usage: ``python benchmarks/sharding.py [--widths 256 512] [--depths 4 8]``.
+Usage, from the repository root:
+``python -m benchmarks.sharding [--widths 256 512] [--depths 4 8]``.
 """
 
 from __future__ import annotations
@@ -37,13 +47,13 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -53,6 +63,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/sharding.py` from anywhere
   sys.path.insert(0, str(ROOT))
 
 import optax_lmo as ol  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from optax_lmo._src import plan as plan_lib  # noqa: E402
 from scripts.hlo_collectives import hlo_collectives  # noqa: E402
 
@@ -81,9 +92,12 @@ OPTIMIZERS = ("ours", "optax", "optax-scan")
 JORDAN = (3.4445, -4.7750, 2.0315)
 
 
-def make_tx(name: str):
+EXCHANGE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def make_tx(name: str, exchange_dtype=None):
   if name == "ours":
-    return ol.muon(0.02)
+    return ol.muon(0.02, exchange_dtype=exchange_dtype)
   if name == "optax":  # the default: five Newton–Schulz steps, unrolled (no loop in HLO)
     return optax.contrib.muon(0.02)
   # The same steps as a (5, 3) table: optax runs them in a lax.scan (a while loop).
@@ -98,18 +112,48 @@ def step_fn(tx):
   return step
 
 
+def state_shardings(tx, params, matrix_sharding, scalar_sharding):
+  """The optimizer state's shardings: leaves shaped like a parameter as the matrices."""
+  shapes = {p.shape for p in jax.tree.leaves(params)}
+  return jax.tree.map(
+      lambda s: matrix_sharding if s.shape in shapes else scalar_sharding,
+      jax.eval_shape(tx.init, params),
+  )
+
+
 def compile_step(tx, params, matrix_sharding, scalar_sharding):
   """Compiled step and the seconds it took; state leaves sharded like the params."""
-  shapes = {p.shape for p in jax.tree.leaves(params)}
   state = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(
-          s.shape, s.dtype, sharding=matrix_sharding if s.shape in shapes else scalar_sharding
-      ),
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
       jax.eval_shape(tx.init, params),
+      state_shardings(tx, params, matrix_sharding, scalar_sharding),
   )
   t0 = time.perf_counter()
   compiled = jax.jit(step_fn(tx)).lower(params, params, state).compile()
   return compiled, time.perf_counter() - t0
+
+
+def concrete(shapes: dict, seed: int) -> dict:
+  """N(0, 1) arrays of ``shapes`` (``{path: (d_in, d_out)}``), float32, on the host."""
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  rng = np.random.default_rng(seed)
+  return treedef.unflatten([rng.standard_normal(s).astype(np.float32) for s in leaves])
+
+
+def run_update(compiled, tx, grads, matrix_sharding, scalar_sharding) -> dict:
+  """The update a compiled step makes from parameters 0 (so the new parameters are it)."""
+  zeros = jax.tree.map(np.zeros_like, grads)
+  state = jax.device_put(
+      tx.init(zeros), state_shardings(tx, zeros, matrix_sharding, scalar_sharding)
+  )
+  put = lambda t: jax.device_put(t, matrix_sharding)
+  return jax.device_get(compiled(put(zeros), put(grads), state)[0])
+
+
+def rel_err(u: dict, ref: dict) -> float:
+  """Largest over leaves of ``||u - ref||_F / ||ref||_F``."""
+  errs = jax.tree.map(lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b)), u, ref)
+  return max(jax.tree.leaves(errs))
 
 
 def flops_of(compiled) -> float:
@@ -126,7 +170,9 @@ def plan_imbalance(shapes: dict, mesh) -> float:
   return plan_lib.make_plan(list(groups.values()), mesh).imbalance
 
 
-def run_case(name: str, width: int, depth: int, axis_type, single_flops: dict) -> dict:
+def run_case(
+    name: str, width: int, depth: int, axis_type, single_flops: dict, single_updates: dict
+) -> dict:
   shapes = gpt_shapes(width, depth)
   mat_bytes = 4 * sum(
       a * b for a, b in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
@@ -168,7 +214,41 @@ def run_case(name: str, width: int, depth: int, axis_type, single_flops: dict) -
   )
   if name == "ours":
     row["plan_imbalance"] = plan_imbalance(shapes, mesh)
+    row["exchange"] = exchange_case(shapes, mesh, compiled, stats, single_updates, key)
   return row
+
+
+def exchange_case(shapes, mesh, compiled_f32, stats_f32, single_updates, key) -> dict:
+  """Bytes and error of ours with the float32 and the bfloat16 exchange."""
+  grads = concrete(shapes, seed=0)
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if key not in single_updates:
+    tx = make_tx("ours")
+    compiled, _ = compile_step(tx, abstract(shapes, dev), dev, dev)
+    single_updates[key] = run_update(compiled, tx, grads, dev, dev)
+  mat_bytes = 4 * sum(x.size for x in jax.tree.leaves(grads))
+  fsdp, rep = NamedSharding(mesh, P("fsdp")), NamedSharding(mesh, P())
+  out = {}
+  for label, dtype in EXCHANGE_DTYPES.items():
+    tx = make_tx("ours", dtype)
+    if dtype is None:
+      compiled, stats = compiled_f32, stats_f32
+    else:
+      with jax.set_mesh(mesh):
+        compiled, _ = compile_step(tx, abstract(shapes, fsdp), fsdp, rep)
+      stats = hlo_collectives(compiled.as_text())
+    with jax.set_mesh(mesh):
+      u = run_update(compiled, tx, grads, fsdp, rep)
+    out[label] = {
+        "collective_bytes": stats["bytes"],
+        "bytes_over_matrices": stats["bytes"] / mat_bytes,
+        "op_dtypes": stats["op_dtypes"],
+        "rel_err": rel_err(u, single_updates[key]),
+    }
+  out["bfloat16_bytes_over_float32"] = (
+      out["bfloat16"]["collective_bytes"] / out["float32"]["collective_bytes"]
+  )
+  return out
 
 
 def main():
@@ -178,28 +258,32 @@ def main():
   ap.add_argument("--out", type=pathlib.Path, default=RESULTS, help="JSON output path")
   args = ap.parse_args()
   assert jax.device_count() == N_DEVICES, jax.devices()
-  rows, single = [], {}
+  rows, single, single_updates = [], {}, {}
   for width in args.widths:
     for depth in args.depths:
       for axis_type in (AxisType.Auto, AxisType.Explicit):
         for name in OPTIMIZERS:
-          rows.append(run_case(name, width, depth, axis_type, single))
+          rows.append(run_case(name, width, depth, axis_type, single, single_updates))
           print_row(rows[-1], header=len(rows) == 1)
-  args.out.parent.mkdir(parents=True, exist_ok=True)
   meta = {
+      "command": _common.command("sharding", None),
       "devices": N_DEVICES,
       "platform": jax.devices()[0].platform,
       "jax": jax.__version__,
       "optax": optax.__version__,
       "sharding": "P('fsdp') on every matrix, 1-D mesh of 8",
-      "targets": {"in_loop": 0, "bytes_over_matrices": 0.5, "flops_over_ideal_depth8": 1.3},
+      "targets": {"in_loop": 0, "bytes_over_matrices": 0.5, "flops_over_ideal_depth8": 1.3,
+                  "bfloat16_bytes_over_float32": 0.5},
+      "exchange_error": "max over leaves of ||u - u_1||_F / ||u_1||_F, u_1 the single-device"
+                        " update, parameters 0, gradients N(0, 1)",
   }
-  args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+  _common.write_json({"meta": meta, "rows": rows}, str(args.out))
   print(f"wrote {args.out}")
 
 
 def print_row(r: dict, header: bool = False):
-  cols = "optimizer width depth mesh coll in_loop bytes/mat flops/ideal plan compile_s".split()
+  cols = ("optimizer width depth mesh coll in_loop bytes/mat flops/ideal plan compile_s"
+          " bf16/f32 err_f32 err_bf16").split()
   if header:
     print(" ".join(f"{c:>11}" for c in cols))
   if "error" in r:
@@ -218,6 +302,10 @@ def print_row(r: dict, header: bool = False):
       f"{r['plan_imbalance']:.2f}" if "plan_imbalance" in r else "-",
       f"{r['compile_s']:.1f}",
   ]
+  if "exchange" in r:
+    x = r["exchange"]
+    vals += [f"{x['bfloat16_bytes_over_float32']:.3f}", f"{x['float32']['rel_err']:.1e}",
+             f"{x['bfloat16']['rel_err']:.1e}"]
   print(" ".join(f"{v!s:>11}" for v in vals), flush=True)
 
 

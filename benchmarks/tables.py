@@ -81,20 +81,28 @@ def sharding() -> str | None:
     else:
       peer_cells = [peer["collectives"], scan["in_loop"] if scan else "",
                     f"{peer['bytes_over_matrices']:.2f}", f"{peer['flops_over_ideal']:.2f}"]
+    x = ours["exchange"]
     rows.append([w, depth, mesh, ours["collectives"], ours["in_loop"],
                  f"{ours['bytes_over_matrices']:.2f}", f"{ours['flops_over_ideal']:.2f}",
-                 f"{ours['plan_imbalance']:.3f}", *peer_cells])
+                 f"{ours['plan_imbalance']:.3f}",
+                 f"{x['bfloat16']['bytes_over_matrices']:.3f}",
+                 f"{x['float32']['rel_err']:.1e} / {x['bfloat16']['rel_err']:.1e}", *peer_cells])
   m = d["meta"]
   head = (f"One update on {m['devices']} simulated CPU devices, {m['sharding']}, from the "
           f"compiled HLO (exact). Bytes: summed per-device collective output over the "
-          f"matrices' bytes. Flops: per-device flops over single-device flops / 8. optax's "
+          f"matrices' bytes. Flops: per-device flops over single-device flops / 8, by XLA's "
+          f"cost analysis, which counts a loop body once: on CPU ours orthogonalizes a "
+          f"stack's matrices one at a time in a loop, so its single-device figure sees one "
+          f"matrix per shape and its HLO flops read about depth times too high. optax's "
           f"in-loop count is with its Newton–Schulz loop kept rolled. Plan: the busiest "
           f"device's planned flops over the ideal share; at depth 4 the HLO figure counts "
           f"both branches of the `lax.cond` that lets devices holding only padding skip "
-          f"the work, so the plan is what runs.\n\n")
+          f"the work, so the plan is what runs. Bytes (bf16): ours with `exchange_dtype="
+          f"jnp.bfloat16`. Error: ours run once, with the float32 / bfloat16 exchange, "
+          f"against the single-device update: {m['exchange_error']}. `{m['command']}`.\n\n")
   return head + _table(["width", "depth", "mesh", "ours: collectives", "in loop", "bytes",
-                        "flops (HLO)", "flops (plan)", "optax: collectives", "in loop",
-                        "bytes", "flops"], rows)
+                        "flops (HLO)", "flops (plan)", "bytes (bf16)", "error (f32 / bf16)",
+                        "optax: collectives", "in loop", "bytes", "flops"], rows)
 
 
 def lr_transfer() -> str | None:

@@ -60,6 +60,10 @@ def _bytes(shape: str) -> int:
   return total
 
 
+def _dtypes(shape: str) -> set[str]:
+  return set(re.findall(r"\b([a-z]+\d*)\[", shape))
+
+
 def hlo_collectives(hlo_text: str) -> dict[str, Any]:
   """Counts the collectives of a compiled (SPMD-partitioned) HLO module.
 
@@ -71,8 +75,9 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
     inside the body or condition of a ``while``, at any depth), ``ops`` (count
     per opcode), ``loops`` (``while`` ops), ``bytes`` (per-device output bytes
     of all collectives as executed: an op in a loop counts once per trip, by
-    XLA's known trip count, and once per branch of a ``conditional``) and
-    ``static_bytes`` (each op once).
+    XLA's known trip count, and once per branch of a ``conditional``),
+    ``static_bytes`` (each op once), and per opcode ``op_bytes`` (as
+    ``bytes``) and ``op_dtypes`` (the element types it carries, sorted).
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -111,6 +116,8 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
         times = int(trip.group(1)) if loop and trip else 1
         stack += [(c, mult * times, in_loop or loop) for c in callees]
   ops: dict[str, int] = {}
+  op_bytes: dict[str, int] = {}
+  op_dtypes: dict[str, set[str]] = {}
   total = in_loops = loops = nbytes = static_bytes = 0
   for name, instrs in comps.items():
     if name not in runs:
@@ -123,6 +130,8 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
       if not opcode.endswith("-start"):  # sync op, or the done of an async pair
         static_bytes += _bytes(shape)
         nbytes += _bytes(shape) * runs[name]
+        op_bytes[base] = op_bytes.get(base, 0) + _bytes(shape) * runs[name]
+        op_dtypes.setdefault(base, set()).update(_dtypes(shape))
       if not opcode.endswith("-done"):
         ops[base] = ops.get(base, 0) + 1
         total += 1
@@ -134,6 +143,8 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
       "loops": loops,
       "bytes": nbytes,
       "static_bytes": static_bytes,
+      "op_bytes": op_bytes,
+      "op_dtypes": {k: sorted(v) for k, v in op_dtypes.items()},
   }
 
 

@@ -1,5 +1,8 @@
 """Whole-matrix ownership on a mesh: invariance, no collective in loops, state layout, aliases.
 
+Also the low-precision exchange (``exchange_dtype``): close to the float32
+update by bfloat16 rounding, half the all-to-all bytes, honoured by the aliases.
+
 The sharded checks need 8 devices, which XLA only simulates on CPU when
 ``--xla_force_host_platform_device_count=8`` is set before jax is imported. So
 this module runs itself once as a subprocess (``python tests/test_sharding.py
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
+import jax.numpy as jnp
 import pytest
 from _simulated import run_worker
 
@@ -20,6 +24,18 @@ N_DEVICES = 8
 # size sums in another order (measured ~1e-5); a shard orthogonalized on its own
 # would be off by O(1).
 TOL = 1e-4
+# bfloat16 exchange, error per leaf ||u - u_ref||_F / ||u_ref||_F (largest over
+# leaves). bfloat16 keeps 8 significant bits, so rounding moves each entry by
+# at most 2^-8 of itself: once on the gradient sent to its owner, once on the
+# polar factor sent back. The second moves u by at most 2^-8 ||u||_F; the first
+# moves g by at most 2^-8 ||g||_F, which the polar factor passes on scaled by
+# at most ||g||_F / (sigma_min(g) ||polar(g)||_F), about 3 for the worst leaf
+# here (the 8 x 16 Gaussian taps), and by about 1 in practice, the roundings
+# being independent (measured: at most 1.3 x 2^-8). So 4 x 2^-8 caps the error;
+# it must also exceed float32 noise (TOL, 40x lower): a cast that silently did
+# nothing would land under it.
+BF16_EPS = 2.0**-8
+TOL_BF16 = 4 * BF16_EPS
 
 # (name, mesh shape, mesh axes, PartitionSpec of a 2-D leaf as a tuple)
 LAYOUTS = (
@@ -33,12 +49,15 @@ ALIAS_CASES = (
     ("scion", None), ("scion", True), ("scion", False), ("unconstrained_scion", None),
     ("muon", None), ("muon", False),
 )
+BF16_ALIASES = ("scion", "unconstrained_scion", "muon", "polargrad")
 
 
 # -- the worker (runs with 8 simulated devices) ------------------------------------
 
 
 def _worker() -> dict:
+  import functools
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -90,6 +109,12 @@ def _worker() -> dict:
         float(np.max(np.abs(np.asarray(u[k]) - ref[k])) / np.max(np.abs(ref[k]))) for k in grads
     )
 
+  def fro_err(u, ref):  # largest over leaves of ||u - ref||_F / ||ref||_F
+    errs = jax.tree.map(
+        lambda a, b: float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)), u, ref
+    )
+    return max(jax.tree.leaves(errs))
+
   def leaf_spec(x, spec2):
     if x.ndim == 2:
       return P(*spec2)
@@ -105,7 +130,16 @@ def _worker() -> dict:
         for k, v in grads.items()
     }
 
-  out: dict = {"invariance": {}, "hlo": {}, "state": {}, "self_check": {}}
+  # The same update with the matrices sent to their owners and back in bfloat16.
+  tx_bf16 = optax.chain(
+      ol.momentum(0.5, nesterov=True),
+      ol.scale_by_norm(tree_norms, specs=specs, exchange_dtype=jnp.bfloat16),
+  )
+
+  def update_bf16(g):
+    return tx_bf16.update(g, tx_bf16.init(g))[0]
+
+  out: dict = {"invariance": {}, "hlo": {}, "state": {}, "self_check": {}, "bf16": {}}
   for name, shape, axes, spec2 in LAYOUTS:
     for at in AXIS_TYPES:
       mesh = jax.make_mesh(shape, axes, axis_types=(getattr(AxisType, at),) * len(shape))
@@ -113,10 +147,19 @@ def _worker() -> dict:
       with jax.set_mesh(mesh):
         compiled = jax.jit(update).lower(g).compile()
         u = compiled(g)
+        compiled_bf16 = jax.jit(update_bf16).lower(g).compile()
+        u_bf16 = compiled_bf16(g)
       err = max_err(u, ref)
       same = all(u[k].sharding.is_equivalent_to(g[k].sharding, g[k].ndim) for k in grads)
       out["invariance"][f"{name}/{at}"] = {"err": err, "same_sharding": same}
       out["hlo"][f"{name}/{at}"] = hlo_collectives(compiled.as_text())
+      out["bf16"][f"{name}/{at}"] = {
+          "err": fro_err(u_bf16, ref),
+          "bitwise_as_f32": all(
+              np.array_equal(np.asarray(u_bf16[k]), np.asarray(u[k])) for k in grads
+          ),
+          "hlo": hlo_collectives(compiled_bf16.as_text()),
+      }
 
   # Layout switch off: XLA's own partitioning of the same update (what we avoid).
   mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
@@ -212,6 +255,42 @@ def _worker() -> dict:
         "err": max(errs),
         "all_to_all": hlo_collectives(compiled.as_text())["ops"].get("all-to-all", 0),
     }
+
+  # The optimizers pass `exchange_dtype` through, also under inject_hyperparams
+  # (where a dtype, being callable, must be a static argument; so must
+  # keep_prob there: injected as an array it could drop leaves, which then take
+  # their polar factor where they live instead of going to an owner).
+  def first_update(opt, p):
+    return opt.update(jax.tree.map(jnp.sin, p), opt.init(p), p)[0]
+
+  def injected(name, **kw):
+    static = ("exchange_dtype",) + (("keep_prob",) if name != "polargrad" else ())
+    return optax.inject_hyperparams(getattr(ol, name), static_args=static)(
+        learning_rate=0.1, **kw
+    )
+
+  exchanged = {  # name: (with bfloat16 exchange, the same without)
+      name: (getattr(ol, name)(0.1, exchange_dtype=jnp.bfloat16), getattr(ol, name)(0.1))
+      for name in BF16_ALIASES
+  }
+  for name in ("scion", "polargrad"):
+    exchanged[f"{name}/injected"] = (
+        injected(name, exchange_dtype=jnp.bfloat16), injected(name)
+    )
+  out["bf16_alias"] = {}
+  for name, (opt, plain) in exchanged.items():
+    ref_u = jax.device_get(jax.jit(functools.partial(first_update, plain))(
+        jax.device_put(model, one)))
+    off_mesh = jax.device_get(jax.jit(functools.partial(first_update, opt))(
+        jax.device_put(model, one)))
+    with jax.set_mesh(mesh):
+      compiled = jax.jit(functools.partial(first_update, opt)).lower(on_mesh).compile()
+      got = compiled(on_mesh)
+    out["bf16_alias"][name] = {
+        "err": fro_err(got, ref_u),
+        "off_mesh_bitwise": all(jax.tree.leaves(jax.tree.map(np.array_equal, off_mesh, ref_u))),
+        "all_to_all_dtypes": hlo_collectives(compiled.as_text())["op_dtypes"].get("all-to-all"),
+    }
   return out
 
 
@@ -264,6 +343,66 @@ def test_alias_distribute_is_mesh_invariant_and_honoured(worker, name, distribut
     assert r["all_to_all"] == 0, r  # no owner exchange: XLA partitions the polar factor
   else:
     assert r["all_to_all"] > 0, r  # the matrices moved to their owners
+
+
+# -- low-precision exchange -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [f"{n}/{t}" for n, *_ in LAYOUTS for t in AXIS_TYPES])
+def test_bf16_exchange_is_close_to_float32_but_rounded(worker, layout):
+  r = worker["bf16"][layout]
+  assert r["err"] < TOL_BF16, r  # within bfloat16 rounding of the single-device update ...
+  assert r["err"] > TOL, r  # ... and visibly rounded: the cast happened
+  assert not r["bitwise_as_f32"], r
+
+
+@pytest.mark.parametrize("layout", [f"{n}/{t}" for n, *_ in LAYOUTS for t in AXIS_TYPES])
+def test_bf16_exchange_halves_the_all_to_all_bytes(worker, layout):
+  f32, bf16 = worker["hlo"][layout], worker["bf16"][layout]["hlo"]
+  assert f32["op_dtypes"]["all-to-all"] == ["f32"], f32
+  # bfloat16 values travel as their 16 bits (XLA's CPU backend would widen a
+  # bfloat16 all-to-all back to float32).
+  assert bf16["op_dtypes"]["all-to-all"] == ["u16"], bf16
+  assert 2 * bf16["op_bytes"]["all-to-all"] == f32["op_bytes"]["all-to-all"], (f32, bf16)
+  assert bf16["in_loops"] == 0, bf16
+  # Nothing else grows (a gather back over replicated axes shrinks too).
+  others = lambda h: {k: v for k, v in h["op_bytes"].items() if k != "all-to-all"}
+  assert sum(others(bf16).values()) <= sum(others(f32).values()), (f32, bf16)
+
+
+@pytest.mark.parametrize("name", [*BF16_ALIASES, "scion/injected", "polargrad/injected"])
+def test_alias_exchange_dtype_is_honoured(worker, name):
+  r = worker["bf16_alias"][name]
+  assert TOL < r["err"] < TOL_BF16, r
+  assert r["all_to_all_dtypes"] == ["u16"], r
+  assert r["off_mesh_bitwise"], r  # one device: nothing travels, nothing is rounded
+
+
+@pytest.mark.parametrize("bad", [jnp.int8, "int32", 3, "not a dtype"])
+@pytest.mark.parametrize("name", ["scale_by_norm", *BF16_ALIASES])
+def test_exchange_dtype_must_be_floating(name, bad):
+  import optax_lmo as ol
+
+  make = (lambda: ol.scale_by_norm(ol.norms.Spectral(), exchange_dtype=bad)) if (
+      name == "scale_by_norm") else (lambda: getattr(ol, name)(0.1, exchange_dtype=bad))
+  with pytest.raises(ValueError, match=f"{name}: exchange_dtype must be None or a floating"):
+    make()
+
+
+def test_exchange_dtype_under_inject_hyperparams_needs_static_args():
+  import optax
+
+  import optax_lmo as ol
+
+  params = {"w": jnp.ones((4, 4))}
+  # A dtype is callable, so without static_args optax takes it for a schedule.
+  tx = optax.inject_hyperparams(ol.scion)(learning_rate=0.1, exchange_dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match="static_args=\\('exchange_dtype',\\)"):
+    tx.init(params)
+  tx = optax.inject_hyperparams(ol.scion, static_args=("exchange_dtype",))(
+      learning_rate=0.1, exchange_dtype=jnp.bfloat16
+  )
+  assert "exchange_dtype" not in tx.init(params).hyperparams
 
 
 # -- the plan (pure Python, no devices) -----------------------------------------------

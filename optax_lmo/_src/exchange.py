@@ -13,6 +13,14 @@ carried to the owners :func:`~optax_lmo._src.plan.make_plan` picks:
 3. one ``all_to_all`` back (and an ``all_gather`` over replicated axes) returns
    every stack in its own layout.
 
+With an *exchange dtype* (e.g. bfloat16) the matrices travel in it: each is
+cast before the all-to-all in, back to float32 on its owner (the polar factor
+runs at its own dtype), and the result is cast again for the trip back and
+returned in float32. Only what crosses devices is rounded. The rounded values
+travel as unsigned integers of the same width: collectives only move bits, so
+this is exact, and it keeps XLA's CPU backend from widening a bfloat16
+all-to-all back to float32 (which would round without saving a byte).
+
 Layouts are read at trace time from the array types on a mesh with
 ``AxisType.Explicit`` axes (and from concrete arrays outside ``jit``), and the
 per-device program runs in a ``shard_map``. On ``AxisType.Auto`` axes the
@@ -64,6 +72,38 @@ def find_mesh(arrays: Sequence[jax.Array], distribute: bool | None = None) -> An
   return mesh
 
 
+def check_dtype(exchange_dtype: Any, where: str = "") -> np.dtype | None:
+  """The dtype the exchange sends matrices in, checked: ``None`` or a floating dtype.
+
+  Args:
+    exchange_dtype: ``None`` (the stacks' own float32), or a floating dtype or
+      its name (``jnp.bfloat16``, ``"bfloat16"``, ``jnp.float16``).
+    where: the function it was given to, for the error (e.g. ``"scion"``).
+
+  Returns:
+    ``None`` or the ``numpy`` dtype.
+
+  Raises:
+    ValueError: not a floating dtype (an array here means the dtype went
+      through ``optax.inject_hyperparams`` as a hyperparameter).
+  """
+  if exchange_dtype is None:
+    return None
+  dtype = None
+  if not isinstance(exchange_dtype, (jax.Array, np.ndarray, np.generic)):
+    try:
+      dtype = jnp.dtype(exchange_dtype)
+    except TypeError:
+      pass
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{where + ': ' if where else ''}exchange_dtype must be None or a floating dtype such"
+        f" as jnp.bfloat16, got {exchange_dtype!r}. Under optax.inject_hyperparams pass it as"
+        " static: static_args=('exchange_dtype',)."
+    )
+  return dtype
+
+
 def _mesh_of(x):
   if not isinstance(x, jax.core.Tracer):
     s = getattr(x, "sharding", None)
@@ -95,11 +135,32 @@ def _index(axes: Axes, sizes: dict[str, int]) -> jax.Array:
   return idx
 
 
-def _own(x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable) -> jax.Array:
+_BITS = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def _pack(x: jax.Array, wire) -> jax.Array:
+  """``x`` rounded to ``wire``, as unsigned integers of that width (unchanged if same dtype)."""
+  if wire == x.dtype:
+    return x
+  return jax.lax.bitcast_convert_type(x.astype(wire), _BITS[wire.itemsize])
+
+
+def _unpack(x: jax.Array, wire, dtype) -> jax.Array:
+  """The inverse of :func:`_pack`: the ``wire`` values, cast to ``dtype``."""
+  if wire == dtype:
+    return x
+  return jax.lax.bitcast_convert_type(x, wire).astype(dtype)
+
+
+def _own(
+    x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable, wire: Any = None
+) -> jax.Array:
   """Runs ``fn`` on whole matrices: local stack in, local stack out (inside ``shard_map``).
 
-  ``x`` is this device's ``(n, d_in / rows, d_out / cols)`` block of the unit.
+  ``x`` is this device's ``(n, d_in / rows, d_out / cols)`` block of the unit;
+  ``wire`` (a dtype or ``None``) is what the blocks travel in, both ways.
   """
+  wire = x.dtype if wire is None else jnp.dtype(wire)
   n, i_loc, o_loc = x.shape
   n_rep = math.prod(sizes[a] for a in unit.replicated)
   rows = [sizes[a] for a in unit.split if a in unit.layout[1]]
@@ -118,7 +179,8 @@ def _own(x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable) -> jax.A
   if unit.replicated:  # replicated over these axes: take our slice, no communication
     xs = xs.reshape(n_rep, n_split, slots, i_loc, o_loc)[_index(unit.replicated, sizes)]
   if unit.split:  # one all-to-all: send chunk j to member j, receive our chunk's blocks
-    xs = jax.lax.all_to_all(xs, unit.split, 0, 0, tiled=False)
+    xs = jax.lax.all_to_all(_pack(xs, wire), unit.split, 0, 0, tiled=False)
+    xs = _unpack(xs, wire, x.dtype)
   # Blocks (row member, col member) -> whole matrices (slots, d_in, d_out).
   w = xs.reshape(n_rows, n_cols, slots, i_loc, o_loc).transpose(2, 0, 3, 1, 4)
   w = w.reshape(slots, n_rows * i_loc, n_cols * o_loc)
@@ -134,10 +196,14 @@ def _own(x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable) -> jax.A
   # And back: the inverse of each step.
   ys = y.reshape(slots, n_rows, i_loc, n_cols, o_loc).transpose(1, 3, 0, 2, 4)
   ys = ys.reshape(n_split, slots, i_loc, o_loc)
+  if unit.split or unit.replicated:
+    ys = _pack(ys, wire)
   if unit.split:
     ys = jax.lax.all_to_all(ys, unit.split, 0, 0, tiled=False)
   if unit.replicated:
     ys = jax.lax.all_gather(ys, unit.replicated, axis=0, tiled=True)
+  if unit.split or unit.replicated:
+    ys = _unpack(ys, wire, x.dtype)
   ys = ys.reshape(owners, slots, i_loc, o_loc)
   out = []
   if q:
@@ -148,16 +214,23 @@ def _own(x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable) -> jax.A
 
 
 def polar_stacks(
-    fns: Sequence[StackFn], groups: Sequence[Sequence[jax.Array]], mesh: Any = None
+    fns: Sequence[StackFn],
+    groups: Sequence[Sequence[jax.Array]],
+    mesh: Any = None,
+    exchange_dtype: Any = None,
 ) -> list[list[jax.Array]]:
   """Applies each group's function to its stacks in one batched call, on owner devices on a mesh.
 
   Args:
     fns: per group, a pure function on float32 ``(B, d_in, d_out)`` stacks that
-      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`).
+      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`'s ``apply``).
     groups: per group, float32 stacks ``(b, d_in, d_out)`` of one matrix shape.
     mesh: ``None`` concatenates each group and calls its function once where the
       data lives; a mesh from :func:`find_mesh` gives every matrix one owner.
+    exchange_dtype: on a mesh, the dtype the matrices travel in to their owners
+      and back (see :func:`check_dtype`); ``None``: their own float32. The
+      functions still see float32 stacks. Off a mesh nothing travels and it is
+      ignored.
 
   Returns:
     Per group, the results stack by stack, each in its input's layout.
@@ -175,7 +248,7 @@ def polar_stacks(
   starts = np.cumsum([0] + [len(ms) for ms in groups]).tolist()
   layouts = [_layout(m, mesh, 3) for m in flat]
   if any(layout is None for layout in layouts):
-    res = _partitioned(fns, groups, mesh)
+    res = _partitioned(fns, groups, mesh, exchange_dtype)
   else:
     metas = [
         [(m.shape, layouts[starts[j] + p]) for p, m in enumerate(ms)]
@@ -186,7 +259,7 @@ def polar_stacks(
         a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t != AxisType.Manual
     )
     res = jax.shard_map(
-        _local_fn(fns, metas, mesh),
+        _local_fn(fns, metas, mesh, exchange_dtype),
         mesh=mesh,
         in_specs=specs,
         out_specs=specs,
@@ -210,7 +283,7 @@ def _batched(fns, groups) -> list[list[jax.Array]]:
   return [_split(fn(_concat(ms)), ms) for fn, ms in zip(fns, groups, strict=True)]
 
 
-def _local_fn(fns: Sequence[StackFn], metas, mesh) -> Callable:
+def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None) -> Callable:
   """The per-device program (inside ``shard_map`` or a custom partitioning) for all groups."""
   plan = plan_lib.make_plan(metas, mesh)
   sizes = dict(zip(plan.axes, plan.sizes, strict=True))
@@ -221,7 +294,7 @@ def _local_fn(fns: Sequence[StackFn], metas, mesh) -> Callable:
     for unit in plan.units:
       base = starts[unit.group]
       mine = [blocks[base + p] for p in unit.members]
-      y = _own(_concat(mine), unit, sizes, fns[unit.group])
+      y = _own(_concat(mine), unit, sizes, fns[unit.group], wire)
       for p, piece in zip(unit.members, _split(y, mine), strict=True):
         res[base + p] = piece
     return tuple(res)
@@ -229,7 +302,7 @@ def _local_fn(fns: Sequence[StackFn], metas, mesh) -> Callable:
   return local
 
 
-def _partitioned(fns, groups, mesh) -> tuple[jax.Array, ...]:
+def _partitioned(fns, groups, mesh, wire: Any = None) -> tuple[jax.Array, ...]:
   """Auto axes: the layouts are only known to XLA's partitioner, so ask it.
 
   A ``custom_partitioning`` op whose partition rule reads the layout XLA gave
@@ -257,7 +330,7 @@ def _partitioned(fns, groups, mesh) -> tuple[jax.Array, ...]:
     ]
     metas = [[(arg_shapes[k].shape, layouts[k]) for k in ks] for ks in regroup(range(n))]
     shardings = tuple(NamedSharding(mesh, P(*layout)) for layout in layouts)
-    return mesh, _local_fn(fns, metas, mesh), shardings, shardings
+    return mesh, _local_fn(fns, metas, mesh, wire), shardings, shardings
 
   def infer(mesh, arg_shapes, result_shape):
     del mesh, result_shape
@@ -271,4 +344,4 @@ def _partitioned(fns, groups, mesh) -> tuple[jax.Array, ...]:
   return op(*(m for ms in groups for m in ms))
 
 
-__all__ = ["find_mesh", "polar_stacks"]
+__all__ = ["check_dtype", "find_mesh", "polar_stacks"]
