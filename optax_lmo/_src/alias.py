@@ -42,7 +42,7 @@ def _check_lr(learning_rate, what: str):
 
 def _lmo_chain(
     learning_rate, plan: rules_lib.Plan, *, beta, nesterov, bias_correction, decay, clip,
-    mu_dtype, distribute, exchange_dtype=None, keep_prob=1.0, seed=0, steepest=False,
+    mu_dtype, distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False,
 ) -> optax.GradientTransformationExtraArgs:
   """momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate.
 
@@ -76,14 +76,17 @@ def _lmo_chain(
       transforms.scale_by_radius(plan.tree(lambda g: g.lr_mult)),  # per-group lr multiplier
       optax.scale_by_learning_rate(learning_rate),
   )
-  # Always wrapped, so the state has one structure whatever keep_prob is (a keep_prob
-  # injected with optax.inject_hyperparams is traced); with none below 1 it draws nothing.
+  # Wrapped whenever keep_prob is given (a number, or an injected traced value) or a group
+  # sets one, so the state's structure does not depend on the values; a leaf whose
+  # probability is the number 1 draws nothing. keep_prob=None (the default): no sampling.
+  if keep_prob is None and all(g is None or g.keep_prob is None for g in plan.groups):
+    return tx
   keep = plan.tree(lambda g: leaf_keep(g) if g.norm is not None else None)
   return drop.drop_leaves(tx, keep, seed=seed)
 
 
 def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
-          distribute, exchange_dtype=None, keep_prob=1.0, seed=0, steepest=False):
+          distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False):
   _check_lr(learning_rate, name)
   exchange_lib.check_dtype(exchange_dtype, name)
   momentum_lib.check_beta(beta, name)
@@ -98,7 +101,7 @@ def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_
 
 
 def _check_keep(keep_prob, what: str):
-  if isinstance(keep_prob, (int, float)) and not 0.0 < keep_prob <= 1.0:
+  if isinstance(keep_prob, (int, float)) and not 0.0 < keep_prob <= 1.0:  # None: off
     raise ValueError(f"{what}: keep_prob must be in (0, 1], got {keep_prob}.")
 
 
@@ -113,7 +116,7 @@ def scion(
     mu_dtype: Any = None,
     distribute: bool | None = None,
     exchange_dtype: Any = None,
-    keep_prob: chex.Numeric = 1.0,
+    keep_prob: chex.Numeric | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: stochastic conditional gradient under a per-layer norm (SCG).
@@ -154,7 +157,9 @@ def scion(
     keep_prob: update each spectral leaf with this probability per step
       (Drop-Muon, :func:`~optax_lmo.drop_leaves`): a dropped leaf neither moves
       nor pays for its polar factor, and its momentum keeps accumulating. A
-      group's ``keep_prob`` overrides it. 1: every leaf every step.
+      group's ``keep_prob`` overrides it. ``None`` (the default): every leaf
+      every step, batched and exchanged as usual; a sampled leaf's polar factor
+      runs alone under a ``lax.cond`` on the device that holds it.
     seed: seed of those draws (static: under ``optax.inject_hyperparams`` name
       it in ``static_args``, or it is taken as a number and still only seeds).
 
@@ -194,7 +199,7 @@ def unconstrained_scion(
     mu_dtype: Any = None,
     distribute: bool | None = None,
     exchange_dtype: Any = None,
-    keep_prob: chex.Numeric = 1.0,
+    keep_prob: chex.Numeric | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unconstrained Scion (uSCG): steepest descent under a per-layer norm.
@@ -253,7 +258,7 @@ def muon(
     mu_dtype: Any = None,
     distribute: bool | None = None,
     exchange_dtype: Any = None,
-    keep_prob: chex.Numeric = 1.0,
+    keep_prob: chex.Numeric | None = None,
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon: the spectral LMO on hidden matrices, AdamW on everything else.

@@ -128,9 +128,8 @@ def _row(path, shape, dtype, routing: Routing | None, g) -> dict:
     decay = "injected" if routing.decay is None else routing.decay
   keep = g.keep_prob
   if keep is None and routing is not None and routing.name != "rules":
-    keep = 1.0
-    if isinstance(g.norm, norms_lib.Spectral):
-      keep = "injected" if routing.keep_prob is None else routing.keep_prob
+    spectral = isinstance(g.norm, norms_lib.Spectral)
+    keep = routing.keep_prob if spectral and routing.keep_prob is not None else 1.0
   state = "-"
   if routing is not None and routing.name != "rules" and dtype is not None:
     state = momentum_lib.state_dtype(dtype, routing.mu_dtype).name

@@ -37,17 +37,20 @@ class Routing:
     mu_dtype: the ``mu_dtype`` argument (``None``: follows the parameters).
     decay: the optimizer's default decay as a Python number, or ``None`` when
       it is an injected (traced) value.
-    keep_prob: the optimizer's keep probability for spectral leaves, likewise.
+    keep_prob: the optimizer's keep probability for spectral leaves: a number,
+      ``None`` (no sampling) or ``"injected"``.
   """
 
   def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
-               keep_prob: Any = 1.0):
+               keep_prob: Any = None):
     self.plan = plan
     self.name = name
     self.fallback = fallback
     self.mu_dtype = mu_dtype
     self.decay = decay if isinstance(decay, (int, float)) else None
-    self.keep_prob = keep_prob if isinstance(keep_prob, (int, float)) else None
+    # A number, None (no sampling) or "injected" (a traced value).
+    self.keep_prob = keep_prob if keep_prob is None or isinstance(keep_prob, (int, float)) \
+        else "injected"
 
   def __eq__(self, other):
     return isinstance(other, Routing)
@@ -91,7 +94,7 @@ def route(
     fallback: str | None = None,
     mu_dtype: Any = None,
     decay: Any = None,
-    keep_prob: Any = 1.0,
+    keep_prob: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Resolves ``rules`` per tree and runs the transformation ``build(plan)``.
 
