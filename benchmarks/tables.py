@@ -210,9 +210,62 @@ def stability() -> str | None:
           f"{'passed' if d['ok'] else '**failed**'}.")
 
 
+def drop() -> str | None:
+  d = _load("drop.json")
+  if d is None:
+    return None
+  u, s, t = d["update"], d["step"], d["to_target"]
+  head = (f"Drop-Muon on {d['device']} (load average {d['load_average_at_start'][0]:.0f} at "
+          f"the start), medians of interleaved rounds in one process; `{d['command']}`.\n\n")
+  cost = _table(
+      ["what", "full", "dropped", "ratio"],
+      [[f"`ol.scion` update, width {u['width']}, depth {u['depth']}, keep_prob 0.5 vs 1",
+        f"{u['seconds_per_update']['keep_prob=1']:.3f} s",
+        f"{u['seconds_per_update']['keep_prob=0.5']:.3f} s", f"{u['ratio']:.2f}"],
+       [f"example step, width {s['width']}, depth {s['depth']}, batch {s['batch']}x{s['seq']},"
+        f" `--drop` (mean over the cutoffs)", f"{s['median_s']['full']:.3f} s",
+        f"{s['drop_mean_s']:.3f} s", f"{s['ratio']:.2f}"]]
+      + [[f"... cutoff {c}", "", f"{s['median_s'][f'cut={c}']:.3f} s", f"{r:.2f}"]
+         for c, r in s["ratio_by_cut"].items()])
+  c = t["config"]
+  rows = []
+  for name, r in t["runs"].items():
+    rows.append([name, "not reached" if r["steps_to_target"] is None
+                 else f"{r['steps_to_target']:.0f}",
+                 "-" if r["train_s_to_target"] is None else f"{r['train_s_to_target']:.1f}",
+                 f"{r['val_loss']:.4f}", f"{r['train_s_total']:.1f}"])
+  mid = (f"\n\nTo the full run's validation loss at {t['target']['full_run_step']} of "
+         f"{c['steps']} steps ({t['target']['val_loss']:.4f}), `scion`, width {c['width']}, "
+         f"depth {c['depth']}, batch {c['batch']}x{c['seq']} (training seconds: logged "
+         f"throughput, compiles and evaluations left out):\n\n")
+  target = _table(["run", "steps to target", "training s to target", "final val loss",
+                   "training s (all steps)"], rows)
+  return head + cost + mid + target
+
+
+def adaptive_batch() -> str | None:
+  d = _load("adaptive_batch.json")
+  if d is None:
+    return None
+  c = d["config"]
+  rows = []
+  for label, r in d["rows"].items():
+    rows.append([label, "not reached" if r["tokens_to_target"] is None
+                 else f"{r['tokens_to_target']:,.0f}",
+                 "-" if r["opt_steps_to_target"] is None else f"{r['opt_steps_to_target']:.0f}",
+                 f"{r['final_val_loss']:.4f}", r["opt_steps_total"],
+                 f"{r['mean_batch_micro']:.2f}"])
+  head = (f"`scion` on the example GPT, width {c['width']}, depth {c['depth']}, micro-batch "
+          f"{c['micro']}x{c['seq']} tokens, budget {c['micro_batches']} micro-batches for every "
+          f"run, at most {c['max_micro_batches']} per step; target: the worst final validation "
+          f"loss, {d['target']:.4f}; {d['device']}; `{d['command']}`.\n\n")
+  return head + _table(["run", "tokens to target", "optimizer steps to target",
+                        "final val loss", "optimizer steps", "mean batch (micro-batches)"], rows)
+
+
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
-            "stability": stability}
+            "stability": stability, "drop": drop, "adaptive_batch": adaptive_batch}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import optax_lmo as ol
 from examples.gpt import checkpoint as ckpt_lib
 from examples.gpt import data as data_lib
 from examples.gpt import model as model_lib
+from examples.gpt import progressive
 from examples.gpt import train as train_lib
 
 # A failed tensorstore read (the corrupt-checkpoint test) leaves an orbax callback on a closed
@@ -270,6 +271,14 @@ BAD_FLAGS = [
     (["--num-processes", "2"], "--num-processes > 1 needs --coordinator"),
     (["--process-id", "1"], "--process-id must be < --num-processes 1"),
     (["--data", "/nonexistent/text.txt"], "--data /nonexistent/text.txt: no such file"),
+    (["--adaptive-batch", "0"], "--adaptive-batch must be > 0"),
+    (["--adaptive-batch", "-0.5"], "--adaptive-batch must be > 0"),
+    (["--adaptive-batch", "nan"], "--adaptive-batch must be a finite number"),
+    (["--adaptive-batch", "half"], "--adaptive-batch: invalid float value"),
+    (["--adaptive-batch", "0.5", "--max-micro-batches", "1"], "--max-micro-batches must be >= 2"),
+    (["--drop", "--depth", "1"], "--drop freezes the blocks below a cutoff: it needs --depth >= 2"),
+    (["--drop", "--adaptive-batch", "0.5"], "--drop and --adaptive-batch do not combine"),
+    (["--drop", "yes"], "unrecognized arguments: yes"),
 ]
 
 
@@ -316,3 +325,86 @@ def test_batch_that_does_not_split_over_the_mesh_is_refused():
     train_lib.validate(train_lib.make_config(mesh="data=2,fsdp=4", batch=12))
   train_lib.validate(train_lib.make_config(mesh="data=2,fsdp=4", batch=16))  # a multiple is fine
   train_lib.validate(train_lib.make_config(mesh="tp=8", batch=3))  # tp does not split the batch
+
+
+@pytest.mark.parametrize("flags", [dict(drop=True), dict(adaptive_batch=0.5, max_micro_batches=3)],
+                         ids=["drop", "adaptive_batch"])
+def test_new_flags_train_and_resume_bitwise(tmp_path, flags):
+  """A short run with the flag learns; stopped and resumed, it ends bit for bit where it would."""
+  kw = dict(steps=12, eval_every=6, ckpt_every=6, log_every=1, **flags)
+  full = train_lib.train(_cfg(tmp_path / "full", **kw))
+  first = train_lib.train(_cfg(tmp_path / "split", stop_after=6, **kw))
+  second = train_lib.train(_cfg(tmp_path / "split", **kw))
+  assert first["step"] == 6 and second["resumed_from"] == 6 and second["step"] == 12
+  for name, p in full["params"].items():
+    np.testing.assert_array_equal(second["params"][name], p, err_msg=name)
+  records = list(map(json.loads, open(tmp_path / "split" / "log.jsonl")))
+  evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
+  assert len(evals) == 3 and evals[-1] < evals[0] - 0.5, evals  # it learns
+  log = [r for r in records if r["kind"] == "train"]
+  assert [r["step"] for r in log] == list(range(1, 13))  # continued, not duplicated
+  if "adaptive_batch" in flags:  # each optimizer step takes 2..max micro-batches
+    steps = [r["opt_steps"] for r in log]
+    assert steps == sorted(steps) and 12 // 3 <= steps[-1] <= 12 // 2
+    assert all(2 <= r["batch_size"] <= 3 for r in log if r["opt_steps"])
+
+
+def test_cutoffs_are_a_pure_uniform_function_of_seed_and_step():
+  draws = np.array([progressive.cutoff(0, s, 4) for s in range(4000)])
+  assert progressive.cutoff(0, 17, 4) == draws[17] and draws.dtype == np.int32
+  counts = np.bincount(draws, minlength=4)
+  assert len(counts) == 4 and ((counts - 1000) ** 2 / 1000).sum() < 16.3  # chi2(3), p = 0.001
+  assert not np.array_equal(draws[:50], [progressive.cutoff(1, s, 4) for s in range(50)])
+
+
+def _gpt_and_batch(depth=3):
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=depth, heads=2)
+  x = jax.random.randint(jax.random.key(0), (2, 8), 0, 11)
+  return model_lib.GPT(cfg, rngs=nnx.Rngs(0)), x, jnp.roll(x, -1, axis=1)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2])
+def test_frozen_blocks_get_no_gradient_and_the_rest_the_full_one(cut):
+  model, x, y = _gpt_and_batch()
+  full = nnx.grad(train_lib.loss_fn)(model, x, y)
+  loss, grads = jax.jit(lambda c: progressive.value_and_grad(
+      train_lib.loss_fn, model, c, x, y))(jnp.int32(cut))
+  assert float(loss) == pytest.approx(float(train_lib.loss_fn(model, x, y)), rel=1e-6)
+  for (path, g), f in zip(jax.tree_util.tree_flatten_with_path(grads)[0],
+                          jax.tree.leaves(full), strict=True):
+    name = ckpt_lib.leaf_name(path)
+    frozen = (name.startswith("blocks/") and int(name.split("/")[1]) < cut) or (
+        name.startswith("embed/") and cut > 0)
+    if frozen:
+      assert not np.any(g), name
+    else:
+      np.testing.assert_allclose(g, f, rtol=1e-4, atol=1e-5, err_msg=name)  # jit vs eager
+
+
+@pytest.mark.parametrize("name", ["scion", "adamw"])
+def test_freeze_holds_frozen_params_and_state_and_steps_the_rest_as_the_plain_optimizer(name):
+  model, x, y = _gpt_and_batch()
+  cfg = train_lib.make_config(optimizer=name, steps=10)
+  plain = train_lib.make_optimizer(cfg, model.cfg)
+  frozen = progressive.freeze(plain)
+  params = nnx.state(model, nnx.Param)
+  grads = nnx.grad(train_lib.loss_fn)(model, x, y)
+  step = jax.jit(lambda g, s, p, c: frozen.update(g, s, p, cut=c))
+  _, s_plain = jax.jit(plain.update)(grads, plain.init(params), params)
+  _, s_frozen = step(grads, frozen.init(params), params, jnp.int32(0))  # cut 0: a full step
+  u_plain, s_plain2 = jax.jit(plain.update)(grads, s_plain, params)
+  u, s_frozen2 = step(grads, s_frozen, params, jnp.int32(2))  # from non-zero momentum
+  flat = lambda t: {ckpt_lib.leaf_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  for k, v in flat(u).items():
+    held = k.startswith(("blocks/0/", "blocks/1/", "embed/"))
+    if held:
+      assert not np.any(v), k
+    else:
+      ref = flat(u_plain)[k]  # Newton–Schulz run per matrix (masked) vs batched: rounding
+      np.testing.assert_allclose(v, ref, atol=1e-3 * np.abs(ref).max(), err_msg=k)
+  new, old, ref = flat(s_frozen2), flat(s_frozen), flat(s_plain2)
+  for k in new:
+    if "blocks/0/" in k or "blocks/1/" in k or "/embed/" in k:
+      np.testing.assert_array_equal(new[k], old[k], err_msg=k)  # momentum held, not decayed
+    else:
+      np.testing.assert_allclose(new[k], ref[k], rtol=1e-6, err_msg=k)

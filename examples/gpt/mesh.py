@@ -158,30 +158,30 @@ def create(fn, mesh: Mesh | None):
   return nnx.merge(graphdef[0], state)
 
 
-def jit_step(step, model, optimizer, mesh: Mesh | None, batch: int):
-  """``step(model, optimizer, x_BxL, y_BxL) -> loss`` as a ``jax.jit`` with pinned shardings.
+def jit_step(step, model, optimizer, mesh: Mesh | None, batch: int, extra: int = 0):
+  """``step(model, optimizer, x_BxL, y_BxL, *scalars) -> loss`` as a ``jax.jit``, shardings pinned.
 
   The model and optimizer state go in and come out with the layout they have
-  (from :func:`create`), the batch with :func:`batch_sharding`. The returned
-  function updates ``model`` and ``optimizer`` in place, like ``nnx.jit``.
-  Without a mesh, ``step`` itself.
+  (from :func:`create`), the batch with :func:`batch_sharding`, the ``extra``
+  scalars replicated. The returned function updates ``model`` and
+  ``optimizer`` in place, like ``nnx.jit``. Without a mesh, ``step`` itself.
   """
   if mesh is None:
     return step
   graphdef, state = nnx.split((model, optimizer))
   state_sh = jax.tree.map(lambda x: x.sharding, state)
-  batch_sh = batch_sharding(mesh, batch)
+  batch_sh, whole = batch_sharding(mesh, batch), NamedSharding(mesh, P())
 
-  @functools.partial(jax.jit, in_shardings=(state_sh, batch_sh, batch_sh),
-                     out_shardings=(state_sh, NamedSharding(mesh, P())))
-  def pure(state, x_BxL, y_BxL):
+  @functools.partial(jax.jit, in_shardings=(state_sh, batch_sh, batch_sh) + (whole,) * extra,
+                     out_shardings=(state_sh, whole))
+  def pure(state, x_BxL, y_BxL, *scalars):
     m, o = nnx.merge(graphdef, state)
-    loss = step(m, o, x_BxL, y_BxL)
+    loss = step(m, o, x_BxL, y_BxL, *scalars)
     return nnx.state((m, o)), loss
 
-  def run(model, optimizer, x_BxL, y_BxL):
+  def run(model, optimizer, x_BxL, y_BxL, *scalars):
     with use(mesh):
-      state, loss = pure(nnx.state((model, optimizer)), x_BxL, y_BxL)
+      state, loss = pure(nnx.state((model, optimizer)), x_BxL, y_BxL, *scalars)
     nnx.update((model, optimizer), state)
     return loss
 

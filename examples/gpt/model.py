@@ -138,11 +138,14 @@ class GPT(nnx.Module):
     if cfg.init == "scion":
       scion_init(self, cfg, rngs.params())
 
-  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+  def __call__(self, tokens_BxL: jax.Array, frozen_below: int = 0) -> jax.Array:
+    """Logits; no gradient reaches the blocks ``< frozen_below`` (nor, if > 0, the embeddings)."""
     x_BxLxD = self.embed(tokens_BxL)
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + self.pos_embed(jnp.arange(tokens_BxL.shape[1]))[None]
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
+      if i == frozen_below > 0:  # the backward pass stops here (progressive.py)
+        x_BxLxD = jax.lax.stop_gradient(x_BxLxD)
       x_BxLxD = block(x_BxLxD)
     return self.head(self.final_norm(x_BxLxD)).astype(jnp.float32)
 

@@ -31,13 +31,19 @@ from tqdm.auto import tqdm
 import optax_lmo as ol
 from examples.gpt import checkpoint as ckpt_lib
 from examples.gpt import data as data_lib
-from examples.gpt import flags, report
+from examples.gpt import flags, progressive, report
 from examples.gpt import mesh as mesh_lib
 from examples.gpt import model as model_lib
 from examples.gpt.flags import flag
-
-OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon")
-POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
+from examples.gpt.optim import (
+  DEFAULT_LR,
+  OPTIMIZERS,
+  POLAR_METHODS,
+  adaptive_stats,
+  make_optimizer,
+  make_schedule,
+  resolve,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +75,11 @@ class TrainConfig:
   output_norm: str = flag("rownorm", "output-head norm: RMS->inf or 1->inf", ("rownorm", "sign"))
   polar: str = flag("auto", "polar-factor method of the spectral LMOs", POLAR_METHODS)
   dtype: str = flag("float32", "activation dtype (parameters: float32)", ("float32", "bfloat16"))
+  drop: bool = flag(False, "Drop-Muon: each step freeze the blocks below a uniform random cutoff"
+                    " (progressive.py)")
+  adaptive_batch: float | None = flag(None, "norm-test tolerance ETA: accumulate micro-batches"
+                                      " of --batch until it passes; --steps counts micro-batches")
+  max_micro_batches: int = flag(16, "--adaptive-batch: the most micro-batches per step")
   eval_every: int = flag(100, "steps between validation evaluations (and one at the end)")
   eval_batches: int = flag(8, "validation batches per evaluation (fixed windows)")
   log_every: int = flag(10, "steps between train-loss records and progress-bar updates")
@@ -88,9 +99,6 @@ class TrainConfig:
   process_id: int = flag(0, "multi-process: this process's index (process 0 writes the log)")
 
 
-# Peak learning rates: the best of a powers-of-2 (or 1-3-10) sweep of 300-step demo runs.
-DEFAULT_LR = {"scion": 2**-7, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 3e-3,
-              "optax_muon": 0.04}
 PRESETS: dict[str, dict[str, Any]] = {  # demo: 2-10 minutes on 2 CPU cores
     "demo": dict(steps=800, batch=32, seq=64, width=128, depth=4, heads=4, eval_every=100,
                  eval_batches=8, ckpt_every=200, workdir="runs/demo"),
@@ -103,11 +111,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {  # what a number must b
     **dict.fromkeys(("steps", "batch", "seq", "width", "depth", "heads", "eval_every",
                      "eval_batches", "log_every", "ckpt_every", "keep_ckpts", "num_processes",
                      "stop_after"), (lambda v: v >= 1, ">= 1")),
-    **dict.fromkeys(("lr", "adam_lr", "embed_radius", "hidden_radius", "output_radius"),
+    **dict.fromkeys(("lr", "adam_lr", "embed_radius", "hidden_radius", "output_radius",
+                     "adaptive_batch"),
                     (lambda v: v > 0, "> 0")),
     **dict.fromkeys(("weight_decay", "warmup", "seed", "process_id"), (lambda v: v >= 0, ">= 0")),
     "beta": (lambda v: 0 <= v < 1, "in [0, 1)"), "decay_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "val_frac": (lambda v: 0 < v < 1, "in (0, 1)")}
+    "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "max_micro_batches": (lambda v: v >= 2, ">= 2")}
 
 
 def make_config(**overrides) -> TrainConfig:
@@ -122,6 +132,10 @@ def validate(cfg: TrainConfig) -> None:
   if cfg.optimizer == "scion" and cfg.weight_decay:
     raise ValueError("--weight-decay: scion has none to set (its constraint is its decay);"
                      " use --optimizer unconstrained_scion.")
+  if cfg.drop and cfg.depth < 2:
+    raise ValueError("--drop freezes the blocks below a cutoff: it needs --depth >= 2.")
+  if cfg.drop and cfg.adaptive_batch is not None:
+    raise ValueError("--drop and --adaptive-batch do not combine (one mask per micro-batch).")
   if cfg.data is not None and not os.path.isfile(cfg.data):
     raise ValueError(f"--data {cfg.data}: no such file.")
   if cfg.process_id >= cfg.num_processes:
@@ -148,13 +162,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
   return cfg
 
 
-def resolve(cfg: TrainConfig) -> TrainConfig:
-  """``cfg`` with the optimizer-dependent defaults (``lr``, ``beta``) filled in."""
-  muon_like = cfg.optimizer in ("muon", "optax_muon")
-  return dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr,
-                             beta=(0.95 if muon_like else 0.9) if cfg.beta is None else cfg.beta)
-
-
 def model_config(cfg: TrainConfig, vocab_size: int) -> model_lib.GPTConfig:
   """The model that ``cfg`` describes, for a tokenizer of ``vocab_size`` ids."""
   same = {f.name for f in dataclasses.fields(model_lib.GPTConfig)} & set(dataclasses.asdict(cfg))
@@ -162,42 +169,23 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> model_lib.GPTConfig:
                              **{k: getattr(cfg, k) for k in same})  # the fields of the same name
 
 
-def make_schedule(cfg: TrainConfig, peak) -> optax.Schedule:
-  """Linear warmup to ``peak``, constant, then (``linear_decay``) linearly to 0 at the end."""
-  decay = round(cfg.decay_frac * cfg.steps) if cfg.schedule == "linear_decay" else 0
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, cfg.warmup), optax.constant_schedule(peak),
-       optax.linear_schedule(peak, 0.0, decay)], [cfg.warmup, cfg.steps - decay])
-
-
-def make_optimizer(cfg: TrainConfig, gcfg: model_lib.GPTConfig) -> optax.GradientTransformation:
-  """The ``--optimizer`` with its schedule and the model's parameter rules."""
-  cfg = resolve(cfg)
-  lr, adam_lr = make_schedule(cfg, cfg.lr), make_schedule(cfg, cfg.adam_lr)
-  polar = None if cfg.polar == "auto" else ol.Polar(method=cfg.polar)
-  kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay)
-  if cfg.optimizer == "scion":  # constrained: its decay is fixed (weight_decay must be 0)
-    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar)
-  if cfg.optimizer == "unconstrained_scion":
-    return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
-  if cfg.optimizer == "muon":
-    return ol.muon(lr, adam_learning_rate=adam_lr, polar=polar, **kw)
-  if cfg.optimizer == "optax_muon":
-    return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,
-                              muon_weight_dimension_numbers=model_lib.optax_muon_dims)
-  return optax.adamw(lr, b1=cfg.beta, weight_decay=cfg.weight_decay)
-
-
-def loss_fn(model: model_lib.GPT, x_BxL, y_BxL):
+def loss_fn(model: model_lib.GPT, x_BxL, y_BxL, frozen_below: int = 0):
   """Mean next-token cross-entropy (nats per token)."""
-  return optax.softmax_cross_entropy_with_integer_labels(model(x_BxL), y_BxL).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(model(x_BxL, frozen_below),
+                                                         y_BxL).mean()
 
 
 @nnx.jit
-def train_step(model, optimizer, x_BxL, y_BxL):
+def train_step(model, optimizer, x_BxL, y_BxL, cut=None):
+  """One step; ``cut`` (``--drop``): the blocks below it are frozen (progressive.py)."""
   # gathered: FSDP's whole weights for the forward pass (the model itself without a mesh)
-  loss, grads = nnx.value_and_grad(loss_fn)(mesh_lib.gathered(model), x_BxL, y_BxL)
-  optimizer.update(model, grads)
+  if cut is None:
+    loss, grads = nnx.value_and_grad(loss_fn)(mesh_lib.gathered(model), x_BxL, y_BxL)
+    optimizer.update(model, grads)
+  else:
+    loss, grads = progressive.value_and_grad(loss_fn, mesh_lib.gathered(model), cut, x_BxL,
+                                             y_BxL)
+    optimizer.update(model, grads, cut=cut)
   return loss
 
 
@@ -242,7 +230,7 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     model, optimizer = mesh_lib.create(create, mesh)  # one compiled call, laid out on the mesh
-    step_fn = mesh_lib.jit_step(train_step, model, optimizer, mesh, cfg.batch)
+    step_fn = mesh_lib.jit_step(train_step, model, optimizer, mesh, cfg.batch, extra=cfg.drop)
     params = nnx.state(model, nnx.Param)
     if lead and cfg.optimizer in ("scion", "unconstrained_scion", "muon"):
       with open(os.path.join(cfg.workdir, "describe.txt"), "w") as f:
@@ -289,14 +277,16 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
       while step < stop:
         x_BxL, y_BxL = data_lib.train_batch(data, seed=cfg.seed, step=step, batch=cfg.batch,
                                             seq=cfg.seq)
+        cut = (progressive.cutoff(cfg.seed, step, cfg.depth),) if cfg.drop else ()
         loss = step_fn(model, optimizer, mesh_lib.put_batch(x_BxL, mesh),
-                       mesh_lib.put_batch(y_BxL, mesh))
+                       mesh_lib.put_batch(y_BxL, mesh), *cut)
         step, tokens = step + 1, tokens + x_BxL.size
         bar.update(1)
         if step % cfg.log_every == 0 or step == stop:
           loss_f, tps = float(loss), tokens / (time.perf_counter() - t_mark)  # waits for the step
+          extra = {} if cfg.adaptive_batch is None else adaptive_stats(optimizer)
           log.write(kind="train", step=step, loss=loss_f, lr=float(lr_at(step - 1)),
-                    tokens_per_s=tps)
+                    tokens_per_s=tps, **extra)
           bar.set_postfix(loss=f"{loss_f:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tps:,.0f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
           evaluate(step)

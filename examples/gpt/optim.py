@@ -1,0 +1,82 @@
+"""The example's optimizers: defaults, schedules, and the --drop and --adaptive-batch wrappers.
+
+With ``--adaptive-batch ETA`` the optimizer is wrapped in
+``optax_lmo.adaptive_batch``: every training step feeds it one micro-batch (the
+configured ``--batch``) and it steps once the norm test passes. The run's
+length (``--steps``), its data order, evaluations and checkpoints count
+micro-batches, and so does the learning-rate schedule: the inner optimizer runs
+at its peak rate and the schedule's factor ``schedule(n) / peak`` (``n``: the
+micro-batches seen) scales each update it emits. Every optimizer here is linear
+in its learning rate (the rate multiplies the whole update, decay included), so
+this is the schedule evaluated at the data seen rather than the optimizer steps
+taken, and the rate still decays to 0 at the end of the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+from flax import nnx
+
+import optax_lmo as ol
+from examples.gpt import checkpoint as ckpt_lib
+from examples.gpt import model as model_lib
+from examples.gpt import progressive
+
+OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon")
+POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
+# Peak learning rates: the best of a powers-of-2 (or 1-3-10) sweep of 300-step demo runs.
+DEFAULT_LR = {"scion": 2**-7, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 3e-3,
+              "optax_muon": 0.04}
+
+
+def resolve(cfg):
+  """``cfg`` with the optimizer-dependent defaults (``lr``, ``beta``) filled in."""
+  muon_like = cfg.optimizer in ("muon", "optax_muon")
+  return dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr,
+                             beta=(0.95 if muon_like else 0.9) if cfg.beta is None else cfg.beta)
+
+
+def make_schedule(cfg, peak) -> optax.Schedule:
+  """Linear warmup to ``peak``, constant, then (``linear_decay``) linearly to 0 at the end."""
+  decay = round(cfg.decay_frac * cfg.steps) if cfg.schedule == "linear_decay" else 0
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, cfg.warmup), optax.constant_schedule(peak),
+       optax.linear_schedule(peak, 0.0, decay)], [cfg.warmup, cfg.steps - decay])
+
+
+def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.GradientTransformation:
+  """The ``--optimizer`` at learning rates ``lr`` (``adam_lr``: Muons' AdamW part)."""
+  polar = None if cfg.polar == "auto" else ol.Polar(method=cfg.polar)
+  kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay)
+  if cfg.optimizer == "scion":  # constrained: its decay is fixed (weight_decay must be 0)
+    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar)
+  if cfg.optimizer == "unconstrained_scion":
+    return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
+  if cfg.optimizer == "muon":
+    return ol.muon(lr, adam_learning_rate=adam_lr, polar=polar, **kw)
+  if cfg.optimizer == "optax_muon":
+    return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,
+                              muon_weight_dimension_numbers=model_lib.optax_muon_dims)
+  return optax.adamw(lr, b1=cfg.beta, weight_decay=cfg.weight_decay)
+
+
+def make_optimizer(cfg, gcfg: model_lib.GPTConfig) -> optax.GradientTransformation:
+  """The ``--optimizer`` with its schedule and rules, wrapped for --drop or --adaptive-batch."""
+  cfg = resolve(cfg)
+  if cfg.adaptive_batch is not None:  # constant inside; the schedule counts micro-batches
+    inner = base_optimizer(cfg, gcfg, cfg.lr, cfg.adam_lr)
+    return optax.chain(
+        ol.adaptive_batch(inner, cfg.adaptive_batch, max_micro_batches=cfg.max_micro_batches),
+        optax.scale_by_schedule(make_schedule(cfg, 1.0)))
+  tx = base_optimizer(cfg, gcfg, make_schedule(cfg, cfg.lr), make_schedule(cfg, cfg.adam_lr))
+  return progressive.freeze(tx) if cfg.drop else tx
+
+
+def adaptive_stats(optimizer: nnx.Optimizer) -> dict[str, int]:
+  """``batch_size`` (micro-batches of the last optimizer step) and ``opt_steps`` taken."""
+  flat = jax.tree_util.tree_flatten_with_path(nnx.state(optimizer, nnx.OptState))[0]
+  found = {ckpt_lib.leaf_name(p).rsplit("/", 1)[-1]: x for p, x in flat}
+  return {"batch_size": int(found["batch_size"]), "opt_steps": int(found["steps"])}
