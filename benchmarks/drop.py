@@ -206,7 +206,8 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   t0 = time.perf_counter()
   data = data_lib.load(None)
-  res = dict(benchmark="drop", date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+  now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+  res = dict(benchmark="drop", date=now,
              command=_common.command("drop", argv), device=_common.device_name(),
              jax=jax.__version__, optax=optax.__version__,
              load_average_at_start=os.getloadavg())

@@ -1,5 +1,6 @@
 """Norms with their LMOs, dual norms and initializers, and operator-norm diagnostics."""
 
+from optax_lmo._src.conv import SpectralConv
 from optax_lmo._src.diagnostics import one_to_rms, rms_to_inf, rms_to_rms, sup_norm
 from optax_lmo._src.norms import (
     BiasRMS,
@@ -9,7 +10,6 @@ from optax_lmo._src.norms import (
     RowNorm,
     Sign,
     Spectral,
-    SpectralConv,
 )
 
 __all__ = [

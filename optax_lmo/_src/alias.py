@@ -26,83 +26,13 @@ from typing import Any
 import chex
 import optax
 
-from optax_lmo._src import drop, transforms
 from optax_lmo._src import exchange as exchange_lib
+from optax_lmo._src import lmo_chain, transforms
 from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.polar import Polar
 from optax_lmo._src.route import route
-
-
-def _check_lr(learning_rate, what: str):
-  if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
-    raise ValueError(f"{what}: learning_rate must be >= 0, got {learning_rate}.")
-
-
-def _lmo_chain(
-    learning_rate, plan: rules_lib.Plan, *, beta, nesterov, bias_correction, decay, clip,
-    mu_dtype, distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False,
-) -> optax.GradientTransformationExtraArgs:
-  """momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate.
-
-  ``steepest`` scales each direction by its dual norm instead of the radius
-  (PolarGrad); ``keep_prob`` < 1 samples the spectral leaves (Drop-Muon).
-  """
-
-  def leaf_decay(g):
-    d = decay if g.decay is None else g.decay
-    return None if isinstance(d, (int, float)) and d == 0 else d
-
-  def leaf_keep(g):
-    p = g.keep_prob if g.keep_prob is not None else (
-        keep_prob if isinstance(g.norm, norms_lib.Spectral) else None)
-    return None if isinstance(p, (int, float)) and p == 1 else p
-
-  radius = plan.tree(lambda g: g.radius if g.norm is not None else None)
-  tx = optax.chain(
-      momentum_lib.momentum(beta, nesterov=nesterov, bias_correction=bias_correction,
-                            mu_dtype=mu_dtype),
-      transforms.scale_by_norm(
-          plan.tree(lambda g: g.norm),
-          specs=plan.tree(lambda g: g.spec),
-          dual_clip=radius if clip else None,
-          dual_scale=steepest,
-          distribute=distribute,
-          exchange_dtype=exchange_dtype,
-      ),
-      transforms.scale_by_radius(None if steepest else radius),
-      transforms.add_constrained_decay(plan.tree(leaf_decay)),
-      transforms.scale_by_radius(plan.tree(lambda g: g.lr_mult)),  # per-group lr multiplier
-      optax.scale_by_learning_rate(learning_rate),
-  )
-  # Wrapped whenever keep_prob is given (a number, or an injected traced value) or a group
-  # sets one, so the state's structure does not depend on the values; a leaf whose
-  # probability is the number 1 draws nothing. keep_prob=None (the default): no sampling.
-  if keep_prob is None and all(g is None or g.keep_prob is None for g in plan.groups):
-    return tx
-  keep = plan.tree(lambda g: leaf_keep(g) if g.norm is not None else None)
-  return drop.drop_leaves(tx, keep, seed=seed)
-
-
-def _uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
-          distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False):
-  _check_lr(learning_rate, name)
-  exchange_lib.check_dtype(exchange_dtype, name)
-  momentum_lib.check_beta(beta, name)
-  _check_keep(keep_prob, name)
-  build = lambda plan: _lmo_chain(
-      learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
-      clip=clip, mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
-      keep_prob=keep_prob, seed=seed, steepest=steepest,
-  )
-  return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay,
-               keep_prob=keep_prob)
-
-
-def _check_keep(keep_prob, what: str):
-  if isinstance(keep_prob, (int, float)) and not 0.0 < keep_prob <= 1.0:  # None: off
-    raise ValueError(f"{what}: keep_prob must be in (0, 1], got {keep_prob}.")
 
 
 def scion(
@@ -182,7 +112,7 @@ def scion(
     Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs,
     ICML 2025, arXiv:2502.07529.
   """
-  return _uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
+  return lmo_chain.uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
                clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
                exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed)
 
@@ -234,10 +164,11 @@ def unconstrained_scion(
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
-  return _uscg(learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
-               decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
-               distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob,
-               seed=seed)
+  return lmo_chain.uscg(
+      learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
+      decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
+      distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
+  )
 
 
 def muon(
@@ -304,12 +235,12 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  _check_lr(learning_rate, "muon")
+  lmo_chain.check_lr(learning_rate, "muon")
   momentum_lib.check_beta(beta, "muon")
-  _check_keep(keep_prob, "muon")
+  lmo_chain.check_keep(keep_prob, "muon")
   exchange_lib.check_dtype(exchange_dtype, "muon")
   if adam_learning_rate is not None:
-    _check_lr(adam_learning_rate, "muon (AdamW group)")
+    lmo_chain.check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,
@@ -317,7 +248,7 @@ def muon(
   ))
 
   def build(plan):
-    lmo_tx = _lmo_chain(
+    lmo_tx = lmo_chain.template(
         learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
         decay=weight_decay, clip=False, mu_dtype=mu_dtype, distribute=distribute,
         exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
@@ -385,7 +316,7 @@ def polargrad(
     Lau, Long, Su, PolarGrad: A class of matrix-gradient optimizers from a
     unifying preconditioning perspective, arXiv:2505.21799, 2025.
   """
-  return _uscg(learning_rate, rules, name="polargrad", beta=beta, nesterov=nesterov,
+  return lmo_chain.uscg(learning_rate, rules, name="polargrad", beta=beta, nesterov=nesterov,
                decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype,
                distribute=distribute, exchange_dtype=exchange_dtype, steepest=True)
 
@@ -419,7 +350,7 @@ def sign_descent(
     [-0.10000000149011612, 0.10000000149011612]
   """
   sign = rules_lib.Group(norms_lib.Sign(scaled=False), role="any", evidence="sign_descent")
-  return _uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: sign),
+  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: sign),
                name="sign_descent", beta=beta, nesterov=False, decay=weight_decay, clip=False,
                polar=None, mu_dtype=mu_dtype, distribute=None)
 
@@ -450,6 +381,6 @@ def normalized_sgd(
     [-0.6, -0.8]
   """
   frob = rules_lib.Group(norms_lib.Frobenius(), role="any", evidence="normalized_sgd")
-  return _uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: frob),
+  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: frob),
                name="normalized_sgd", beta=beta, nesterov=False, decay=weight_decay, clip=False,
                polar=None, mu_dtype=mu_dtype, distribute=None)

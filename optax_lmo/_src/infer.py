@@ -34,6 +34,7 @@ import re
 
 import numpy as np
 
+from optax_lmo._src import conv as conv_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import trace
@@ -130,7 +131,7 @@ def _matrix_group(use: trace.Use, ndim: int, head: norms_lib.Norm, radii) -> rul
   elif use.output:
     role, norm = "output", head
   elif use.kind == "conv":
-    role, norm = ("input" if use.input else "hidden"), norms_lib.SpectralConv()
+    role, norm = ("input" if use.input else "hidden"), conv_lib.SpectralConv()
   else:
     role = "input" if use.input else "hidden"
     norm = norms_lib.Spectral(input_layer=use.input)

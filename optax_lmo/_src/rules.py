@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from optax_lmo._src import conv as conv_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.spec import MatrixSpec
@@ -293,7 +294,7 @@ def default_rules(
     if role == "vector":
       return g(norms_lib.BiasRMS(), radius=bias_radius)
     if role == "input" and nd == 4:
-      return g(norms_lib.SpectralConv(), radius=hidden_radius)
+      return g(conv_lib.SpectralConv(), radius=hidden_radius)
     if nd == 2:
       return {
           "input": lambda: g(norms_lib.Spectral(input_layer=True), radius=hidden_radius),
