@@ -22,7 +22,7 @@ from other processes hits all of them alike.
 
 Usage::
 
-  .venv/bin/python benchmarks/orthogonalize.py [--widths 256 512 768] [--repeats 7]
+  .venv/bin/python -m benchmarks.orthogonalize [--widths 256 512 768] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -41,14 +41,9 @@ import optax
 from optax.contrib import _muon
 
 import optax_lmo as ol
+from benchmarks import _common  # run from the repository root: python -m benchmarks.orthogonalize
 from optax_lmo._src import coeffs as coeffs_lib
 from optax_lmo._src import polar as polar_lib
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python benchmarks/orthogonalize.py` from anywhere
-  sys.path.insert(0, ROOT)
-
-from benchmarks import _common  # noqa: E402
 
 # -- inputs --------------------------------------------------------------------
 
@@ -335,7 +330,7 @@ def main(argv=None):
       "optax": optax.__version__,
       "optax_lmo": ol.__version__,
       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+      "command": _common.command("orthogonalize", argv),
       "gram_min_aspect": polar_lib.GRAM_MIN_ASPECT,
       "gram_windows": {"full": polar_lib.GRAM_WINDOW_FULL,
                        "reduced": polar_lib.GRAM_WINDOW_REDUCED},

@@ -48,7 +48,6 @@ os.environ["XLA_FLAGS"] = (
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -58,10 +57,8 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/sharding.py` from anywhere
-  sys.path.insert(0, str(ROOT))
-
+# Run from the repository root as `python -m benchmarks.sharding` (benchmarks/ and scripts/
+# are then importable).
 import optax_lmo as ol  # noqa: E402
 from benchmarks import _common  # noqa: E402
 from optax_lmo._src import plan as plan_lib  # noqa: E402

@@ -7,6 +7,7 @@ them must still import ``optax_lmo`` and take a step of ``scion`` and ``muon``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -76,11 +77,10 @@ def test_library_runs_without_example_dependencies():
 
 
 def test_every_requirement_has_a_tested_lower_bound():
-  sys.path.insert(0, str(ROOT / "scripts"))
-  try:
-    import min_constraints
-  finally:
-    sys.path.pop(0)
+  spec = importlib.util.spec_from_file_location("min_constraints",
+                                                ROOT / "scripts" / "min_constraints.py")
+  min_constraints = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(min_constraints)
   pins = min_constraints.lower_bounds(["dev", "examples"])
   for name in ("jax", "jaxlib", "optax", "chex", "flax", "orbax-checkpoint", "pytest"):
     assert name in pins, (name, pins)
