@@ -90,7 +90,7 @@ def infer_rules(
     >>> [(type(g.norm).__name__, g.role) for _, g in rules.rules][1::2]
     [('Spectral', 'input'), ('RowNorm', 'output')]
   """
-  head = rules_lib._output_norm(output_norm)
+  head = rules_lib.head_norm(output_norm)
   radii = dict(embedding=embed_radius, input=hidden_radius, hidden=hidden_radius,
                output=output_radius, tied=output_radius, vector=bias_radius, gain=bias_radius)
   params, uses = trace.trace_uses(fn_or_module, example_args, example_kwargs)
