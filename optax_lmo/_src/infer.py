@@ -150,8 +150,12 @@ def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_l
   spec = MatrixSpec(use.fan_in, use.fan_out)
   if use.kind != "conv":
     spec = _spec_or_none(use.fan_in, use.fan_out, len(shape))
-  radius = radii[role] if radius is None else radius
-  return rules_lib.Group(norm, radius, spec=spec, role=role, evidence=use.evidence(role))
+  evidence = use.evidence(role)
+  if radius is None:
+    radius = radii[role]
+  elif radii["conv"] is None:
+    evidence += f"; radius {radii[role]:g} x {taps} taps"
+  return rules_lib.Group(norm, radius, spec=spec, role=role, evidence=evidence)
 
 
 def _decide(uses: list[trace.Use], shape, head, radii) -> rules_lib.Group:
