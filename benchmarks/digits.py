@@ -5,47 +5,45 @@ a fixed 80/20 train/test split (seed 0), pixels scaled to [0, 1]. Two Flax linen
 models: an MLP (64 -> 128 -> 128 -> 10) and a small CNN (two 3x3 convs, the
 second with stride 2, then a dense head). Each is trained with
 
-* ``ol.scion(lr, rules=ol.infer_rules(apply, params, x))`` at the default radii
-  of ``infer_rules`` and the default momentum, from ``ol.init_params`` (the
-  geometry-consistent init: every matrix on its norm sphere);
+* ``ol.scion(lr, beta=0.9, rules=ol.infer_rules(apply, params, x))`` at the
+  default radii of ``infer_rules`` (the 3x3 convolutions at ``hidden_radius``
+  times 9 taps), from ``ol.init_params`` (the geometry-consistent init: every
+  matrix on its norm sphere);
 * ``optax.adamw(lr)`` (optax defaults, weight decay 1e-4) from the Flax init;
 
 for ``--steps`` (300) steps of batch ``--batch`` (128), each optimizer on its own
-4-point learning-rate grid (factor ~3 apart); the same batches for every run; ``--seeds`` (2) seeds
-of init and batch order. Reported: test accuracy after the last step, averaged
+4-point learning-rate grid (factor ~3 apart, ``GRIDS``; each best lies inside its
+grid); the same batches for every run; ``--seeds`` (2) seeds of init and batch
+order. Reported: test accuracy after the last step, averaged
 over seeds, at each optimizer's best learning rate.
 
 Prints a table and writes ``benchmarks/results/digits.json``.
 
-Usage::
+Usage (from the repository root)::
 
-  .venv/bin/python benchmarks/digits.py                  # about 2 minutes on 2 CPU cores
-  .venv/bin/python benchmarks/digits.py --scion-init flax   # Scion from the Flax init instead
+  python -m benchmarks.digits                      # a few minutes on 2 CPU cores
+  python -m benchmarks.digits --scion-init flax    # Scion from the Flax init instead
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's optax_lmo, and _common
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from sklearn.datasets import load_digits
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from _common import RESULTS, device_name, write_json  # noqa: E402
-from flax import linen as nn  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-
-import optax_lmo as ol  # noqa: E402
+import optax_lmo as ol
+from benchmarks._common import RESULTS, command, device_name, write_json
 
 GRIDS = {
-    "scion": (0.003, 0.01, 0.03, 0.1),
-    "adamw": (3e-4, 1e-3, 3e-3, 1e-2),
+    "scion": (1e-3, 3e-3, 1e-2, 3e-2),
+    "adamw": (3e-3, 1e-2, 3e-2, 1e-1),
 }
 
 
@@ -82,7 +80,7 @@ def load(seed: int = 0):
 
 def make_optimizer(name: str, lr, rules):
   if name == "scion":
-    return ol.scion(lr, rules=rules)
+    return ol.scion(lr, beta=0.9, rules=rules)
   return optax.adamw(lr, weight_decay=1e-4)
 
 
@@ -157,9 +155,8 @@ def main(argv=None):
           for m in args.models.split(",")}
   lines.append("AdamW minus Scion (points): " + ", ".join(f"{m} {g:+.2f}" for m, g in gaps.items()))
   print("\n".join(lines))
-  command = " ".join(["python benchmarks/digits.py"] + (sys.argv[1:] if argv is None else argv))
   write_json(dict(
-      command=command, device=device_name(), seconds=round(elapsed, 1),
+      command=command("digits", argv), device=device_name(), seconds=round(elapsed, 1),
       steps=args.steps, batch=args.batch, seeds=args.seeds, scion_init=args.scion_init,
       output_norm=args.output_norm, radii=radii or "infer_rules defaults",
       split="load_digits, permutation(seed 0), 20% test", results=results,

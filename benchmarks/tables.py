@@ -261,11 +261,34 @@ def adaptive_batch() -> str | None:
           f"loss, {d['target']:.4f}; {d['device']}; `{d['command']}`.\n\n")
   return head + _table(["run", "tokens to target", "optimizer steps to target",
                         "final val loss", "optimizer steps", "mean batch (micro-batches)"], rows)
+def digits() -> str | None:
+  d = _load("digits.json")
+  if d is None:
+    return None
+  rows = []
+  for r in d["results"].values():
+    per = ", ".join(f"{lr:g}: {100 * a:.1f}" for lr, a in zip(r["lrs"], r["test_acc_mean"],
+                                                               strict=True))
+    edge = " (grid edge)" if r["best_lr"] in (r["lrs"][0], r["lrs"][-1]) else ""
+    rows.append([r["model"], r["optimizer"], f"{r['best_lr']:g}{edge}",
+                 f"{100 * r['best_test_acc']:.2f}", per])
+  radii = "its default radii" if isinstance(d["radii"], str) else ", ".join(
+      f"{k}={v:g}" for k, v in d["radii"].items())
+  head = (f"Test accuracy (%) on scikit-learn's 8x8 digits (20% held out), {d['steps']} steps "
+          f"of batch {d['batch']}, mean of {d['seeds']} seeds, each optimizer at the best of "
+          f"its own learning-rate grid; Scion with `ol.infer_rules` at {radii} from "
+          f"`ol.init_params`, AdamW from the Flax init; {d['device']}; `{d['command']}`.\n\n")
+  table = _table(["model", "optimizer", "best lr", "test acc", "test acc per lr"], rows)
+  gaps = d["adamw_minus_scion_points"]
+  foot = "\n\nTarget: Scion within 0.5 points of AdamW: " + "; ".join(
+      f"{m} AdamW minus Scion {g:+.2f}, {_mark(g <= 0.5)}" for m, g in gaps.items()) + "."
+  return head + table + foot
 
 
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
-            "stability": stability, "drop": drop, "adaptive_batch": adaptive_batch}
+            "stability": stability, "digits": digits, "drop": drop,
+            "adaptive_batch": adaptive_batch}
 
 
 def main() -> None:

@@ -89,11 +89,11 @@ def test_linen_cnn_with_batchnorm():
   params, stats = variables["params"], variables["batch_stats"]
   conv = ((0, 1, 2), (3,))
   expected = {
-      "Conv_0/kernel": _mat(CONV, 3.0, "input", *conv),
+      "Conv_0/kernel": _mat(CONV, 3.0 * 9, "input", *conv),  # hidden_radius x taps
       "Conv_0/bias": _vec("vector"),
       "BatchNorm_0/scale": _vec("gain"),
       "BatchNorm_0/bias": _vec("vector"),
-      "Conv_1/kernel": _mat(CONV, 3.0, "hidden", *conv),
+      "Conv_1/kernel": _mat(CONV, 3.0 * 9, "hidden", *conv),
       "Conv_1/bias": _vec("vector"),
       "BatchNorm_1/scale": _vec("gain"),
       "BatchNorm_1/bias": _vec("vector"),
@@ -105,6 +105,18 @@ def test_linen_cnn_with_batchnorm():
   train = lambda p, x: model.apply({"params": p, "batch_stats": stats}, x, train=True,
                                    mutable=["batch_stats"])[0]
   assert _table(ol.infer_rules(train, params, x), params) == expected
+
+
+def test_conv_radius_counts_taps_or_is_given():
+  model = nn.Sequential([nn.Conv(4, (3, 5)), nn.relu, nn.Conv(6, (1, 1)), lambda x: x.mean((1, 2)),
+                         nn.Dense(3)])
+  x = jnp.zeros((2, 8, 8, 2))
+  params, apply = _linen(model, x)
+  radius = lambda r: {p: v[1] for p, v in _table(r, params).items() if p.endswith("kernel")}
+  assert radius(ol.infer_rules(apply, params, x, hidden_radius=2.0)) == {
+      "layers_0/kernel": 2.0 * 15, "layers_2/kernel": 2.0, "layers_4/kernel": 10.0}
+  assert radius(ol.infer_rules(apply, params, x, conv_radius=5.0)) == {
+      "layers_0/kernel": 5.0, "layers_2/kernel": 5.0, "layers_4/kernel": 10.0}
 
 
 class TiedGPT(nn.Module):

@@ -16,7 +16,8 @@ ops (reshape, transpose, casts, broadcasts, slices, the per-iteration slice of
   without passing another parameter's product -> RowNorm (or Sign); otherwise
   hidden -> Spectral;
 - a ``conv_general_dilated`` kernel: fan-in = spatial + input-feature dims,
-  fan-out = output-feature dim -> SpectralConv (RowNorm / Sign as an output);
+  fan-out = output-feature dim -> SpectralConv (RowNorm / Sign as an output),
+  at ``hidden_radius`` times its number of taps unless ``conv_radius`` is given;
 - only elementwise uses (biases, norm gains) -> BiasRMS.
 
 A leaf both gathered and used as an output (tied embedding, ``Embed.attend``)
@@ -30,6 +31,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -46,6 +48,7 @@ def infer_rules(
     *example_args,
     embed_radius: float = 1.0,
     hidden_radius: float = 3.0,
+    conv_radius: float | None = None,
     output_radius: float = 10.0,
     bias_radius: float = 1.0,
     output_norm: str = "rownorm",
@@ -69,6 +72,12 @@ def infer_rules(
     hidden_radius: radius of the input layer and of the hidden matrices and
       convolutions (a real-valued input layer at radius 1 trained clearly worse
       on ``benchmarks/digits.py``).
+    conv_radius: radius of convolution kernels that are not the output layer;
+      ``None``: ``hidden_radius`` times the kernel's taps ``kh*kw`` (27 for
+      3x3), which cancels the ``1/(kh*kw)`` of :class:`~optax_lmo.norms.SpectralConv`'s
+      factor: a kernel at this radius steps like a dense layer from ``c_in`` to
+      ``c_out`` at ``hidden_radius`` in every tap (the CNN of
+      ``benchmarks/digits.py`` trained clearly worse at 3 and at ``3*sqrt(kh*kw)``).
     output_radius: radius of the output layer (and of a tied embedding).
     bias_radius: radius of biases, gains and other elementwise leaves.
     output_norm: ``"rownorm"`` or ``"sign"``, the output layer's norm.
@@ -91,9 +100,10 @@ def infer_rules(
     >>> [(type(g.norm).__name__, g.role) for _, g in rules.rules][1::2]
     [('Spectral', 'input'), ('RowNorm', 'output')]
   """
-  head = rules_lib._output_norm(output_norm)
+  head = rules_lib.head_norm(output_norm)
   radii = dict(embedding=embed_radius, input=hidden_radius, hidden=hidden_radius,
-               output=output_radius, tied=output_radius, vector=bias_radius, gain=bias_radius)
+               output=output_radius, tied=output_radius, vector=bias_radius, gain=bias_radius,
+               conv=conv_radius)
   params, uses = trace.trace_uses(fn_or_module, example_args, example_kwargs)
   fallback = rules_lib.default_rules(
       embed_radius=embed_radius, hidden_radius=hidden_radius, output_radius=output_radius,
@@ -101,7 +111,7 @@ def infer_rules(
   out = []
   for i, (path, leaf) in enumerate(params):
     try:
-      group = _decide(uses.get(i, []), np.ndim(leaf), head, radii)
+      group = _decide(uses.get(i, []), np.shape(leaf), head, radii)
     except trace.Unresolved as e:
       why = f"{path}: {e}"
       if strict:
@@ -123,8 +133,9 @@ def _spec_or_none(fan_in, fan_out, ndim) -> MatrixSpec | None:
   return MatrixSpec(tuple(fan_in), tuple(fan_out))
 
 
-def _matrix_group(use: trace.Use, ndim: int, head: norms_lib.Norm, radii) -> rules_lib.Group:
-  """The group one matrix use asks for (role, norm, view)."""
+def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_lib.Group:
+  """The group one matrix use asks for (role, norm, view, radius)."""
+  radius = None
   if use.kind == "embed":
     # A lookup whose result is itself the output is a tied embedding and output.
     role, norm = ("tied", norms_lib.Sign()) if use.output else ("embedding", norms_lib.ColNorm())
@@ -132,17 +143,25 @@ def _matrix_group(use: trace.Use, ndim: int, head: norms_lib.Norm, radii) -> rul
     role, norm = "output", head
   elif use.kind == "conv":
     role, norm = ("input" if use.input else "hidden"), conv_lib.SpectralConv()
+    taps = math.prod(shape[a] for a in use.fan_in[:-1])
+    radius = radii["conv"] if radii["conv"] is not None else radii[role] * taps
   else:
     role = "input" if use.input else "hidden"
     norm = norms_lib.Spectral(input_layer=use.input)
   spec = MatrixSpec(use.fan_in, use.fan_out)
   if use.kind != "conv":
-    spec = _spec_or_none(use.fan_in, use.fan_out, ndim)
-  return rules_lib.Group(norm, radii[role], spec=spec, role=role, evidence=use.evidence(role))
+    spec = _spec_or_none(use.fan_in, use.fan_out, len(shape))
+  evidence = use.evidence(role)
+  if radius is None:
+    radius = radii[role]
+  elif radii["conv"] is None:
+    evidence += f"; radius {radii[role]:g} x {taps} taps"
+  return rules_lib.Group(norm, radius, spec=spec, role=role, evidence=evidence)
 
 
-def _decide(uses: list[trace.Use], ndim: int, head, radii) -> rules_lib.Group:
+def _decide(uses: list[trace.Use], shape, head, radii) -> rules_lib.Group:
   """One leaf's group from all its uses; raises :class:`trace.Unresolved`."""
+  ndim = len(shape)
   unknown = [u for u in uses if u.kind == "unknown"]
   if unknown:
     raise trace.Unresolved("used by an op the tracer does not know: "
@@ -169,7 +188,7 @@ def _decide(uses: list[trace.Use], ndim: int, head, radii) -> rules_lib.Group:
     batch = f"; batch {tuple(sorted(gone))}" if gone else ""
     return rules_lib.Group(norms_lib.BiasRMS(), radii[role], spec=spec, role=role,
                            evidence=f"elementwise only ({ops}){batch}; {role}")
-  groups = [_matrix_group(u, ndim, head, radii) for u in matrix]
+  groups = [_matrix_group(u, shape, head, radii) for u in matrix]
   roles = {g.role for g in groups}
   if "embedding" in roles and ("output" in roles or "tied" in roles):
     outs = [(g, u) for g, u in zip(groups, matrix, strict=True) if g.role in ("output", "tied")]

@@ -41,7 +41,7 @@ class Group:
       ``None`` takes the optimizer's default.
     spec: the matrix view; ``None`` takes the norm's default (Flax layout for 2-D).
     role: what the leaf does in the model (``"embedding"``, ``"input"``,
-      ``"hidden"``, ``"output"``, ``"tied"``, ``"vector"``); informational,
+      ``"hidden"``, ``"output"``, ``"tied"``, ``"vector"``, ``"gain"``); informational,
       shown by :func:`describe`. ``None``: not stated.
     evidence: why the leaf got this group (e.g. the traced ops that use it, or
       ``"name rule"``); shown by :func:`describe`.
@@ -285,7 +285,7 @@ def default_rules(
     >>> g["embed"]["embedding"].role
     'embedding'
   """
-  head = _output_norm(output_norm)
+  head = head_norm(output_norm)
 
   def fallback(path: str, leaf) -> Group | None:
     nd = np.ndim(leaf)
@@ -312,7 +312,8 @@ def default_rules(
   return Rules((), fallback=fallback, strict=strict, check=_warn_without_head)
 
 
-def _output_norm(name: str) -> norms_lib.Norm:
+def head_norm(name: str) -> norms_lib.Norm:
+  """The output layer's norm named by an ``output_norm=`` argument (``"rownorm"`` or ``"sign"``)."""
   if name == "rownorm":
     return norms_lib.RowNorm()
   if name == "sign":
@@ -351,7 +352,7 @@ def gpt_rules(
     >>> r.group_for("blocks/0/attn/qkv/kernel", None).radius
     3.0
   """
-  head = _output_norm(output_norm)
+  head = head_norm(output_norm)
   li, lh, lo = lr_mults
   g = functools.partial(Group, evidence="name rule")
   return Rules(

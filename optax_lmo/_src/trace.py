@@ -4,14 +4,14 @@ Each jaxpr variable carries three facts: the parameter *view* it is (which leaf,
 and which leaf axes each of its axes holds; ``None`` for activations), whether it
 is *raw* (derived from a real-valued input of the function without passing a
 parameter's product) and whether it is *data* (derived from any input). A
-forward pass records every op that consumes a view (a :class:`Use`); a backward
-pass marks the variables that reach the output without passing a parameter's
-product, which makes a product an output layer.
+forward pass records every op that consumes a view (a :class:`Use`, by the
+per-op rules of ``trace_ops.py``); a backward pass marks the variables that
+reach the output without passing a parameter's product, which makes a product
+an output layer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -20,71 +20,25 @@ import numpy as np
 from jax.extend import core as jcore
 
 from optax_lmo._src import spec as spec_lib
+from optax_lmo._src.trace_ops import (
+    CALLS,
+    ELEMENTWISE,
+    GAIN_OPS,
+    NONE,
+    REDUCE,
+    VIEW_OPS,
+    Unresolved,
+    Use,
+    View,
+    conv_use,
+    dot_use,
+    gather_use,
+    sorted_tuple,
+    sub_jaxpr,
+    view_through,
+)
 
-
-class Unresolved(Exception):
-  """A leaf whose role the traced computation does not decide."""
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-  """A variable that is a view of one parameter leaf."""
-
-  leaf: int  # index of the leaf in the flattened parameters
-  axes: tuple[frozenset, ...]  # for each axis of the variable: the leaf axes it holds
-  gone: frozenset = frozenset()  # leaf axes indexed or scanned away (batch axes)
-
-
-@dataclasses.dataclass
-class Use:
-  """One op that consumes a parameter view."""
-
-  leaf: int  # index of the leaf
-  kind: str  # "embed", "dot", "conv", "elementwise", "reduce" or "unknown"
-  detail: str  # the op, for messages: "dot_general contracting (0,)"
-  fan_in: tuple = ()  # leaf axes (matrix uses)
-  fan_out: tuple = ()
-  batch: tuple = ()  # leaf axes that are batch axes
-  input: bool = False  # the other operand is raw input
-  gain: bool = False  # an elementwise multiply (a gain, not a bias)
-  frame: Any = None  # where the product's result lives, for the output flag
-  result: Any = None  # the product's result variable
-  output: bool = False  # set after the backward pass
-
-  def evidence(self, role: str) -> str:
-    batch = f", batch {self.batch}" if self.batch else ""
-    return f"{self.detail} -> fan_in {self.fan_in}, fan_out {self.fan_out}{batch}; {role}"
-
-
-_VIEW_OPS = {"reshape", "transpose", "convert_element_type", "squeeze", "broadcast_in_dim",
-             "slice", "dynamic_slice", "copy", "copy_p", "reduce_precision", "rev", "split",
-             "sharding_constraint", "optimization_barrier"}
-_ELEMENTWISE = {
-    "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
-    "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
-    "square", "select_n", "add_any", "erf", "erfc", "erf_inv", "sin", "cos", "tan", "atan2",
-    "sinh", "cosh", "asinh", "acosh", "atanh", "clamp", "stop_gradient", "eq", "ne", "lt",
-    "le", "gt", "ge", "and", "or", "not", "is_finite", "floor", "ceil", "round", "rem",
-    "nextafter", "real", "imag", "conj", "xor", "reciprocal",
-}
-_GAIN_OPS = {"mul", "div"}
-_REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
-           "reduce_and", "reduce_or", "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp"}
-_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat2", "checkpoint", "remat", "custom_lin"}
-
-_NONE = (None, False, False)  # facts of a constant: no view, not raw, not data
-
-
-def _sub_jaxpr(eqn):
-  """The call-like sub-jaxpr of ``eqn`` (open jaxpr, consts), or ``None``."""
-  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-    j = eqn.params.get(key)
-    if isinstance(j, jcore.ClosedJaxpr):
-      return j.jaxpr
-    if isinstance(j, jcore.Jaxpr):
-      return j
-  return None
+__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "trace_uses"]
 
 
 class Frame:
@@ -100,8 +54,8 @@ class Frame:
 
   def get(self, v):
     if isinstance(v, jcore.Literal):
-      return _NONE
-    return self.facts.get(v, _NONE)
+      return NONE
+    return self.facts.get(v, NONE)
 
   def all_uses(self):
     yield from self.uses
@@ -109,119 +63,6 @@ class Frame:
       for f in frames:
         yield from f.all_uses()
 
-
-def _t(xs) -> tuple:
-  return tuple(sorted(xs))
-
-
-def _classify(view: View, groups: dict[str, tuple[int, ...]], ndim: int, what: str) -> dict:
-  """Leaf axes per category (``fan_in``/``fan_out``/``batch``) from the variable's axes."""
-  cat: dict[int, set] = {}
-  for name, var_axes in groups.items():
-    for a in var_axes:
-      for la in view.axes[a]:
-        cat.setdefault(la, set()).add(name)
-  for la in view.gone:
-    cat.setdefault(la, set()).add("batch")
-  split = sorted(la for la, s in cat.items() if len(s) > 1)
-  if split:
-    raise Unresolved(f"{what}: leaf axes {tuple(split)} are split between"
-                     f" {sorted(set().union(*(cat[a] for a in split)))} by a reshape")
-  out = {name: _t(la for la, s in cat.items() if name in s) for name in groups}
-  out["batch"] = _t(set(out.get("batch", ())) | {la for la in range(ndim) if la not in cat})
-  return out
-
-
-def _reshape_axes(old, new, axes) -> tuple[tuple, frozenset]:
-  """Axes map through a reshape: new axes hold the leaf axes of the old ones they regroup."""
-  res = [frozenset()] * len(new)
-  gone: set = set()
-  i = j = 0
-  while i < len(old) or j < len(new):
-    if i < len(old) and old[i] == 1:
-      gone |= axes[i]
-      i += 1
-      continue
-    if j < len(new) and new[j] == 1:
-      j += 1
-      continue
-    if i >= len(old) or j >= len(new):
-      break
-    pi, pj, bi, bj = old[i], new[j], [i], [j]
-    i, j = i + 1, j + 1
-    while pi != pj and (i < len(old) or j < len(new)):
-      if pi < pj and i < len(old):
-        pi, i = pi * old[i], i + 1
-        bi.append(i - 1)
-      elif j < len(new):
-        pj, j = pj * new[j], j + 1
-        bj.append(j - 1)
-      else:
-        break
-    held = frozenset().union(*(axes[k] for k in bi))
-    for k in bj:
-      res[k] = held
-  return tuple(res), frozenset(gone)
-
-
-def _view_through(eqn, view: View) -> list[View]:
-  """The views of a view op's outputs."""
-  p, name, axes = eqn.params, eqn.primitive.name, view.axes
-  shape_in = eqn.invars[0].aval.shape
-  if name == "reshape":
-    new_axes, gone = _reshape_axes(shape_in, eqn.outvars[0].aval.shape, axes)
-    return [View(view.leaf, new_axes, view.gone | gone)]
-  if name == "transpose":
-    return [View(view.leaf, tuple(axes[a] for a in p["permutation"]), view.gone)]
-  if name == "squeeze":
-    dims = {d % len(axes) for d in p["dimensions"]}
-    gone = frozenset().union(*(axes[d] for d in dims)) if dims else frozenset()
-    return [View(view.leaf, tuple(a for d, a in enumerate(axes) if d not in dims),
-                 view.gone | gone)]
-  if name == "broadcast_in_dim":
-    new = [frozenset()] * len(p["shape"])
-    for i, d in enumerate(p["broadcast_dimensions"]):
-      new[d] = axes[i]
-    return [View(view.leaf, tuple(new), view.gone)]
-  return [view] * len(eqn.outvars)  # casts, slices, split, copy: axes unchanged
-
-
-def _dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
-  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
-  contract, batch = (lc, lb) if k == 0 else (rc, rb)
-  free = tuple(a for a in range(len(view.axes)) if a not in contract and a not in batch)
-  detail = f"dot_general contracting {tuple(contract)}"
-  c = _classify(view, {"fan_in": tuple(contract), "fan_out": free, "batch": tuple(batch)},
-                ndim, detail)
-  if not c["fan_in"]:
-    raise Unresolved(f"{detail}: no leaf axis is contracted")
-  return Use(view.leaf, "dot", detail, c["fan_in"], c["fan_out"], c["batch"], input=other[1])
-
-
-def _conv_use(eqn, view: View, other, ndim: int) -> Use:
-  p = eqn.params
-  groups = p["feature_group_count"] * p["batch_group_count"]
-  rhs = p["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
-  if groups > 1:
-    raise Unresolved(f"conv_general_dilated with feature_group_count={p['feature_group_count']},"
-                     f" batch_group_count={p['batch_group_count']} (a grouped or depthwise"
-                     " convolution has no single matrix view)")
-  detail = (f"conv_general_dilated kernel spatial {tuple(rhs[2:])}, in-feature ({rhs[1]},),"
-            f" out-feature ({rhs[0]},)")
-  c = _classify(view, {"fan_in": tuple(rhs[2:]) + (rhs[1],), "fan_out": (rhs[0],)}, ndim, detail)
-  fan_in = tuple(la for d in tuple(rhs[2:]) + (rhs[1],) for la in sorted(view.axes[d]))
-  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1])
-
-
-def _gather_use(eqn, view: View, ndim: int) -> Use:
-  dn = eqn.params["dimension_numbers"]
-  idx = tuple(dn.start_index_map)
-  rest = tuple(a for a in range(len(view.axes)) if a not in idx
-               and a not in dn.operand_batching_dims)
-  detail = f"gather on {idx} by integer indices"
-  c = _classify(view, {"fan_in": idx, "fan_out": rest,
-                       "batch": tuple(dn.operand_batching_dims)}, ndim, detail)
-  return Use(view.leaf, "embed", detail, c["fan_in"], c["fan_out"], c["batch"])
 
 
 class Tracer:
@@ -260,8 +101,8 @@ class Tracer:
     raw = any(f[1] for f in ins)
     data = any(f[2] for f in ins)
     n_out = len(eqn.outvars)
-    if name in _CALLS or (_sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
-      sub = _sub_jaxpr(eqn)
+    if name in CALLS or (sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
+      sub = sub_jaxpr(eqn)
       if sub is not None and len(sub.invars) == len(ins) and len(sub.outvars) == n_out:
         child, outs = self.forward(sub, ins)
         fr.children[i] = [child]
@@ -274,34 +115,34 @@ class Tracer:
       return self._cond(fr, i, eqn, ins)
     if all(v is None for v in views):
       return [(None, raw, data)] * n_out
-    if name in _VIEW_OPS and views[0] is not None and all(v is None for v in views[1:]):
-      return [(v, False, data) for v in _view_through(eqn, views[0])]
+    if name in VIEW_OPS and views[0] is not None and all(v is None for v in views[1:]):
+      return [(v, False, data) for v in view_through(eqn, views[0])]
     if name == "dot_general":
-      return self._product(fr, i, eqn, ins, lambda k, v, o: _dot_use(eqn, k, v, o,
+      return self._product(fr, i, eqn, ins, lambda k, v, o: dot_use(eqn, k, v, o,
                                                                      self.ndims[v.leaf]))
     if name == "conv_general_dilated" and views[0] is None:
-      return self._product(fr, i, eqn, ins, lambda k, v, o: _conv_use(eqn, v, o,
+      return self._product(fr, i, eqn, ins, lambda k, v, o: conv_use(eqn, v, o,
                                                                       self.ndims[v.leaf]))
     if name == "gather" and views[1] is None and jnp.issubdtype(eqn.invars[1].aval.dtype,
                                                                  jnp.integer):
-      return self._product(fr, i, eqn, ins, lambda k, v, o: _gather_use(eqn, v,
+      return self._product(fr, i, eqn, ins, lambda k, v, o: gather_use(eqn, v,
                                                                         self.ndims[v.leaf]))
-    if name in _ELEMENTWISE:
+    if name in ELEMENTWISE:
       if data:
         for v in views:
           if v is not None:
-            self._use(fr, Use(v.leaf, "elementwise", name, batch=_t(v.gone),
-                              gain=name in _GAIN_OPS))
+            self._use(fr, Use(v.leaf, "elementwise", name, batch=sorted_tuple(v.gone),
+                              gain=name in GAIN_OPS))
         return [(None, raw, True)] * n_out
       shape = eqn.outvars[0].aval.shape
       keep = next((v for v, x in zip(views, eqn.invars, strict=True)
                    if v is not None and x.aval.shape == shape), None)
       for v in views:
         if v is not None and v is not keep:
-          self._use(fr, Use(v.leaf, "elementwise", name, batch=_t(v.gone),
-                            gain=name in _GAIN_OPS))
+          self._use(fr, Use(v.leaf, "elementwise", name, batch=sorted_tuple(v.gone),
+                            gain=name in GAIN_OPS))
       return [(keep, False, False)] * n_out
-    if name in _REDUCE:
+    if name in REDUCE:
       for v in views:
         if v is not None:
           self._use(fr, Use(v.leaf, "reduce", name))
@@ -315,7 +156,7 @@ class Tracer:
     fr.products.add(i)
     for k, (view, _, _) in enumerate(ins[:2]):
       if view is not None:
-        other = ins[1 - k] if k < 2 else _NONE
+        other = ins[1 - k] if k < 2 else NONE
         use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other:
                             make(k, view, other))
         if use is not None:
@@ -466,7 +307,7 @@ def trace_uses(fn_or_module, args, kwargs) -> tuple[list[tuple[str, Any]], dict[
   ndims = [np.ndim(x) if not hasattr(x, "shape") else len(x.shape) for x in leaves]
   facts = [(View(k, tuple(frozenset({a}) for a in range(nd))), False, False)
            for k, nd in enumerate(ndims)]
-  facts += [_NONE] * len(extra_leaves)
+  facts += [NONE] * len(extra_leaves)
   facts += [(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True) for x in data]
   tracer = Tracer(ndims)
   top, _ = tracer.forward(jaxpr, facts)

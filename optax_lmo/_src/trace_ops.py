@@ -1,0 +1,195 @@
+"""What each jaxpr primitive does to a parameter view: the per-op rules of the ``infer_rules`` walk.
+
+A *view* is a variable that holds one parameter leaf, its axes mapped to the
+leaf's axes. View ops (reshape, transpose, casts, broadcasts, slices) map a view
+to new views; products (``dot_general``, ``conv_general_dilated``, an integer
+``gather``) consume it and say which leaf axes are fan-in, fan-out and batch (a
+:class:`Use`). The walk over a jaxpr that applies these rules is in ``trace.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jax.extend import core as jcore
+
+
+class Unresolved(Exception):
+  """A leaf whose role the traced computation does not decide."""
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A variable that is a view of one parameter leaf."""
+
+  leaf: int  # index of the leaf in the flattened parameters
+  axes: tuple[frozenset, ...]  # for each axis of the variable: the leaf axes it holds
+  gone: frozenset = frozenset()  # leaf axes indexed or scanned away (batch axes)
+
+
+@dataclasses.dataclass
+class Use:
+  """One op that consumes a parameter view."""
+
+  leaf: int  # index of the leaf
+  kind: str  # "embed", "dot", "conv", "elementwise", "reduce" or "unknown"
+  detail: str  # the op, for messages: "dot_general contracting (0,)"
+  fan_in: tuple = ()  # leaf axes (matrix uses)
+  fan_out: tuple = ()
+  batch: tuple = ()  # leaf axes that are batch axes
+  input: bool = False  # the other operand is raw input
+  gain: bool = False  # an elementwise multiply (a gain, not a bias)
+  frame: Any = None  # where the product's result lives, for the output flag
+  result: Any = None  # the product's result variable
+  output: bool = False  # set after the backward pass
+
+  def evidence(self, role: str) -> str:
+    batch = f", batch {self.batch}" if self.batch else ""
+    return f"{self.detail} -> fan_in {self.fan_in}, fan_out {self.fan_out}{batch}; {role}"
+
+
+VIEW_OPS = {"reshape", "transpose", "convert_element_type", "squeeze", "broadcast_in_dim",
+             "slice", "dynamic_slice", "copy", "copy_p", "reduce_precision", "rev", "split",
+             "sharding_constraint", "optimization_barrier"}
+ELEMENTWISE = {
+    "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
+    "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
+    "square", "select_n", "add_any", "erf", "erfc", "erf_inv", "sin", "cos", "tan", "atan2",
+    "sinh", "cosh", "asinh", "acosh", "atanh", "clamp", "stop_gradient", "eq", "ne", "lt",
+    "le", "gt", "ge", "and", "or", "not", "is_finite", "floor", "ceil", "round", "rem",
+    "nextafter", "real", "imag", "conj", "xor", "reciprocal",
+}
+GAIN_OPS = {"mul", "div"}
+REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin",
+           "reduce_and", "reduce_or", "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp"}
+CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+          "custom_vjp_call_jaxpr", "remat2", "checkpoint", "remat", "custom_lin"}
+
+NONE = (None, False, False)  # facts of a constant: no view, not raw, not data
+
+
+def sub_jaxpr(eqn):
+  """The call-like sub-jaxpr of ``eqn`` (open jaxpr, consts), or ``None``."""
+  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    j = eqn.params.get(key)
+    if isinstance(j, jcore.ClosedJaxpr):
+      return j.jaxpr
+    if isinstance(j, jcore.Jaxpr):
+      return j
+  return None
+
+
+def sorted_tuple(xs) -> tuple:
+  return tuple(sorted(xs))
+
+
+def _classify(view: View, groups: dict[str, tuple[int, ...]], ndim: int, what: str) -> dict:
+  """Leaf axes per category (``fan_in``/``fan_out``/``batch``) from the variable's axes."""
+  cat: dict[int, set] = {}
+  for name, var_axes in groups.items():
+    for a in var_axes:
+      for la in view.axes[a]:
+        cat.setdefault(la, set()).add(name)
+  for la in view.gone:
+    cat.setdefault(la, set()).add("batch")
+  split = sorted(la for la, s in cat.items() if len(s) > 1)
+  if split:
+    raise Unresolved(f"{what}: leaf axes {tuple(split)} are split between"
+                     f" {sorted(set().union(*(cat[a] for a in split)))} by a reshape")
+  out = {name: sorted_tuple(la for la, s in cat.items() if name in s) for name in groups}
+  unused = {la for la in range(ndim) if la not in cat}
+  out["batch"] = sorted_tuple(set(out.get("batch", ())) | unused)
+  return out
+
+
+def _reshape_axes(old, new, axes) -> tuple[tuple, frozenset]:
+  """Axes map through a reshape: new axes hold the leaf axes of the old ones they regroup."""
+  res = [frozenset()] * len(new)
+  gone: set = set()
+  i = j = 0
+  while i < len(old) or j < len(new):
+    if i < len(old) and old[i] == 1:
+      gone |= axes[i]
+      i += 1
+      continue
+    if j < len(new) and new[j] == 1:
+      j += 1
+      continue
+    if i >= len(old) or j >= len(new):
+      break
+    pi, pj, bi, bj = old[i], new[j], [i], [j]
+    i, j = i + 1, j + 1
+    while pi != pj and (i < len(old) or j < len(new)):
+      if pi < pj and i < len(old):
+        pi, i = pi * old[i], i + 1
+        bi.append(i - 1)
+      elif j < len(new):
+        pj, j = pj * new[j], j + 1
+        bj.append(j - 1)
+      else:
+        break
+    held = frozenset().union(*(axes[k] for k in bi))
+    for k in bj:
+      res[k] = held
+  return tuple(res), frozenset(gone)
+
+
+def view_through(eqn, view: View) -> list[View]:
+  """The views of a view op's outputs."""
+  p, name, axes = eqn.params, eqn.primitive.name, view.axes
+  shape_in = eqn.invars[0].aval.shape
+  if name == "reshape":
+    new_axes, gone = _reshape_axes(shape_in, eqn.outvars[0].aval.shape, axes)
+    return [View(view.leaf, new_axes, view.gone | gone)]
+  if name == "transpose":
+    return [View(view.leaf, tuple(axes[a] for a in p["permutation"]), view.gone)]
+  if name == "squeeze":
+    dims = {d % len(axes) for d in p["dimensions"]}
+    gone = frozenset().union(*(axes[d] for d in dims)) if dims else frozenset()
+    return [View(view.leaf, tuple(a for d, a in enumerate(axes) if d not in dims),
+                 view.gone | gone)]
+  if name == "broadcast_in_dim":
+    new = [frozenset()] * len(p["shape"])
+    for i, d in enumerate(p["broadcast_dimensions"]):
+      new[d] = axes[i]
+    return [View(view.leaf, tuple(new), view.gone)]
+  return [view] * len(eqn.outvars)  # casts, slices, split, copy: axes unchanged
+
+
+def dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  contract, batch = (lc, lb) if k == 0 else (rc, rb)
+  free = tuple(a for a in range(len(view.axes)) if a not in contract and a not in batch)
+  detail = f"dot_general contracting {tuple(contract)}"
+  c = _classify(view, {"fan_in": tuple(contract), "fan_out": free, "batch": tuple(batch)},
+                ndim, detail)
+  if not c["fan_in"]:
+    raise Unresolved(f"{detail}: no leaf axis is contracted")
+  return Use(view.leaf, "dot", detail, c["fan_in"], c["fan_out"], c["batch"], input=other[1])
+
+
+def conv_use(eqn, view: View, other, ndim: int) -> Use:
+  p = eqn.params
+  groups = p["feature_group_count"] * p["batch_group_count"]
+  rhs = p["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
+  if groups > 1:
+    raise Unresolved(f"conv_general_dilated with feature_group_count={p['feature_group_count']},"
+                     f" batch_group_count={p['batch_group_count']} (a grouped or depthwise"
+                     " convolution has no single matrix view)")
+  detail = (f"conv_general_dilated kernel spatial {tuple(rhs[2:])}, in-feature ({rhs[1]},),"
+            f" out-feature ({rhs[0]},)")
+  c = _classify(view, {"fan_in": tuple(rhs[2:]) + (rhs[1],), "fan_out": (rhs[0],)}, ndim, detail)
+  fan_in = tuple(la for d in tuple(rhs[2:]) + (rhs[1],) for la in sorted(view.axes[d]))
+  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1])
+
+
+def gather_use(eqn, view: View, ndim: int) -> Use:
+  dn = eqn.params["dimension_numbers"]
+  idx = tuple(dn.start_index_map)
+  rest = tuple(a for a in range(len(view.axes)) if a not in idx
+               and a not in dn.operand_batching_dims)
+  detail = f"gather on {idx} by integer indices"
+  c = _classify(view, {"fan_in": idx, "fan_out": rest,
+                       "batch": tuple(dn.operand_batching_dims)}, ndim, detail)
+  return Use(view.leaf, "embed", detail, c["fan_in"], c["fan_out"], c["batch"])
