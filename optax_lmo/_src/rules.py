@@ -258,7 +258,8 @@ def default_rules(
   """A generic rule set by module name: the no-trace fallback of :func:`~optax_lmo.infer_rules`.
 
   Decided per leaf: 0-D and 1-D leaves -> BiasRMS; a leaf under ``patch_embed``
-  -> the input-layer Spectral (``SpectralConv`` for a 4-D kernel); under ``head``
+  -> the input-layer Spectral (``SpectralConv`` with radius ``hidden_radius * kh * kw``
+  for a 4-D kernel, as :func:`~optax_lmo.infer_rules` gives it); under ``head``
   / ``lm_head`` / ``unembed`` or a top-level ``output`` -> RowNorm
   (``output_norm="sign"``: Sign); under a module named like an embedding
   (``embed``, ``wte``, ...) -> ColNorm; any other 2-D leaf -> Spectral. A leaf
@@ -293,8 +294,9 @@ def default_rules(
     g = functools.partial(Group, role=role, evidence="name rule")
     if role == "vector":
       return g(norms_lib.BiasRMS(), radius=bias_radius)
-    if role == "input" and nd == 4:
-      return g(conv_lib.SpectralConv(), radius=hidden_radius)
+    if role == "input" and nd == 4:  # (kh, kw, c_in, c_out): the radius counts the taps,
+      taps = int(np.prod(np.shape(leaf)[:2]))  # as in infer_rules
+      return g(conv_lib.SpectralConv(), radius=hidden_radius * taps)
     if nd == 2:
       return {
           "input": lambda: g(norms_lib.Spectral(input_layer=True), radius=hidden_radius),
