@@ -42,7 +42,6 @@ from optax.contrib import _muon
 
 import optax_lmo as ol
 from benchmarks import _common  # run from the repository root: python -m benchmarks.orthogonalize
-from optax_lmo._src import coeffs as coeffs_lib
 from optax_lmo._src import polar as polar_lib
 
 # -- inputs --------------------------------------------------------------------
@@ -92,26 +91,8 @@ OURS_DEFAULT = ol.Polar()
 # -- flop counts -----------------------------------------------------------------
 
 
-def polar_flops(shape, pol: ol.Polar) -> int:
-  """FLOPs of the matmuls ``polar`` runs on one matrix of ``shape`` with options ``pol``."""
-  m, n = sorted(shape[-2:])
-  steps = coeffs_lib.get_coefficients(pol.coeffs, pol.steps).schedule(pol.steps).shape[0]
-  work = jnp.dtype(pol.dtype or jnp.float32)
-  method = polar_lib.choose_method(shape, work) if pol.method == "auto" else pol.method
-  if method == "newton_schulz":
-    return steps * (4 * m * m * n + 2 * m**3)
-  window = pol.restart_every
-  if window is None:
-    exact = polar_lib._exact_f32(work, pol.precision)
-    window = polar_lib.GRAM_WINDOW_FULL if exact else polar_lib.GRAM_WINDOW_REDUCED
-  windows = math.ceil(steps / window)
-  # Per window: R = X X^T and X <- Q X (2 m^2 n each); m x m products: 1 in the
-  # window's first step, 4 in each later one.
-  return windows * 4 * m * m * n + 2 * m**3 * (4 * steps - 3 * windows)
-
-
 def tree_flops(tree, pol: ol.Polar) -> int:
-  return sum(polar_flops(g.shape, pol) for g in jax.tree.leaves(tree))
+  return sum(_common.polar_flops(g.shape, pol) for g in jax.tree.leaves(tree))
 
 
 # -- errors ----------------------------------------------------------------------
@@ -218,8 +199,8 @@ def bench_aspect(sizes, aspects, repeats, dtypes) -> list:
         rows.append({
             "dtype": jnp.dtype(dtype).name, "m": m, "n": n, "aspect": aspect,
             "standard_s": t_s, "gram_s": t_g, "gram_over_standard": t_g / t_s,
-            "standard_flops": polar_flops((m, n), ol.Polar(method="newton_schulz")),
-            "gram_flops": polar_flops((m, n), pol_g),
+            "standard_flops": _common.polar_flops((m, n), ol.Polar(method="newton_schulz")),
+            "gram_flops": _common.polar_flops((m, n), pol_g),
         })
   return rows
 

@@ -349,10 +349,8 @@ def sign_descent(
     >>> u.tolist()
     [-0.10000000149011612, 0.10000000149011612]
   """
-  sign = rules_lib.Group(norms_lib.Sign(scaled=False), role="any", evidence="sign_descent")
-  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: sign),
-               name="sign_descent", beta=beta, nesterov=False, decay=weight_decay, clip=False,
-               polar=None, mu_dtype=mu_dtype, distribute=None)
+  return _every_leaf(norms_lib.Sign(scaled=False), "sign_descent", learning_rate, beta=beta,
+                     weight_decay=weight_decay, mu_dtype=mu_dtype)
 
 
 def normalized_sgd(
@@ -380,7 +378,13 @@ def normalized_sgd(
     >>> [round(float(v), 4) for v in u]
     [-0.6, -0.8]
   """
-  frob = rules_lib.Group(norms_lib.Frobenius(), role="any", evidence="normalized_sgd")
-  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: frob),
-               name="normalized_sgd", beta=beta, nesterov=False, decay=weight_decay, clip=False,
-               polar=None, mu_dtype=mu_dtype, distribute=None)
+  return _every_leaf(norms_lib.Frobenius(), "normalized_sgd", learning_rate, beta=beta,
+                     weight_decay=weight_decay, mu_dtype=mu_dtype)
+
+
+def _every_leaf(norm, name, learning_rate, *, beta, weight_decay, mu_dtype):
+  """uSCG with one norm on every leaf (sign descent, normalized SGD)."""
+  group = rules_lib.Group(norm, role="any", evidence=name)
+  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: group),
+                        name=name, beta=beta, nesterov=False, decay=weight_decay, clip=False,
+                        polar=None, mu_dtype=mu_dtype, distribute=None)
