@@ -26,9 +26,7 @@ from typing import Any
 import chex
 import optax
 
-from optax_lmo._src import exchange as exchange_lib
 from optax_lmo._src import lmo_chain, transforms
-from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.polar import Polar
@@ -235,10 +233,7 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  lmo_chain.check_lr(learning_rate, "muon")
-  momentum_lib.check_beta(beta, "muon")
-  lmo_chain.check_keep(keep_prob, "muon")
-  exchange_lib.check_dtype(exchange_dtype, "muon")
+  lmo_chain.check_args("muon", learning_rate, beta, keep_prob, exchange_dtype)
   if adam_learning_rate is not None:
     lmo_chain.check_lr(adam_learning_rate, "muon (AdamW group)")
   adam_tx = transforms.with_float32_state(optax.adamw(

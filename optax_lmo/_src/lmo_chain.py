@@ -69,10 +69,7 @@ def template(
 
 def uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
           distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False):
-  check_lr(learning_rate, name)
-  exchange_lib.check_dtype(exchange_dtype, name)
-  momentum_lib.check_beta(beta, name)
-  check_keep(keep_prob, name)
+  check_args(name, learning_rate, beta, keep_prob, exchange_dtype)
   build = lambda plan: template(
       learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
       clip=clip, mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
@@ -80,6 +77,14 @@ def uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_d
   )
   return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay,
                keep_prob=keep_prob)
+
+
+def check_args(name: str, learning_rate, beta, keep_prob, exchange_dtype) -> None:
+  """Refuses, naming the optimizer ``name``, arguments every LMO optimizer shares."""
+  check_lr(learning_rate, name)
+  exchange_lib.check_dtype(exchange_dtype, name)
+  momentum_lib.check_beta(beta, name)
+  check_keep(keep_prob, name)
 
 
 def check_keep(keep_prob, what: str):
