@@ -40,8 +40,14 @@ def device_name(cores: bool = True) -> str:
 
 
 def command(name: str, argv: list[str] | None) -> str:
-  """The command that reproduces this run: ``python -m benchmarks.<name> <flags>``."""
-  return " ".join(["python -m benchmarks." + name, *(sys.argv[1:] if argv is None else argv)])
+  """The command that reproduces this run: ``python -m benchmarks.<name> <flags>``.
+
+  A flag that names an existing file is written relative to the repository (a
+  file outside it by its name alone).
+  """
+  args = sys.argv[1:] if argv is None else argv
+  args = [portable(os.path.abspath(a)) if os.path.exists(a) else a for a in args]
+  return " ".join(["python -m benchmarks." + name, *args])
 
 
 def sweep_parser(doc: str, full: dict, reduced: dict, out: str) -> argparse.ArgumentParser:

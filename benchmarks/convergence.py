@@ -1,73 +1,82 @@
-"""How many steps do Scion and Muon need to reach tuned AdamW's validation loss?
+"""Steps and wall-clock to tuned AdamW's validation loss: Scion, unconstrained Scion, optax's Muon.
 
-The GPT example (``examples.gpt.train``, width 256, depth 4, character-level
-tinyshakespeare) trained with
+The GPT example (``examples.gpt.train``) on a character corpus, every optimizer
+with the same tuning budget:
 
-* ``adamw`` (standard init) at 5 learning rates, ``DEFAULT_LR["adamw"]`` times
-  ``2^-2 .. 2^2``, then up to ``--extend`` more past the edge if the best sits on
-  it (run after Scion's): the target is the best final validation loss among them;
-* ``scion`` and ``unconstrained_scion`` (scion init), our ``muon`` and
-  ``optax_muon`` (``optax.contrib.muon``; both standard init) at their default
-  learning rates from ``examples.gpt.train.DEFAULT_LR`` (one run each: AdamW
-  gets 5 times the tuning budget);
-* ``scion`` once more with a schedule ``0.67x`` as long (``scion@0.67``): a
-  direct check of the target, since a curve read at an intermediate step has
-  not had its learning-rate decay yet.
+* a grid of ``--points`` (4) learning rates, powers of 2 around its default in
+  ``examples.gpt.optim.DEFAULT_LR`` (``2^-2 .. 2^1`` times it), extended by up to
+  ``--extend`` points past an edge while the best run sits on it;
+* for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9)
+  and the hidden radius halved and doubled (the scion init follows the radius);
+* ``scion@0.67``: the best Scion setting again with a schedule 0.67x as long, a
+  direct check of the target (a curve read at an intermediate step has not had
+  its learning-rate decay).
 
-Each run evaluates every ``--eval-every`` steps; the step at which a curve first
-reaches the target is interpolated linearly between evaluations. Everything
-else is the example's default (linear decay over the last 30% of the steps, no
-warmup, momentum decay beta 0.9 (0.95 for the Muons), no weight decay, 4 heads,
-rotary).
+AdamW uses the standard init and ``b1 = 0.9``, ``optax_muon``
+(``optax.contrib.muon``) the standard init and ``beta = 0.95``, the Scions the
+scion init and ``beta = 0.9``. The schedule is warmup-free, constant then linear
+decay to 0 over the last 30% of the steps; no weight decay; rotary positions.
 
-Writes ``benchmarks/results/convergence.json`` (config, every curve, the
-target, steps to reach it and their ratio to AdamW's, machine info, wall
-time) and ``convergence.png`` (validation loss against step).
+The target is AdamW's best final validation loss. For every other run: the step
+at which its curve first reaches the target (linear between evaluations) and
+its ratio to AdamW's steps. Wall-clock to the target is those steps times each
+optimizer's median training-step time, measured once up front for all
+optimizers in interleaved rounds in this process (so a busy machine slows them
+alike; evaluation is left out); each run's own seconds are recorded too.
 
-Target (printed as met or missed): Scion reaches AdamW's best final validation
-loss in at most 0.67x AdamW's steps.
+Goal (printed as met or missed): Scion reaches the target in at most 0.67x
+AdamW's steps and at most 0.75x its wall-clock.
 
-The default sizes are cut to fit ~30 minutes on two busy CPU cores (``REDUCED``);
-``--full`` runs ``FULL``. The recorded results used ``--data tinyshakespeare.txt``
-(the 1.1 MB tinyshakespeare text); without ``--data`` the example's own corpus
-is used.
+Presets: ``cpu`` (the default; 4 layers, width 128, 4 heads, context 128, batch
+16, 1000 steps, about 4 minutes a run on 2 CPU cores, the whole sweep about 2
+hours), ``shakespeare_char`` (nanoGPT's shape: 6 layers, width 384, 6 heads,
+context 256, batch 64; for an accelerator) and ``toy`` (seconds; for tests).
+``--resume`` keeps the runs already in ``--out`` when the configuration matches,
+so an interrupted sweep picks up where it stopped. Without ``--data`` the
+example's own corpus is used; the recorded results name the file they used.
 
 Usage, from the repository root::
 
-  python -m benchmarks.convergence [--full] [--data PATH] [--steps N]
+  python -m benchmarks.convergence [--preset cpu] [--data PATH] [--resume] [--report]
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import json
 import math
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
 import jax
 import optax
+from flax import nnx
 
 from benchmarks import _common
 from examples.gpt import data as data_lib
+from examples.gpt import model as model_lib
 from examples.gpt import train as train_lib
 
-REDUCED = dict(steps=200, batch=8, seq=64, eval_every=20, eval_batches=8)
-FULL = dict(steps=600, batch=32, seq=128, eval_every=25, eval_batches=16)
-ADAMW_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
-PEERS = (  # (label, optimizer, init, fraction of the steps), in the order they run
-    ("scion", "scion", "scion", 1.0),
-    ("muon", "muon", "standard", 1.0),
-    ("optax_muon", "optax_muon", "standard", 1.0),
-    ("unconstrained_scion", "unconstrained_scion", "scion", 1.0),
-    ("scion@0.67", "scion", "scion", 0.67),
-)
-TARGET_RATIO = 0.67
+PRESETS = {
+    "cpu": dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,
+                eval_batches=16),
+    "shakespeare_char": dict(width=384, depth=6, heads=6, seq=256, batch=64, steps=2000,
+                             eval_every=100, eval_batches=16),
+    "toy": dict(width=32, depth=2, heads=2, seq=16, batch=4, steps=12, eval_every=4,
+                eval_batches=2),
+}
+INIT = {"adamw": "standard", "optax_muon": "standard", "scion": "scion",
+        "unconstrained_scion": "scion"}
+OPTIMIZERS = ("adamw", "scion", "optax_muon", "unconstrained_scion")  # the order they run in
+STEP_RATIO, WALL_RATIO = 0.67, 0.75  # the goal, against AdamW
 
 
-def crossing(curve: list[tuple[int, float]], target: float) -> float | None:
+def crossing(curve: list[list[float]], target: float) -> float | None:
   """The first step at which ``curve`` reaches ``target``, linear between evaluations."""
   for (s0, v0), (s1, v1) in zip(curve, curve[1:], strict=False):
     if v1 <= target:
@@ -75,77 +84,168 @@ def crossing(curve: list[tuple[int, float]], target: float) -> float | None:
   return None
 
 
-def run_one(label, optimizer, init, lr, steps, args, root) -> dict:
-  workdir = os.path.join(root, label.replace("@", "_") + f"_lr{lr:g}")
-  cfg = train_lib.make_config(
-      optimizer=optimizer, init=init, lr=lr, steps=steps, batch=args.batch, seq=args.seq,
+def grid(optimizer: str, points: int) -> list[float]:
+  """``points`` powers of 2 times the default learning rate, from ``2^-2`` up."""
+  return [train_lib.DEFAULT_LR[optimizer] * 2.0**k for k in range(-2, points - 2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One training run: what differs from the example's defaults."""
+
+  label: str
+  optimizer: str
+  lr: float
+  steps: int
+  beta: float | None = None  # None: the example's default for the optimizer
+  hidden_radius: float = 3.0
+
+  def key(self) -> list:
+    return [self.label, self.optimizer, self.lr, self.steps, self.beta, self.hidden_radius]
+
+
+def train_config(job: Job, args, workdir: str):
+  return train_lib.make_config(
+      optimizer=job.optimizer, init=INIT[job.optimizer], lr=job.lr, beta=job.beta,
+      hidden_radius=job.hidden_radius, steps=job.steps, batch=args.batch, seq=args.seq,
       width=args.width, depth=args.depth, heads=args.heads, eval_every=args.eval_every,
-      eval_batches=args.eval_batches, ckpt_every=steps, keep_ckpts=1, data=args.data,
+      eval_batches=args.eval_batches, ckpt_every=job.steps, keep_ckpts=1, data=args.data,
       workdir=workdir, seed=args.seed, resume=False, progress=False, plot=False)
+
+
+def run_one(job: Job, args, root: str) -> dict:
+  """Trains ``job``; its curve, final loss, output norm and seconds (a divergence: NaN loss)."""
+  workdir = os.path.join(root, f"run{abs(hash(tuple(job.key())))}")
   t0 = time.perf_counter()
-  out = train_lib.train(cfg)
+  out = train_lib.train(train_config(job, args, workdir))
   seconds = time.perf_counter() - t0
   with open(os.path.join(workdir, "log.jsonl")) as f:
     records = [json.loads(line) for line in f if line.strip()]
-  evals = [r for r in records if r["kind"] == "eval"]
-  tps = [r["tokens_per_s"] for r in records if r["kind"] == "train"][1:]  # past the compile
   shutil.rmtree(workdir, ignore_errors=True)
-  return dict(label=label, optimizer=optimizer, init=init, lr=lr, steps=steps,
-              val_loss=out["val_loss"], output_norm=out["output_norm"],
-              curve=[(r["step"], r["val_loss"]) for r in evals],
-              output_norm_curve=[(r["step"], r["output_norm"]) for r in evals],
-              seconds=seconds, tokens_per_s=sum(tps) / len(tps) if tps else None)
+  evals = [r for r in records if r["kind"] == "eval"]
+  val = out["val_loss"] if math.isfinite(out["val_loss"]) else float("nan")
+  return dict(**dataclasses.asdict(job), key=job.key(), val_loss=val,
+              output_norm=out["output_norm"], seconds=seconds,
+              curve=[[r["step"], r["val_loss"]] for r in evals])
 
 
-def adamw_extension(runs: list[dict]) -> float | None:
-  """The next AdamW learning rate past the edge of those tried that holds the best run."""
-  adam = [r for r in runs if r["optimizer"] == "adamw"]
-  finite = [r for r in adam if math.isfinite(r["val_loss"])]
-  if not finite:
+def step_times(args, data: data_lib.Dataset, optimizers, rounds: int, per_round: int) -> dict:
+  """Median seconds per training step of each optimizer, timed in interleaved rounds."""
+  steps = {}
+  x, y = data_lib.train_batch(data, seed=args.seed, step=0, batch=args.batch, seq=args.seq)
+  x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
+  for opt in optimizers:
+    cfg = train_lib.resolve(train_config(Job(opt, opt, train_lib.DEFAULT_LR[opt], 10**6), args,
+                                         "unused"))
+    gcfg = train_lib.model_config(cfg, data.vocab_size)
+    model = model_lib.GPT(gcfg, rngs=nnx.Rngs(params=0))
+    optimizer = nnx.Optimizer(model, train_lib.make_optimizer(cfg, gcfg), wrt=nnx.Param)
+    float(train_lib.train_step(model, optimizer, x, y))  # compiles
+    steps[opt] = (model, optimizer)
+  times: dict[str, list[float]] = {opt: [] for opt in optimizers}
+  for _ in range(rounds):
+    for opt, (model, optimizer) in steps.items():
+      t0 = time.perf_counter()
+      for _ in range(per_round):
+        loss = train_lib.train_step(model, optimizer, x, y)
+      float(loss)
+      times[opt].append((time.perf_counter() - t0) / per_round)
+  return {opt: dict(median_s=statistics.median(t), rounds_s=t) for opt, t in times.items()}
+
+
+def best(runs: list[dict], **match) -> dict | None:
+  """The finite run of lowest final validation loss among those matching ``match``."""
+  ok = [r for r in runs if all(r[k] == v for k, v in match.items())
+        and math.isfinite(r["val_loss"])]
+  return min(ok, key=lambda r: r["val_loss"]) if ok else None
+
+
+def extension(runs: list[dict], optimizer: str, points: int, extend: int) -> float | None:
+  """The next learning rate past the edge of the grid that holds ``optimizer``'s best run."""
+  b = best(runs, label=optimizer)
+  lrs = sorted(r["lr"] for r in runs if r["label"] == optimizer)
+  if b is None or len(lrs) < points:
     return None
-  best, lrs = min(finite, key=lambda r: r["val_loss"])["lr"], sorted(r["lr"] for r in adam)
-  if best == lrs[0]:
+  g = grid(optimizer, points)
+  if b["lr"] == lrs[0] and lrs[0] > g[0] / 2**extend * 1.001:
     return lrs[0] / 2
-  if best == lrs[-1]:
+  if b["lr"] == lrs[-1] and lrs[-1] < g[-1] * 2**extend / 1.001:
     return lrs[-1] * 2
   return None
 
 
+def next_job(runs: list[dict], args) -> Job | None:
+  """The next run of the sweep given those done, or ``None`` when it is complete."""
+  done = {json.dumps(r["key"]) for r in runs}
+
+  def todo(job: Job) -> bool:
+    return json.dumps(job.key()) not in done
+
+  for opt in args.optimizers:
+    for lr in grid(opt, args.points):
+      if todo(job := Job(opt, opt, lr, args.steps)):
+        return job
+    if (lr := extension(runs, opt, args.points, args.extend)) is not None:
+      return Job(opt, opt, lr, args.steps)
+  sc = best(runs, label="scion")
+  if sc is None or not args.variants:
+    return None
+  for job in (Job("scion beta 0.5", "scion", sc["lr"], args.steps, beta=0.5),
+              Job("scion hidden radius x0.5", "scion", sc["lr"], args.steps, hidden_radius=1.5),
+              Job("scion hidden radius x2", "scion", sc["lr"], args.steps, hidden_radius=6.0)):
+    if todo(job):
+      return job
+  top = min((r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+             and math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
+  short = Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
+              top["hidden_radius"])
+  return short if todo(short) else None
+
+
 def summarize(result: dict) -> None:
-  adam = [r for r in result["runs"] if r["optimizer"] == "adamw" and math.isfinite(r["val_loss"])]
-  if not adam:
+  """Fills ``target``, ``to_target`` (per run) and ``goal`` from the runs and step times."""
+  runs, times = result["runs"], result["step_time"]
+  adam = best(runs, label="adamw")
+  if adam is None:
     return
-  best = min(adam, key=lambda r: r["val_loss"])
-  target, n = best["val_loss"], best["steps"]
-  result["adamw_best"] = dict(lr=best["lr"], val_loss=target, steps=n,
-                              lrs_tried=[r["lr"] for r in result["runs"]
-                                         if r["optimizer"] == "adamw"])
-  result["adamw_best_at_grid_edge"] = best["lr"] in (min(result["adamw_best"]["lrs_tried"]),
-                                                     max(result["adamw_best"]["lrs_tried"]))
-  rows = {}
-  for r in result["runs"]:
-    if r["optimizer"] == "adamw":
-      continue
+  target, n = adam["val_loss"], adam["steps"]
+  t_adam = times["adamw"]["median_s"]
+  result["target"] = dict(val_loss=target, lr=adam["lr"], steps=n, wall_s=n * t_adam)
+  rows = []
+  for r in runs:
     s = crossing(r["curve"], target)
-    rows[r["label"]] = dict(lr=r["lr"], steps=r["steps"], final_val_loss=r["val_loss"],
-                            steps_to_target=s, ratio_to_adamw=None if s is None else s / n,
-                            final_below_target=r["val_loss"] <= target)
+    t = times[r["optimizer"]]["median_s"]
+    rows.append(dict(label=r["label"], lr=r["lr"], steps=r["steps"], val_loss=r["val_loss"],
+                     steps_to_target=s, step_ratio=None if s is None else s / n,
+                     wall_ratio=None if s is None else s * t / (n * t_adam),
+                     final_below_target=r["val_loss"] <= target))
   result["to_target"] = rows
-  sc, short = rows.get("scion"), rows.get("scion@0.67")
-  result["targets"] = dict(
-      scion_curve_reaches_target_within_0_67x=(
-          None if sc is None else sc["ratio_to_adamw"] is not None
-          and sc["ratio_to_adamw"] <= TARGET_RATIO),
-      scion_0_67x_schedule_beats_target=None if short is None else short["final_below_target"],
-  )
-  tuned = {k: v for k, v in rows.items() if k.startswith("scion lr")}  # --scion-lrs runs
-  if tuned:
-    full = [v["ratio_to_adamw"] for k, v in tuned.items() if "@" not in k]
-    result["targets"].update(
-        scion_any_lr_curve_within_0_67x=any(x is not None and x <= TARGET_RATIO for x in full),
-        scion_any_lr_0_67x_schedule_beats_target=any(
-            v["final_below_target"] for k, v in tuned.items() if "@" in k),
-    )
+  goal = {}
+  for opt in result["config"]["optimizers"]:
+    if opt == "adamw":
+      continue
+    family = (lambda lab: lab.startswith("scion")) if opt == "scion" else opt.__eq__
+    reached = [x for x in rows if family(x["label"]) and x["step_ratio"] is not None]
+    b = best(runs, label=opt)
+    fastest = min(reached, key=lambda x: x["step_ratio"]) if reached else None
+    goal[opt] = dict(best_lr=None if b is None else b["lr"],
+                     best_lr_at_grid_edge=None if b is None else b["lr"] in (
+                         min(r["lr"] for r in runs if r["label"] == opt),
+                         max(r["lr"] for r in runs if r["label"] == opt)),
+                     fastest=fastest)
+  sc = goal.get("scion", {}).get("fastest")
+  short = next((x for x in rows if x["label"] == "scion@0.67"), None)
+  result["goal"] = dict(
+      per_optimizer=goal,
+      scion_steps_ratio=None if sc is None else sc["step_ratio"],
+      scion_wall_ratio=None if sc is None else sc["wall_ratio"],
+      scion_steps_met=sc is not None and sc["step_ratio"] <= STEP_RATIO,
+      scion_wall_met=sc is not None and sc["wall_ratio"] <= WALL_RATIO,
+      scion_0_67x_schedule_reaches_target=None if short is None else short["final_below_target"],
+      adamw_best_lr_at_grid_edge=adam["lr"] in (min(r["lr"] for r in runs
+                                                    if r["label"] == "adamw"),
+                                                max(r["lr"] for r in runs
+                                                    if r["label"] == "adamw")))
 
 
 def plot(result: dict, path: str) -> None:
@@ -155,140 +255,138 @@ def plot(result: dict, path: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
-  best_lr = result.get("adamw_best", {}).get("lr")
-  colors = {"scion": "C3", "scion@0.67": "C3", "unconstrained_scion": "C1", "muon": "C0",
-            "optax_muon": "C2"}
-  for r in result["runs"]:
-    steps, vals = zip(*r["curve"], strict=True)
-    _, norms = zip(*r["output_norm_curve"], strict=True)
-    if r["optimizer"] == "adamw":
-      best = r["lr"] == best_lr
-      kw = dict(color="k", lw=2.0 if best else 0.8, alpha=1.0 if best else 0.4,
-                label=f"adamw lr {r['lr']:.2g}" + (" (best)" if best else ""))
-    else:
-      extra = sorted({x["lr"] for x in result["runs"] if x["label"].startswith(("scion lr",
-                                                                               "scion@0.67 lr"))})
-      color = colors.get(r["label"]) or ("C5", "C8", "C9", "C7")[min(3, extra.index(r["lr"]))]
-      kw = dict(color=color, lw=1.6, ls="--" if "@" in r["label"] else "-",
-                label=f"{r['label']} lr {r['lr']:.3g}")
-    ax0.plot(steps, vals, marker="o", ms=2.5, **kw)
-    ax1.plot(steps, norms, marker="o", ms=2.5, **kw)
-  if "adamw_best" in result:
-    t = result["adamw_best"]["val_loss"]
-    ax0.axhline(t, color="gray", ls=":", label=f"AdamW best final ({t:.3f})")
-    ax0.axvline(TARGET_RATIO * result["adamw_best"]["steps"], color="gray", ls="-.", lw=0.8,
-                label=f"{TARGET_RATIO}x AdamW's steps")
+  colors = {"adamw": "k", "scion": "C3", "optax_muon": "C2", "unconstrained_scion": "C1"}
+  for opt in result["config"]["optimizers"]:
+    mine = [r for r in result["runs"] if r["optimizer"] == opt and r["steps"] ==
+            result["config"]["steps"]]
+    top = best(mine)
+    t = result["step_time"][opt]["median_s"]
+    for r in mine:
+      if not r["curve"] or not all(math.isfinite(v) for _, v in r["curve"]):
+        continue
+      steps, vals = zip(*r["curve"], strict=True)
+      is_top = r is top
+      kw = dict(color=colors[opt], lw=2.0 if is_top else 0.7, alpha=1.0 if is_top else 0.35,
+                label=f"{r['label']} lr {r['lr']:.3g}" if is_top else None)
+      ax0.plot(steps, vals, **kw)
+      if is_top:
+        ax1.plot([s * t / 60 for s in steps], vals, **kw)
+  if "target" in result:
+    for ax in (ax0, ax1):
+      ax.axhline(result["target"]["val_loss"], color="gray", ls=":", lw=1,
+                 label="AdamW's best final loss")
+    ax0.axvline(STEP_RATIO * result["target"]["steps"], color="gray", ls="-.", lw=0.8,
+                label=f"{STEP_RATIO}x AdamW's steps")
     finals = [r["val_loss"] for r in result["runs"] if math.isfinite(r["val_loss"])]
-    ax0.set_ylim(min(finals) - 0.05, t + 0.8)
+    for ax in (ax0, ax1):
+      ax.set_ylim(min(finals) - 0.05, result["target"]["val_loss"] + 0.6)
   c = result["config"]
   ax0.set(xlabel="step", ylabel="validation loss (nats / char)",
-          title=f"GPT width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} tokens/step")
+          title=f"GPT width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} tokens/step"
+                " (faint: other lrs)")
+  ax1.set(xlabel="minutes (steps x median step time)", ylabel="validation loss",
+          title="best run of each optimizer against wall-clock")
   ax0.legend(fontsize=7)
-  ax1.set(xlabel="step", ylabel=r"$\|W_{out}\|_{RMS\to\infty}$", yscale="log",
-          title="output-layer norm")
+  ax1.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
 def print_table(result: dict) -> None:
-  print(f"\n{'run':<22} {'lr':>9} {'steps':>5} {'final val':>9} {'output norm':>11} {'tok/s':>7}"
-        f" {'s':>6}")
-  for r in result["runs"]:
-    tps = f"{r['tokens_per_s']:7.0f}" if r["tokens_per_s"] else f"{'-':>7}"
-    print(f"{r['label']:<22} {r['lr']:9.3g} {r['steps']:5d} {r['val_loss']:9.4f}"
-          f" {r['output_norm']:11.3g} {tps} {r['seconds']:6.0f}")
-  if "adamw_best" not in result:
-    return
-  b = result["adamw_best"]
-  print(f"\ntarget: AdamW's best final validation loss {b['val_loss']:.4f} (lr {b['lr']:.3g},"
-        f" {b['steps']} steps)")
-  print(f"{'optimizer':<22} {'steps to target':>15} {'x AdamW':>8} {'final val':>9}")
-  for label, row in result["to_target"].items():
-    s = "not reached" if row["steps_to_target"] is None else f"{row['steps_to_target']:.0f}"
-    x = "-" if row["ratio_to_adamw"] is None else f"{row['ratio_to_adamw']:.2f}"
-    print(f"{label:<22} {s:>15} {x:>8} {row['final_val_loss']:9.4f}")
-  print("targets:", json.dumps(result["targets"]))
+  print(f"\n{'run':<26} {'lr':>9} {'steps':>5} {'final val':>9} {'to target':>9} {'x steps':>7}"
+        f" {'x wall':>7}")
+  for x in result.get("to_target", []):
+    s = "-" if x["steps_to_target"] is None else f"{x['steps_to_target']:.0f}"
+    r1 = "-" if x["step_ratio"] is None else f"{x['step_ratio']:.2f}"
+    r2 = "-" if x["wall_ratio"] is None else f"{x['wall_ratio']:.2f}"
+    print(f"{x['label']:<26} {x['lr']:9.3g} {x['steps']:5d} {x['val_loss']:9.4f} {s:>9} {r1:>7}"
+          f" {r2:>7}")
+  print("step times (s):", {k: round(v["median_s"], 4) for k, v in result["step_time"].items()})
+  if "goal" in result:
+    g = result["goal"]
+    print(f"goal: scion <= {STEP_RATIO}x AdamW's steps: {g['scion_steps_ratio']} "
+          f"({'met' if g['scion_steps_met'] else 'missed'}); <= {WALL_RATIO}x wall-clock: "
+          f"{g['scion_wall_ratio']} ({'met' if g['scion_wall_met'] else 'missed'})")
+
+
+def parse(argv):
+  p = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      epilog="Run from the repository root: python -m benchmarks.convergence")
+  p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+  for k in PRESETS["cpu"]:
+    p.add_argument("--" + k.replace("_", "-"), dest=k, type=int, help="override the preset's")
+  p.add_argument("--data", default=None,
+                 help="a UTF-8 text file (default: the example's pydoc_data corpus)")
+  p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
+  p.add_argument("--points", type=int, default=4, help="learning rates per grid (>= 2)")
+  p.add_argument("--extend", type=int, default=2, help="grid points allowed past each edge")
+  p.add_argument("--no-variants", dest="variants", action="store_false",
+                 help="skip Scion's beta, hidden-radius and 0.67x-schedule runs")
+  p.add_argument("--timing-rounds", type=int, default=7)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--resume", action="store_true",
+                 help="keep the runs already in --out when its configuration matches")
+  p.add_argument("--report", action="store_true", help="no training: table and PNG from --out")
+  p.add_argument("--out", default=os.path.join(_common.RESULTS, "convergence.json"))
+  args = p.parse_args(argv)
+  for k, v in PRESETS[args.preset].items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
+  if args.points < 2 or "adamw" not in args.optimizers:
+    p.error("--points must be >= 2 and --optimizers must include adamw (it sets the target)")
+  return args
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = _common.sweep_parser(__doc__, FULL, REDUCED, "convergence.json")
-  parser.add_argument("--width", type=int, default=256)
-  parser.add_argument("--depth", type=int, default=4)
-  parser.add_argument("--eval-every", type=int, dest="eval_every")
-  parser.add_argument("--skip", nargs="*", default=[], help="labels of peer runs to leave out")
-  parser.add_argument("--scion-lrs", type=float, nargs="*", default=[], dest="scion_lrs",
-                      help="more Scion learning rates, each run at 1x and 0.67x the steps")
-  parser.add_argument("--extend", type=int, default=1,
-                      help="AdamW runs allowed past the edge of its grid while the best sits on it")
-  args = _common.parse_sweep(parser, argv, FULL, REDUCED)
+  args = parse(argv)
+  png = os.path.splitext(args.out)[0] + ".png"
   if args.report:
     with open(args.out) as f:
       result = json.load(f)
-    plot(result, os.path.splitext(args.out)[0] + ".png")
+    plot(result, png)
     print_table(result)
     return
-
   t_start = time.perf_counter()
   data = data_lib.load(args.data)
-  adamw_lrs = [train_lib.DEFAULT_LR["adamw"] * m for m in ADAMW_MULTIPLIERS]
-  config = dict(
-      data=data.source, data_fingerprint=data.fingerprint, vocab_size=data.vocab_size,
-      full=args.full, width=args.width, depth=args.depth, heads=args.heads, steps=args.steps,
-      batch=args.batch, seq=args.seq, eval_every=args.eval_every, eval_batches=args.eval_batches,
-      seed=args.seed, extend=args.extend, scion_lrs=args.scion_lrs, adamw_lrs=adamw_lrs,
-      default_lr=train_lib.DEFAULT_LR,
-      peers=[dict(label=p[0], optimizer=p[1], init=p[2], steps=round(p[3] * args.steps))
-             for p in PEERS if p[0] not in args.skip],
-      schedule="linear_decay, decay_frac 0.3, no warmup", weight_decay=0.0,
-      tuning_budget="AdamW: 5 learning rates; every other optimizer: 1 (its default)",
-      reduced_from=None if args.full else dict(
-          FULL, note="REDUCED sizes so the benchmark fits ~30 min on 2 busy CPU cores"))
-  dev = _common.device_name()
+  config = dict(preset=args.preset, data=_common.portable(os.path.abspath(data.source))
+                if args.data else data.source, data_fingerprint=data.fingerprint,
+                vocab_size=data.vocab_size, **{k: getattr(args, k) for k in PRESETS["cpu"]},
+                optimizers=args.optimizers, points=args.points, extend=args.extend,
+                variants=args.variants, seed=args.seed, default_lr=train_lib.DEFAULT_LR,
+                init=INIT, schedule="constant, then linear decay to 0 over the last 30%, "
+                "no warmup", weight_decay=0.0)
+  config = _common.portable(config)
   result = dict(benchmark="convergence", date=datetime.datetime.now(datetime.UTC).isoformat(),
-                command=_common.command("convergence", argv),
-                config=config, machine=dict(device=dev, backend=jax.default_backend(),
-                                            jax=jax.__version__, optax=optax.__version__,
-                                            load_average_at_start=os.getloadavg()),
+                command=_common.command("convergence", argv), config=config,
+                machine=dict(device=_common.device_name(), backend=jax.default_backend(),
+                             jax=jax.__version__, optax=optax.__version__,
+                             load_average_at_start=os.getloadavg()),
                 runs=[], complete=False)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  png = os.path.splitext(args.out)[0] + ".png"
-  peers = [(label, opt, init, train_lib.DEFAULT_LR[opt], round(frac * args.steps))
-           for label, opt, init, frac in PEERS if label not in args.skip]
-  # None: extend AdamW's grid past an edge that holds its best run (after Scion's run).
-  jobs = [("adamw", "adamw", "standard", lr, args.steps) for lr in adamw_lrs]
-  jobs += peers[:1] + [None] + peers[1:]
-  for lr in args.scion_lrs:  # a small Scion sweep, labelled by its learning rate
-    k = f"{math.log2(lr):g}"
-    jobs += [(f"scion lr 2^{k}", "scion", "scion", lr, args.steps),
-             (f"scion@0.67 lr 2^{k}", "scion", "scion", lr, round(TARGET_RATIO * args.steps))]
-  done, extended = {}, 0
   if args.resume and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)
-    new = _common.portable(json.loads(json.dumps(config)))
-    if all(old["config"].get(k) == v for k, v in new.items() if k not in ("extend", "scion_lrs")):
-      done = {(r["label"], r["lr"], r["steps"]): r for r in old["runs"]}
+    if old["config"] == config:
+      result["runs"], result["step_time"] = old["runs"], old.get("step_time")
+      print(f"resuming: {len(old['runs'])} runs done", flush=True)
+  if not result.get("step_time"):
+    result["step_time"] = step_times(args, data, args.optimizers, args.timing_rounds,
+                                     per_round=5 if args.preset == "toy" else 10)
+    print("step times (s):", {k: round(v["median_s"], 4)
+                              for k, v in result["step_time"].items()}, flush=True)
   with tempfile.TemporaryDirectory(prefix="convergence_") as root:
-    while jobs:
-      job = jobs.pop(0)
-      if job is None:
-        nxt = adamw_extension(result["runs"])
-        if nxt is None or extended >= args.extend:
-          continue
-        extended += 1
-        jobs.insert(0, None)
-        job = ("adamw", "adamw", "standard", nxt, args.steps)
-      label, opt, init, lr, steps = job
-      r = done.get((label, lr, steps)) or run_one(label, opt, init, lr, steps, args, root)
+    while (job := next_job(result["runs"], args)) is not None:
+      r = run_one(job, args, root)
       result["runs"].append(r)
-      print(f"{label:<22} lr {lr:<9.3g} {steps:4d} steps: val {r['val_loss']:.4f}"
+      print(f"{job.label:<26} lr {job.lr:<9.3g} {job.steps:5d} steps: val {r['val_loss']:.4f}"
             f" ({r['seconds']:.0f} s)", flush=True)
       summarize(result)
       result["wall_s"] = time.perf_counter() - t_start
       _common.write_json(result, args.out)
       plot(result, png)
   result["complete"] = True
+  summarize(result)
   result["wall_s"] = time.perf_counter() - t_start
   _common.write_json(result, args.out)
   plot(result, png)
