@@ -17,9 +17,10 @@ AdamW uses the standard init and ``b1 = 0.9``, ``optax_muon``
 scion init and ``beta = 0.9``. The schedule is warmup-free, constant then linear
 decay to 0 over the last 30% of the steps; no weight decay; rotary positions.
 
-The target is AdamW's best final validation loss. For every other run: the step
-at which its curve first reaches the target (linear between evaluations) and
-its ratio to AdamW's steps. Wall-clock to the target is those steps times each
+The target is AdamW's best final validation loss. For every run: the step at
+which its curve first reaches the target (linear between evaluations) and its
+ratio to the same step of AdamW's best run (its last, unless its curve dipped
+below its final loss earlier). Wall-clock to the target is those steps times each
 optimizer's median training-step time, measured once up front for all
 optimizers in interleaved rounds in this process (so a busy machine slows them
 alike; evaluation is left out); each run's own seconds are recorded too.
@@ -208,7 +209,8 @@ def summarize(result: dict) -> None:
   adam = best(runs, label="adamw")
   if adam is None:
     return
-  target, n = adam["val_loss"], adam["steps"]
+  target = adam["val_loss"]
+  n = crossing(adam["curve"], target) or adam["steps"]  # its own curve, by the same rule
   t_adam = times["adamw"]["median_s"]
   result["target"] = dict(val_loss=target, lr=adam["lr"], steps=n, wall_s=n * t_adam)
   rows = []
