@@ -330,7 +330,8 @@ def parse(argv):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--resume", action="store_true",
                  help="keep the runs already in --out when its configuration matches")
-  p.add_argument("--report", action="store_true", help="no training: table and PNG from --out")
+  p.add_argument("--report", action="store_true",
+                 help="no training: summarize --out again, print its table, redraw its PNG")
   p.add_argument("--out", default=os.path.join(_common.RESULTS, "convergence.json"))
   args = p.parse_args(argv)
   for k, v in PRESETS[args.preset].items():
@@ -347,6 +348,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.report:
     with open(args.out) as f:
       result = json.load(f)
+    summarize(result)  # with this version's rules
+    _common.write_json(result, args.out)
     plot(result, png)
     print_table(result)
     return
