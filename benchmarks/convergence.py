@@ -176,31 +176,52 @@ def extension(runs: list[dict], optimizer: str, points: int, extend: int) -> flo
 
 
 def next_job(runs: list[dict], args) -> Job | None:
-  """The next run of the sweep given those done, or ``None`` when it is complete."""
+  """The next run of the sweep given those done, or ``None`` when it is complete.
+
+  AdamW's grid and Scion's first, then Scion's variants (the answer to the goal
+  and its diagnosis), then the other optimizers' grids.
+  """
   done = {json.dumps(r["key"]) for r in runs}
 
   def todo(job: Job) -> bool:
     return json.dumps(job.key()) not in done
 
-  for opt in args.optimizers:
+  def grid_job(opt: str) -> Job | None:
     for lr in grid(opt, args.points):
       if todo(job := Job(opt, opt, lr, args.steps)):
         return job
-    if (lr := extension(runs, opt, args.points, args.extend)) is not None:
-      return Job(opt, opt, lr, args.steps)
-  sc = best(runs, label="scion")
-  if sc is None or not args.variants:
-    return None
-  for job in (Job("scion beta 0.5", "scion", sc["lr"], args.steps, beta=0.5),
-              Job("scion hidden radius x0.5", "scion", sc["lr"], args.steps, hidden_radius=1.5),
-              Job("scion hidden radius x2", "scion", sc["lr"], args.steps, hidden_radius=6.0)):
+    lr = extension(runs, opt, args.points, args.extend)
+    return None if lr is None else Job(opt, opt, lr, args.steps)
+
+  first = [o for o in ("adamw", "scion") if o in args.optimizers]
+  rest = [o for o in args.optimizers if o not in first]
+  for opt in first:
+    if job := grid_job(opt):
+      return job
+  for job in scion_variants(runs, args):
     if todo(job):
       return job
+  for opt in rest:
+    if job := grid_job(opt):
+      return job
+  return None
+
+
+def scion_variants(runs: list[dict], args) -> list[Job]:
+  """Scion at its best lr with beta 0.5, the hidden radius halved and doubled, then 0.67x."""
+  sc = best(runs, label="scion")
+  if sc is None or not args.variants:
+    return []
+  jobs = [Job("scion beta 0.5", "scion", sc["lr"], args.steps, beta=0.5),
+          Job("scion hidden radius x0.5", "scion", sc["lr"], args.steps, hidden_radius=1.5),
+          Job("scion hidden radius x2", "scion", sc["lr"], args.steps, hidden_radius=6.0)]
+  done = {json.dumps(r["key"]) for r in runs}
+  if any(json.dumps(j.key()) not in done for j in jobs):
+    return jobs
   top = min((r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
              and math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
-  short = Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
-              top["hidden_radius"])
-  return short if todo(short) else None
+  return [Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
+              top["hidden_radius"])]
 
 
 def summarize(result: dict) -> None:
