@@ -183,7 +183,7 @@ run_part() {
   else
     set +e
     if command -v timeout >/dev/null; then
-      timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
+      timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/logs/$name.log"
       rc=${PIPESTATUS[0]}
     else
       "$@" 2>&1 | tee "$OUT/logs/$name.log"
