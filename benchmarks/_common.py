@@ -42,11 +42,12 @@ def device_name(cores: bool = True) -> str:
 def command(name: str, argv: list[str] | None) -> str:
   """The command that reproduces this run: ``python -m benchmarks.<name> <flags>``.
 
-  A flag that names an existing file is written relative to the repository (a
-  file outside it by its name alone).
+  A flag that names an existing file, or any absolute path, is written relative
+  to the repository (a path outside it by its name alone).
   """
   args = sys.argv[1:] if argv is None else argv
-  args = [portable(os.path.abspath(a)) if os.path.exists(a) else a for a in args]
+  args = [portable(os.path.abspath(a)) if os.path.isabs(a) or os.path.exists(a) else a
+          for a in args]
   return " ".join(["python -m benchmarks." + name, *args])
 
 

@@ -302,10 +302,125 @@ def digits() -> str | None:
   return head + table + foot
 
 
+GPU_MISSING = ("No GPU figures yet: no accelerator has run `benchmarks/gpu.sh`. On a machine "
+               "with a GPU, `bash benchmarks/gpu.sh` (about 8 minutes on one H200; `PYTHON=...` "
+               "picks the interpreter, `DATA=...` a text file for the convergence part) writes "
+               "`benchmarks/results/gpu/*.json`; then rerun `python -m benchmarks.tables`.")
+
+
+def _gpu_polar(d: dict) -> str:
+  rows = d["rows"]
+  configs = list(dict.fromkeys((r["impl"], r["method"], r["setting"]) for r in rows))
+  conds = sorted({r["cond"] for r in rows})
+  shapes = list(dict.fromkeys("x".join(map(str, r["shape"])) for r in rows))
+
+  def worst(cfg, key, **match):
+    sel = [r for r in rows if (r["impl"], r["method"], r["setting"]) == cfg
+           and all(r[k] == v for k, v in match.items())]
+    if any(not r["finite"] for r in sel):
+      return None
+    return max(r[key] for r in sel)
+
+  def err(cfg, cond):
+    e, rnd = worst(cfg, "rel_fro", cond=cond), worst(cfg, "rounding_rel_fro", cond=cond)
+    return "**NaN/Inf**" if e is None else f"{e:.3f} ({rnd:.0e})"
+
+  def speed(cfg, shape):
+    sel = [r for r in rows if (r["impl"], r["method"], r["setting"]) == cfg
+           and "x".join(map(str, r["shape"])) == shape]
+    t = sorted(r["median_s"] for r in sel)[len(sel) // 2]
+    f = sel[0]["flops"] / t
+    return f"{t * 1e6:.0f} ({f / 1e12:.1f})"
+
+  def name(cfg):
+    impl, method, setting = cfg
+    who = "optax.contrib" if impl == "optax_contrib" else "ours"
+    return f"{who} {method.replace('_newton_schulz', '').replace('newton_schulz', 'standard')}"
+
+  acc = _table(["polar", "setting"] + [f"cond {c:.0e}".replace("e+0", "e") for c in conds],
+               [[name(c), c[2]] + [err(c, k) for k in conds] for c in configs])
+  ex = {impl: {r["cond"]: r["exact_arith_rel_fro"] for r in rows if r["impl"] == impl}
+        for impl in ("ours", "optax_contrib")}
+  exact = "; ".join(
+      f"{'ours (polar_express x 5)' if i == 'ours' else 'optax (jordan x 5)'} "
+      + ", ".join(f"{v:.3f}" for _, v in sorted(ex[i].items())) for i in ex if ex[i])
+  speed_t = _table(["polar", "setting"] + shapes,
+                   [[name(c), c[2]] + [speed(c, s) for s in shapes] for c in configs])
+  mm = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in d["matmul"]["flop_per_s"].items())
+  bad = d.get("nonfinite", [])
+  return (f"Polar factor of float32 `U diag(s) V^T` (singular values log-spaced over the "
+          f"condition number), shapes {', '.join(shapes)}; {d['precision_note']}. "
+          f"`{d['command']}`.\n\nRelative Frobenius error to the exact polar factor (float64 "
+          f"SVD), worst over the shapes, and in brackets the part rounding adds to the same "
+          f"iteration in exact arithmetic:\n\n{acc}\n\nExact-arithmetic error per condition "
+          f"number: {exact}. Non-finite results: {len(bad)}.\n\nMedian microseconds per call "
+          f"(TFLOP/s executed) per shape; a {d['matmul']['size']}^2 matmul runs at {mm} "
+          f"TFLOP/s:\n\n{speed_t}")
+
+
+def _gpu_step(d: dict) -> str:
+  c = d["config"]
+  rows = [[n, f"{r['step_s'] * 1e3:.1f}", "-" if r["step_over_adamw"] is None
+           else f"{r['step_over_adamw']:.3f}", f"{r['update_s'] * 1e3:.1f}"]
+          for n, r in d["optimizers"].items()]
+  f = d["flops"]
+  return (f"Training step of the example GPT, width {c['width']}, depth {c['depth']}, heads "
+          f"{c['heads']}, context {c['seq']}, batch {c['batch']} ({c['n_params'] / 1e6:.1f}M "
+          f"params, float32), medians of {c['reps']} interleaved rounds; forward and backward "
+          f"alone {d['fwd_bwd_s'] * 1e3:.1f} ms ({f['fwd_bwd_fraction_of_matmul']:.0%} of the "
+          f"1024^2 matmul rate, {f['matmul_flop_per_s'] / 1e12:.1f} TFLOP/s). Newton–Schulz "
+          f"FLOPs over a step's: ours {f['lmo_ours_over_fwd_bwd']:.1%}, optax "
+          f"{f['lmo_optax_over_fwd_bwd']:.1%}. `{d['command']}`.\n\n"
+          + _table(["optimizer", "step (ms)", "step / adamw", "update alone (ms)"], rows))
+
+
+def _gpu_convergence(d: dict) -> str:
+  c = d["config"]
+  rows = []
+  for x in d.get("to_target", []):
+    s = x["steps_to_target"]
+    rows.append([x["label"], f"{x['lr']:.3g}", x["steps"], f"{x['val_loss']:.4f}",
+                 "not reached" if s is None else f"{s:.0f}",
+                 "-" if s is None else f"{x['step_ratio']:.2f}",
+                 "-" if s is None else f"{x['wall_ratio']:.2f}"])
+  times = ", ".join(f"{k} {v['median_s'] * 1e3:.1f} ms" for k, v in d["step_time"].items())
+  cut = "" if d.get("complete") else " Cut at the time limit: the runs done so far."
+  return (f"AdamW against Scion, GPT width {c['width']}, depth {c['depth']}, heads "
+          f"{c['heads']}, {c['batch']}x{c['seq']} tokens per step, {c['steps']} steps on "
+          f"{os.path.basename(c['data'])}, {c['points']} learning rates each; the target is "
+          f"AdamW's best final validation loss; median step time: {times}.{cut} "
+          f"`{d['command']}`.\n\n"
+          + _table(["run", "lr", "steps", "final val loss", "steps to target", "x AdamW steps",
+                    "x AdamW wall-clock"], rows))
+
+
+def gpu() -> str:
+  """The accelerator run of ``benchmarks/gpu.sh`` (``results/gpu/``), or why there is none."""
+  found = {n: _load(f"gpu/{n}.json") for n in ("gpu_summary", "polar_accuracy",
+                                                "step_overhead", "convergence")}
+  if not any(found.values()):
+    return GPU_MISSING
+  s = found["gpu_summary"] or {}
+  parts = ", ".join(f"{p['name']} {p['seconds']:.0f} s ({p['status']})" for p in s.get("parts", []))
+  device = s.get("device") or next(d.get("device") or d["machine"]["device"]
+                                   for d in found.values() if d)
+  head = f"{device}, `bash benchmarks/gpu.sh`"
+  if s:
+    head += f" in {s['total_s']} s: {parts}"
+  if s.get("toy"):
+    head += ". Toy sizes: a check of the script, not figures"
+  out = [head + "."]
+  for key, render in (("polar_accuracy", _gpu_polar), ("step_overhead", _gpu_step),
+                      ("convergence", _gpu_convergence)):
+    if found[key] is not None:
+      out.append(f"**{key}.** " + render(found[key]))
+  return "\n\n".join(out)
+
+
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
             "stability": stability, "digits": digits, "drop": drop,
-            "adaptive_batch": adaptive_batch}
+            "adaptive_batch": adaptive_batch, "gpu": gpu}
 
 
 def main() -> None:
