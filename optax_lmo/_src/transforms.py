@@ -147,7 +147,7 @@ def scale_by_norm(
     keep_l = per_leaf(keep, updates, what="keep mask")
     finish = lambda idx, u, st: _finish(out[idx], u, clip_l[idx], st, dual_scale)
     out = [g for _, g in flat]
-    spectral: dict[Any, list] = {}  # (polar, matrix shape) -> [(index, norm, stack)]
+    spectral: dict[Any, list] = {}  # (polar, shape[, "keep"]) -> [(index, norm, stack)]
     for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
       if nrm is None:
         continue
