@@ -1,6 +1,6 @@
 """What randomized layer updates buy: Drop-Muon's update cost, step time, and time to a target loss.
 
-Three measurements, in one process, on one device:
+Three measurements in one process on one device, and one on a mesh:
 
 * ``update``: ``ol.scion``'s update alone on the example GPT's parameter tree
   at ``keep_prob=0.5`` (each spectral matrix updated with probability 1/2, the
@@ -17,12 +17,20 @@ Three measurements, in one process, on one device:
   logged throughput, compiles, evaluations and saves left out; the first log
   interval, which holds the compile, counts as the median interval) at which
   each curve first reaches it, linear between evaluations.
+* ``mesh_update``: ``update`` again on 8 simulated CPU devices (a subprocess:
+  the device count is fixed when jax starts), the parameters laid out as the
+  example's ``--mesh fsdp=8``, on an ``Auto`` and an ``Explicit`` mesh. The
+  spectral matrices go to their owners, who skip the dropped ones. Measured
+  in process CPU time (``time.process_time``: 8 simulated devices share the
+  cores, so it counts the work, not how it overlaps), per update: medians of
+  ``--reps`` interleaved rounds of ``--calls`` calls, and their ratio.
 
-Writes ``benchmarks/results/drop.json``.
+Writes ``benchmarks/results/drop.json`` (with ``--parts`` naming only some
+parts, only where ``--out`` says).
 
 Usage, from the repository root::
 
-  python -m benchmarks.drop [--width 384] [--reps 5] [--steps 300]
+  python -m benchmarks.drop [--width 384] [--reps 5] [--steps 300] [--parts mesh_update]
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import datetime
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +58,8 @@ from examples.gpt import data as data_lib
 from examples.gpt import model as model_lib
 from examples.gpt import train as train_lib
 
+PARTS = ("update", "step", "to_target", "mesh_update")
+MESH_DEVICES = 8
 REDUCED = dict(width=128, depth=4, heads=4, batch=16, seq=64, eval_every=20, eval_batches=8,
                log_every=5)
 TARGET_AT = 0.8
@@ -96,6 +107,78 @@ def update_cost(args, vocab: int) -> dict:
   return dict(width=args.width, depth=args.depth, spectral_matrices=n_spectral,
               seconds_per_update=med, times_s=times, calls_per_round=args.calls,
               ratio=med["keep_prob=0.5"] / med["keep_prob=1"])
+
+
+def _cpu_timed(f) -> tuple[float, float]:
+  """``(process CPU seconds, wall seconds)`` of ``f()``."""
+  c, t = time.process_time(), time.perf_counter()
+  jax.block_until_ready(f())
+  return time.process_time() - c, time.perf_counter() - t
+
+
+def mesh_update_cost(args, vocab: int) -> dict:
+  """``mesh_update``: :func:`mesh_worker` in a subprocess with 8 simulated CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={MESH_DEVICES}"
+  ).strip())
+  flags = ["--width", str(args.width), "--depth", str(args.depth), "--heads", str(args.heads),
+           "--seq", str(args.seq), "--reps", str(args.reps), "--calls", str(args.calls)]
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.drop", "--mesh-worker", str(vocab),
+                         *flags], env=env, cwd=_common.ROOT, stdout=subprocess.PIPE, text=True,
+                        check=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mesh_worker(args, vocab: int) -> dict:
+  """``scion`` updates at keep_prob 0.5 and 1 on an 8-device mesh, in process CPU time."""
+  from jax.sharding import AxisType, NamedSharding
+
+  from examples.gpt import mesh as mesh_lib
+
+  assert jax.device_count() == MESH_DEVICES, jax.devices()
+  gcfg = model_lib.GPTConfig(vocab_size=vocab, seq_len=args.seq, width=args.width,
+                             depth=args.depth, heads=args.heads)
+  params = nnx.state(model_lib.GPT(gcfg, rngs=nnx.Rngs(0)), nnx.Param)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
+  out = dict(devices=MESH_DEVICES, mesh="fsdp=8", width=args.width, depth=args.depth,
+             spectral_matrices=4 * args.depth, calls_per_round=args.calls, by_axis_type={})
+  for at in ("Auto", "Explicit"):
+    mesh = jax.make_mesh((MESH_DEVICES,), ("fsdp",), axis_types=(getattr(AxisType, at),))
+    put = lambda t, mesh=mesh: jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, mesh_lib.leaf_spec(mesh, x.shape))), t)
+    p, g = put(params), put(grads)
+    calls, states = {}, {}
+    with jax.set_mesh(mesh):
+      for keep in (1.0, 0.5):
+        tx = ol.scion(0.01, rules=model_lib.rules(gcfg), keep_prob=keep)
+        states[keep] = jax.jit(tx.init)(p)
+        update = jax.jit(tx.update)
+
+        def call(keep=keep, update=update, p=p, g=g, states=states):  # new draws each call
+          for _ in range(args.calls):
+            u, states[keep] = update(g, states[keep], p)
+          return u
+
+        calls[f"keep_prob={keep:g}"] = call
+      for f in calls.values():  # compile and warm up
+        _cpu_timed(f)
+        _cpu_timed(f)
+      cpu, wall = {k: [] for k in calls}, {k: [] for k in calls}
+      for r in range(args.reps):
+        for k, f in calls.items():
+          c, w = _cpu_timed(f)
+          cpu[k].append(c)
+          wall[k].append(w)
+        print(f"  mesh {at} round {r + 1}/{args.reps}: "
+              + ", ".join(f"{k} {v[-1]:.3f} cpu-s" for k, v in cpu.items()),
+              file=sys.stderr, flush=True)
+    med = {k: float(np.median(v)) / args.calls for k, v in cpu.items()}
+    med_wall = {k: float(np.median(v)) / args.calls for k, v in wall.items()}
+    out["by_axis_type"][at] = dict(
+        cpu_s_per_update=med, wall_s_per_update=med_wall, cpu_s=cpu, wall_s=wall,
+        ratio=med["keep_prob=0.5"] / med["keep_prob=1"],
+        wall_ratio=med_wall["keep_prob=0.5"] / med_wall["keep_prob=1"])
+  return out
 
 
 def step_cost(args, data) -> dict:
@@ -169,16 +252,32 @@ def to_target(args) -> dict:
 
 
 def print_table(res: dict) -> None:
-  u, s, t = res["update"], res["step"], res["to_target"]
-  print(f"\n(a) scion update, width {u['width']} depth {u['depth']}"
-        f" ({u['spectral_matrices']} spectral matrices), s per update:")
-  for k, v in u["seconds_per_update"].items():
-    print(f"  {k:<14} {v:.4f}")
-  print(f"  ratio keep_prob=0.5 / 1: {u['ratio']:.3f}")
-  print(f"\n(b) example step, width {s['width']} depth {s['depth']} batch {s['batch']}x{s['seq']}:")
-  for k, v in s["median_s"].items():
-    print(f"  {k:<8} {v:.4f} s  ({v / s['median_s']['full']:.3f}x full)")
-  print(f"  --drop, mean over uniform cutoffs: {s['drop_mean_s']:.4f} s = {s['ratio']:.3f}x full")
+  if "update" in res:
+    u = res["update"]
+    print(f"\n(a) scion update, width {u['width']} depth {u['depth']}"
+          f" ({u['spectral_matrices']} spectral matrices), s per update:")
+    for k, v in u["seconds_per_update"].items():
+      print(f"  {k:<14} {v:.4f}")
+    print(f"  ratio keep_prob=0.5 / 1: {u['ratio']:.3f}")
+  if "step" in res:
+    s = res["step"]
+    print(f"\n(b) example step, width {s['width']} depth {s['depth']}"
+          f" batch {s['batch']}x{s['seq']}:")
+    for k, v in s["median_s"].items():
+      print(f"  {k:<8} {v:.4f} s  ({v / s['median_s']['full']:.3f}x full)")
+    print(f"  --drop, mean over uniform cutoffs: {s['drop_mean_s']:.4f} s"
+          f" = {s['ratio']:.3f}x full")
+  if "mesh_update" in res:
+    m = res["mesh_update"]
+    print(f"\n(d) scion update on {m['devices']} simulated devices ({m['mesh']}), width"
+          f" {m['width']} depth {m['depth']}, process CPU s per update:")
+    for at, r in m["by_axis_type"].items():
+      c = r["cpu_s_per_update"]
+      print(f"  {at:<8} keep_prob=1 {c['keep_prob=1']:.4f}, 0.5 {c['keep_prob=0.5']:.4f}:"
+            f" ratio {r['ratio']:.3f} (wall {r['wall_ratio']:.3f})")
+  if "to_target" not in res:
+    return
+  t = res["to_target"]
   print(f"\n(c) to the full run's val loss at step {t['target']['full_run_step']}"
         f" ({t['target']['val_loss']:.4f}):")
   print(f"  {'run':<5} {'steps':>7} {'train s':>8} {'final val':>9} {'total train s':>13}")
@@ -199,11 +298,21 @@ def main(argv=None) -> None:
   p.add_argument("--batch", type=int, default=16, help="batch of (b)")
   p.add_argument("--seq", type=int, default=128, help="sequence length of (b)")
   p.add_argument("--reps", type=int, default=5, help="timed rounds (medians)")
-  p.add_argument("--calls", type=int, default=4, help="updates per round in (a)")
+  p.add_argument("--calls", type=int, default=4, help="updates per round in (a) and (d)")
   p.add_argument("--steps", type=int, default=300, help="steps of the runs of (c)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=os.path.join(_common.RESULTS, "drop.json"))
+  p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                 help="the measurements to run (default: all)")
+  p.add_argument("--out", default=None, help="the JSON to write (default, with every part:"
+                 " benchmarks/results/drop.json; with some: none)")
+  p.add_argument("--mesh-worker", type=int, default=None, metavar="VOCAB",
+                 help=argparse.SUPPRESS)  # run by mesh_update in its own process
   args = p.parse_args(argv)
+  if args.mesh_worker is not None:
+    print(json.dumps(mesh_worker(args, args.mesh_worker)))
+    return
+  if args.out is None and set(args.parts) == set(PARTS):
+    args.out = os.path.join(_common.RESULTS, "drop.json")
   t0 = time.perf_counter()
   data = data_lib.load(None)
   now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -211,13 +320,19 @@ def main(argv=None) -> None:
              command=_common.command("drop", argv), device=_common.device_name(),
              jax=jax.__version__, optax=optax.__version__,
              load_average_at_start=os.getloadavg())
-  res["update"] = update_cost(args, data.vocab_size)
-  res["step"] = step_cost(args, data)
-  res["to_target"] = to_target(args)
+  if "update" in args.parts:
+    res["update"] = update_cost(args, data.vocab_size)
+  if "step" in args.parts:
+    res["step"] = step_cost(args, data)
+  if "to_target" in args.parts:
+    res["to_target"] = to_target(args)
+  if "mesh_update" in args.parts:
+    res["mesh_update"] = mesh_update_cost(args, data.vocab_size)
   res["wall_s"] = time.perf_counter() - t0
   print_table(res)
-  _common.write_json(res, args.out)
-  print(f"\nwrote {args.out} in {res['wall_s']:.0f} s")
+  if args.out is not None:
+    _common.write_json(res, args.out)
+    print(f"\nwrote {args.out} in {res['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -234,12 +234,18 @@ def drop() -> str | None:
   u, s, t = d["update"], d["step"], d["to_target"]
   head = (f"Drop-Muon on {d['device']} (load average {d['load_average_at_start'][0]:.0f} at "
           f"the start), medians of interleaved rounds in one process; `{d['command']}`.\n\n")
+  m = d.get("mesh_update", {"by_axis_type": {}})  # files written before it have none
+  mesh = [[f"... on {m['devices']} simulated devices (`{m['mesh']}`, {at}), process CPU time",
+           f"{r['cpu_s_per_update']['keep_prob=1']:.3f} s",
+           f"{r['cpu_s_per_update']['keep_prob=0.5']:.3f} s", f"{r['ratio']:.2f}"]
+          for at, r in m["by_axis_type"].items()]
   cost = _table(
       ["what", "full", "dropped", "ratio"],
       [[f"`ol.scion` update, width {u['width']}, depth {u['depth']}, keep_prob 0.5 vs 1",
         f"{u['seconds_per_update']['keep_prob=1']:.3f} s",
-        f"{u['seconds_per_update']['keep_prob=0.5']:.3f} s", f"{u['ratio']:.2f}"],
-       [f"example step, width {s['width']}, depth {s['depth']}, batch {s['batch']}x{s['seq']},"
+        f"{u['seconds_per_update']['keep_prob=0.5']:.3f} s", f"{u['ratio']:.2f}"]]
+      + mesh
+      + [[f"example step, width {s['width']}, depth {s['depth']}, batch {s['batch']}x{s['seq']},"
         f" `--drop` (mean over the cutoffs)", f"{s['median_s']['full']:.3f} s",
         f"{s['drop_mean_s']:.3f} s", f"{s['ratio']:.2f}"]]
       + [[f"... cutoff {c}", "", f"{s['median_s'][f'cut={c}']:.3f} s", f"{r:.2f}"]

@@ -257,15 +257,12 @@ def _worker() -> dict:
     }
 
   # The optimizers pass `exchange_dtype` through, also under inject_hyperparams
-  # (where a dtype, being callable, must be a static argument; so must
-  # keep_prob there: injected as an array it could drop leaves, which then take
-  # their polar factor where they live instead of going to an owner).
+  # (where a dtype, being callable, must be a static argument).
   def first_update(opt, p):
     return opt.update(jax.tree.map(jnp.sin, p), opt.init(p), p)[0]
 
   def injected(name, **kw):
-    static = ("exchange_dtype",) + (("keep_prob",) if name != "polargrad" else ())
-    return optax.inject_hyperparams(getattr(ol, name), static_args=static)(
+    return optax.inject_hyperparams(getattr(ol, name), static_args=("exchange_dtype",))(
         learning_rate=0.1, **kw
     )
 

@@ -86,8 +86,11 @@ def scion(
       (Drop-Muon, :func:`~optax_lmo.drop_leaves`): a dropped leaf neither moves
       nor pays for its polar factor, and its momentum keeps accumulating. A
       group's ``keep_prob`` overrides it. ``None`` (the default): every leaf
-      every step, batched and exchanged as usual; a sampled leaf's polar factor
-      runs alone under a ``lax.cond`` on the device that holds it.
+      every step. Sampled leaves are batched apart from the others: on one
+      device each runs its polar factor under a ``lax.cond``; on a mesh they go
+      to their owner devices like the others, and an owner skips each dropped
+      matrix (one ``lax.cond`` per matrix). Injected
+      (``optax.inject_hyperparams``) it samples every spectral leaf, even at 1.
     seed: seed of those draws (static: under ``optax.inject_hyperparams`` name
       it in ``static_args``, or it is taken as a number and still only seeds).
 

@@ -3,7 +3,8 @@ r"""Randomized layer updates (Drop-Muon): each step updates only a random subset
 :func:`drop_leaves` wraps an optimizer. Every step it draws, for each leaf with
 a keep probability ``p``, whether the leaf is updated; a dropped leaf gets a
 zero update (no step, no decay) and, inside :func:`~optax_lmo.scale_by_norm`,
-does not pay for its polar factor. The inner optimizer still sees every
+does not pay for its polar factor (on one device, or on its owner device on a
+mesh). The inner optimizer still sees every
 gradient, so a dropped leaf's momentum keeps accumulating and its next step
 uses it. The draws come from a key in the state, folded with the step count:
 runs are reproducible and a restored checkpoint resumes the same draws.
@@ -51,7 +52,9 @@ def drop_leaves(
     inner: the optimizer whose updates are sampled.
     keep_prob: one probability for every leaf, or a pytree of them matched to
       the parameters by path (``None``: the leaf is always updated). May be
-      traced (``optax.inject_hyperparams``).
+      traced (``optax.inject_hyperparams``); a traced probability draws even
+      where its value is 1, so its leaves take the sampled path of
+      :func:`~optax_lmo.scale_by_norm`.
     seed: seed of the draws.
 
   Returns:

@@ -9,7 +9,10 @@ carried to the owners :func:`~optax_lmo._src.plan.make_plan` picks:
    pick a slice: no communication);
 2. each device runs one batched call of the group's function on the matrices it
    owns, with no collective inside the Newton–Schulz loop; devices holding only
-   padding skip it (``lax.cond``);
+   padding skip it (``lax.cond``). Stacks given a keep bit (randomized layer
+   updates) run one ``lax.cond`` per matrix instead, so a dropped matrix costs
+   nothing on its owner: the plan says which matrix each slot holds, and the
+   keep bits are replicated;
 3. one ``all_to_all`` back (and an ``all_gather`` over replicated axes) returns
    every stack in its own layout.
 
@@ -152,13 +155,28 @@ def _unpack(x: jax.Array, wire, dtype) -> jax.Array:
   return jax.lax.bitcast_convert_type(x, wire).astype(dtype)
 
 
+def _each(fn: Callable, w: jax.Array, keep: jax.Array) -> jax.Array:
+  """``fn`` on each matrix of ``w`` whose ``keep`` bit is set, zeros for the others.
+
+  One ``lax.cond`` per matrix, one after another (``lax.map``): a cond over the
+  batch would have to run ``fn`` whenever any matrix is kept, and a ``vmap``-ed
+  one becomes a select that runs it on all of them.
+  """
+  one = lambda m, k: jax.lax.cond(k, fn, jnp.zeros_like, m)
+  if w.shape[0] == 1:
+    return one(w, keep[0])
+  return jax.lax.map(lambda mk: one(mk[0][None], mk[1])[0], (w, keep))
+
+
 def _own(
-    x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable, wire: Any = None
+    x: jax.Array, unit: Unit, sizes: dict[str, int], fn: Callable, wire: Any = None, keep=None
 ) -> jax.Array:
   """Runs ``fn`` on whole matrices: local stack in, local stack out (inside ``shard_map``).
 
   ``x`` is this device's ``(n, d_in / rows, d_out / cols)`` block of the unit;
-  ``wire`` (a dtype or ``None``) is what the blocks travel in, both ways.
+  ``wire`` (a dtype or ``None``) is what the blocks travel in, both ways;
+  ``keep`` (``None``, or ``n`` booleans, the same on every device) marks the
+  matrices ``fn`` runs on: the others come back zero, and their owners skip it.
   """
   wire = x.dtype if wire is None else jnp.dtype(wire)
   n, i_loc, o_loc = x.shape
@@ -184,14 +202,17 @@ def _own(
   # Blocks (row member, col member) -> whole matrices (slots, d_in, d_out).
   w = xs.reshape(n_rows, n_cols, slots, i_loc, o_loc).transpose(2, 0, 3, 1, 4)
   w = w.reshape(slots, n_rows * i_loc, n_cols * o_loc)
+  chunk = _index(unit.replicated + unit.split, sizes)
   outs = []
-  if q:
+  if keep is not None:  # the keep bit of each slot's matrix, false on padding
+    pos = plan_lib.slot_positions(unit, owners)
+    outs.append(_each(fn, w, jnp.where(pos >= 0, keep[np.maximum(pos, 0)], False)[chunk]))
+  elif q:
     outs.append(fn(w[:q]))
-  if unit.extra:
+  if unit.extra and keep is None:
     mask = np.zeros(owners, bool)
     mask[list(unit.extra)] = True
-    mine = jnp.asarray(mask)[_index(unit.replicated + unit.split, sizes)]
-    outs.append(jax.lax.cond(mine, fn, jnp.zeros_like, w[q:]))
+    outs.append(jax.lax.cond(jnp.asarray(mask)[chunk], fn, jnp.zeros_like, w[q:]))
   y = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
   # And back: the inverse of each step.
   ys = y.reshape(slots, n_rows, i_loc, n_cols, o_loc).transpose(1, 3, 0, 2, 4)
@@ -218,6 +239,7 @@ def polar_stacks(
     groups: Sequence[Sequence[jax.Array]],
     mesh: Any = None,
     exchange_dtype: Any = None,
+    keeps: Sequence[Sequence[Any]] | None = None,
 ) -> list[list[jax.Array]]:
   """Applies each group's function to its stacks in one batched call, on owner devices on a mesh.
 
@@ -231,6 +253,11 @@ def polar_stacks(
       and back (see :func:`check_dtype`); ``None``: their own float32. The
       functions still see float32 stacks. Off a mesh nothing travels and it is
       ignored.
+    keeps: ``None``, or per group, per stack: ``None`` (always computed) or a
+      boolean scalar; where it is false the stack comes back zero and its
+      function is not run (``lax.cond``: per stack on one device, per matrix
+      on its owner on a mesh). Stacks without one are computed as without
+      ``keeps``.
 
   Returns:
     Per group, the results stack by stack, each in its input's layout.
@@ -242,13 +269,18 @@ def polar_stacks(
     >>> u.shape
     (1, 4, 8)
   """
+  keeps = keeps or [[None] * len(ms) for ms in groups]
   if mesh is None:
-    return _batched(fns, groups)
+    return _batched(fns, groups, keeps)
+  bits = [jnp.asarray(k).astype(bool).reshape(()) for ks in keeps for k in ks if k is not None]
+  where = iter(range(len(bits)))  # each stack's index in the replicated vector of keep bits
+  slots = [[None if k is None else next(where) for k in ks] for ks in keeps]
+  extra = (jnp.stack(bits),) if bits else ()
   flat = [m for ms in groups for m in ms]
   starts = np.cumsum([0] + [len(ms) for ms in groups]).tolist()
   layouts = [_layout(m, mesh, 3) for m in flat]
   if any(layout is None for layout in layouts):
-    res = _partitioned(fns, groups, mesh, exchange_dtype)
+    res = _partitioned(fns, groups, mesh, exchange_dtype, slots, extra)
   else:
     metas = [
         [(m.shape, layouts[starts[j] + p]) for p, m in enumerate(ms)]
@@ -259,13 +291,13 @@ def polar_stacks(
         a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True) if t != AxisType.Manual
     )
     res = jax.shard_map(
-        _local_fn(fns, metas, mesh, exchange_dtype),
+        _local_fn(fns, metas, mesh, exchange_dtype, slots),
         mesh=mesh,
-        in_specs=specs,
+        in_specs=specs + (P(),) * len(extra),
         out_specs=specs,
         axis_names=free,
         check_vma=False,
-    )(*flat)
+    )(*flat, *extra)
   return [list(res[starts[j] : starts[j + 1]]) for j in range(len(groups))]
 
 
@@ -278,23 +310,45 @@ def _split(stack: jax.Array, like: Sequence[jax.Array]) -> list[jax.Array]:
   return list(jnp.split(stack, bounds)) if bounds else [stack]
 
 
-def _batched(fns, groups) -> list[list[jax.Array]]:
-  """The single-device program: each group concatenated into one call."""
-  return [_split(fn(_concat(ms)), ms) for fn, ms in zip(fns, groups, strict=True)]
+def _batched(fns, groups, keeps) -> list[list[jax.Array]]:
+  """The single-device program: each group's stacks without a keep bit in one call, the others
+  each under its own ``lax.cond``."""
+  out = []
+  for fn, ms, ks in zip(fns, groups, keeps, strict=True):
+    always = [m for m, k in zip(ms, ks, strict=True) if k is None]
+    done = iter(_split(fn(_concat(always)), always) if always else ())
+    cond = lambda m, k, fn=fn: jax.lax.cond(k, fn, jnp.zeros_like, m)
+    out.append([next(done) if k is None else cond(m, k) for m, k in zip(ms, ks, strict=True)])
+  return out
 
 
-def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None) -> Callable:
-  """The per-device program (inside ``shard_map`` or a custom partitioning) for all groups."""
+def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None, slots=None) -> Callable:
+  """The per-device program (inside ``shard_map`` or a custom partitioning) for all groups.
+
+  With ``slots`` (per group, per stack: ``None`` or the index of its keep bit)
+  holding any index, the program takes the vector of keep bits last.
+  """
   plan = plan_lib.make_plan(metas, mesh)
   sizes = dict(zip(plan.axes, plan.sizes, strict=True))
   starts = np.cumsum([0] + [len(m) for m in metas]).tolist()
+  slots = slots or [[None] * len(m) for m in metas]
+  sampled = any(k is not None for ks in slots for k in ks)
 
   def local(*blocks):
+    bits = blocks[-1] if sampled else None
+    blocks = blocks[:-1] if sampled else blocks
     res = list(blocks)
     for unit in plan.units:
       base = starts[unit.group]
       mine = [blocks[base + p] for p in unit.members]
-      y = _own(_concat(mine), unit, sizes, fns[unit.group], wire)
+      ks = [slots[unit.group][p] for p in unit.members]
+      keep = None
+      if any(k is not None for k in ks):  # one bit per matrix of the unit's local stack
+        keep = _concat([
+            jnp.full(len(m), True) if k is None else jnp.broadcast_to(bits[k], (len(m),))
+            for m, k in zip(mine, ks, strict=True)
+        ])
+      y = _own(_concat(mine), unit, sizes, fns[unit.group], wire, keep)
       for p, piece in zip(unit.members, _split(y, mine), strict=True):
         res[base + p] = piece
     return tuple(res)
@@ -302,7 +356,7 @@ def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None) -> Callable
   return local
 
 
-def _partitioned(fns, groups, mesh, wire: Any = None) -> tuple[jax.Array, ...]:
+def _partitioned(fns, groups, mesh, wire: Any = None, slots=None, extra=()) -> tuple:
   """Auto axes: the layouts are only known to XLA's partitioner, so ask it.
 
   A ``custom_partitioning`` op whose partition rule reads the layout XLA gave
@@ -311,37 +365,45 @@ def _partitioned(fns, groups, mesh, wire: Any = None) -> tuple[jax.Array, ...]:
   reference implementation (used for shapes, and where nothing is partitioned)
   is the single-device program under ``jax.jit``, which keeps the functions'
   constants (coefficient tables) inside, as ``custom_partitioning`` requires.
+  ``extra`` is ``()`` or the vector of keep bits (``slots`` index it), an
+  operand kept replicated.
   """
   n = sum(len(ms) for ms in groups)
   bounds = np.cumsum([0] + [len(ms) for ms in groups]).tolist()
+  slots = slots or [[None] * len(ms) for ms in groups]
 
   def regroup(pieces):
     return [pieces[bounds[j] : bounds[j + 1]] for j in range(len(groups))]
 
   @jax.jit
-  def single_device(*pieces):
-    return tuple(u for us in _batched(fns, regroup(pieces)) for u in us)
+  def single_device(*args):
+    bits = args[n] if extra else None
+    keeps = [[None if k is None else bits[k] for k in ks] for ks in slots]
+    return tuple(u for us in _batched(fns, regroup(args[:n]), keeps) for u in us)
 
   def partition(mesh, arg_shapes, result_shape):
     del result_shape
     layouts = [
         plan_lib.fit_layout(plan_lib.spec_layout(a.sharding.spec, 3), a.shape, mesh)
-        for a in arg_shapes
+        for a in arg_shapes[:n]
     ]
     metas = [[(arg_shapes[k].shape, layouts[k]) for k in ks] for ks in regroup(range(n))]
     shardings = tuple(NamedSharding(mesh, P(*layout)) for layout in layouts)
-    return mesh, _local_fn(fns, metas, mesh, wire), shardings, shardings
+    args = shardings + (NamedSharding(mesh, P()),) * len(extra)
+    return mesh, _local_fn(fns, metas, mesh, wire, slots), shardings, args
 
   def infer(mesh, arg_shapes, result_shape):
     del mesh, result_shape
-    return tuple(a.sharding for a in arg_shapes)
+    return tuple(a.sharding for a in arg_shapes[:n])
 
   matrices = ", ".join(f"b{k} i{k} o{k}" for k in range(n))
-  op = custom_partitioning(lambda *pieces: single_device(*pieces))
+  operands = matrices + ", k" * len(extra)
+  op = custom_partitioning(lambda *args: single_device(*args))
   op.def_partition(
-      partition, infer_sharding_from_operands=infer, sharding_rule=f"{matrices} -> {matrices}"
+      partition, infer_sharding_from_operands=infer, sharding_rule=f"{operands} -> {matrices}",
+      need_replication_factors=("k",) if extra else (),
   )
-  return op(*(m for ms in groups for m in ms))
+  return op(*(m for ms in groups for m in ms), *extra)
 
 
 __all__ = ["check_dtype", "find_mesh", "polar_stacks"]

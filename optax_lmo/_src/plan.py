@@ -154,6 +154,34 @@ def _chunk(unit: Unit, coords: dict[str, int], sizes: dict[str, int]) -> int:
   return c
 
 
+def slot_positions(unit: Unit, owners: int) -> np.ndarray:
+  """Which matrix of the unit's local stack each owner's slot holds.
+
+  The owner of chunk ``c`` takes, in round ``r < rounds``, local matrix
+  ``r * owners + c``; the ``extra`` owners take the ones left over, in order.
+
+  Args:
+    unit: the unit.
+    owners: its number of owner chunks (the product of its replicated and
+      split axes' sizes).
+
+  Returns:
+    An ``int`` array ``(owners, slots)``, ``-1`` where a slot is padding.
+
+  Examples:
+    >>> from optax_lmo._src import plan as plan_lib
+    >>> unit = plan_lib.Unit(0, (0,), ((), ("x",), ()), (8, 8), 6, (), ("x",), 1, (1, 2))
+    >>> plan_lib.slot_positions(unit, 4).tolist()
+    [[0, -1], [1, 4], [2, 5], [3, -1]]
+  """
+  slots = unit.rounds + bool(unit.extra)
+  pos = np.full((owners, slots), -1)
+  pos[:, : unit.rounds] = np.arange(unit.rounds * owners).reshape(unit.rounds, owners).T
+  if unit.extra:
+    pos[list(unit.extra), unit.rounds] = unit.rounds * owners + np.arange(len(unit.extra))
+  return pos
+
+
 def make_plan(
     groups: Sequence[Sequence[tuple[tuple[int, int, int], Layout]]], mesh
 ) -> Plan:
@@ -237,5 +265,5 @@ def make_plan(
 
 __all__ = [
     "Axes", "Layout", "Plan", "Unit", "fit_layout", "make_plan", "polar_cost", "spec_layout",
-    "usable_axes",
+    "slot_positions", "usable_axes",
 ]

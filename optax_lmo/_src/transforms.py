@@ -96,8 +96,9 @@ def scale_by_norm(
   ``update`` takes an optional extra argument ``keep``: a pytree of booleans
   matched to the updates by path (``None`` entries: always computed), as
   :func:`~optax_lmo.drop_leaves` passes it. A spectral leaf whose entry is
-  false gets a zero direction without running its polar factor (it is taken
-  out of the batched call and computed under ``lax.cond``).
+  false gets a zero direction without running its polar factor: sampled leaves
+  are batched apart from the others, each under ``lax.cond`` on one device and
+  one ``lax.cond`` per matrix on its owner on a mesh.
 
   Args:
     norms: a :class:`~optax_lmo.norms.Norm` for every leaf, or a pytree of norms
@@ -146,7 +147,7 @@ def scale_by_norm(
     keep_l = per_leaf(keep, updates, what="keep mask")
     finish = lambda idx, u, st: _finish(out[idx], u, clip_l[idx], st, dual_scale)
     out = [g for _, g in flat]
-    spectral: dict[Any, list] = {}  # (polar, matrix shape) -> [(index, norm, stack)]
+    spectral: dict[Any, list] = {}  # (polar, shape[, "keep"]) -> [(index, norm, stack)]
     for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
       if nrm is None:
         continue
@@ -155,19 +156,17 @@ def scale_by_norm(
         raise TypeError(f"{p}: expected a Norm or None, got {nrm!r}.")
       _check_float(g, p)
       st = nrm.to_stack(g, spec_l[idx], path=p)
-      if isinstance(nrm, Spectral) and keep_l[idx] is not None:  # sampled: skip when dropped
-        m = st.matrices
-        u = jax.lax.cond(keep_l[idx], nrm.polar.apply, jnp.zeros_like, m)
-        out[idx] = finish(idx, nrm.factor(*m.shape[-2:]) * u, st)
-      elif isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
-        key = (nrm.polar, st.matrices.shape[1:] if batch else idx)
+      if isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
+        sampled = keep_l[idx] is not None  # skipped when dropped: its own group
+        key = (nrm.polar, st.matrices.shape[1:] if batch else idx) + (("keep",) if sampled else ())
         spectral.setdefault(key, []).append((idx, nrm, st))
       else:  # row-local LMOs run where the data lives
         out[idx] = finish(idx, nrm.lmo_matrices(st.matrices), st)
     stacks = [[st.matrices for _, _, st in items] for items in spectral.values()]
     mesh = exchange_lib.find_mesh([m for ms in stacks for m in ms], distribute)
+    keeps = [[keep_l[idx] for idx, _, _ in items] for items in spectral.values()]
     polars = exchange_lib.polar_stacks(
-        [pol.apply for pol, _ in spectral], stacks, mesh, exchange_dtype=wire
+        [key[0].apply for key in spectral], stacks, mesh, exchange_dtype=wire, keeps=keeps
     )
     for items, ps in zip(spectral.values(), polars, strict=True):
       for (idx, nrm, st), p in zip(items, ps, strict=True):
