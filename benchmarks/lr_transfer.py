@@ -271,7 +271,7 @@ def plot(result: dict, path: str) -> None:
         x = [r["log2_lr"] for r in rs]
         y = [r["val_loss"] if math.isfinite(r["val_loss"]) else np.nan for r in rs]
         ax.plot(x, y, "o-", color=color, label=f"{axis} {n}")
-        b = sec["best"].get(opt, {}).get(str(n))
+        b = sec.get("best", {}).get(opt, {}).get(str(n))
         if b:
           ax.plot([b["log2_lr"]], [b["val_loss"]], "*", ms=14, color=color, mec="k")
       init = "scion init" if OPTIMIZERS[opt] == "scion" else "standard init"
