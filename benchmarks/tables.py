@@ -105,33 +105,61 @@ def sharding() -> str | None:
                         "optax: collectives", "in loop", "bytes", "flops"], rows)
 
 
+def _best_rows(section: dict) -> list[list]:
+  return [[opt, n, f"2^{b['log2_lr']:.0f}", f"{b['val_loss']:.4f}", f"{b['output_norm']:.3g}",
+           f"{b['log2_output_norm']:.2f}"]
+          for opt, by_size in section["best"].items() for n, b in by_size.items()]
+
+
 def lr_transfer() -> str | None:
   d = _load("lr_transfer.json")
   if d is None:
     return None
-  c, rows = d["config"], []
-  for opt, by_width in d["best"].items():
-    for w, b in by_width.items():
-      rows.append([opt, w, f"2^{b['log2_lr']:.0f}", f"{b['val_loss']:.4f}",
-                   f"{b['output_norm']:.3g}", f"{b['log2_output_norm']:.2f}"])
-  head = (f"Best learning rate per width, {c['depth']}-layer char GPT on "
-          f"{os.path.basename(c['data'])}, {c['steps']} steps of {c['batch']}x{c['seq']} "
-          f"tokens, grid of powers of 2 ({c['points']} points centred on each default, "
-          f"extended past an edge holding the best); {d['machine']['device']}; "
-          f"`{d['command']}`.\n\n")
-  table = _table(["optimizer", "width", "best lr", "val loss",
-                  "output norm RMS->inf", "log2"], rows)
-  t = d["targets"]
-  spread = ", ".join(
-      f"{o} {t[o]['best_lr_spread_log2']:.0f} / {t[o]['output_norm_spread_log2']:.2f}"
-      for o in t if o != "summary")
-  s = t["summary"]
-  foot = (f"\n\nSpread across widths of log2 best lr / log2 output norm: {spread}. Targets: "
-          f"Scion's best lr within one power of 2 at every width: "
-          f"{_mark(s['scion_best_lr_within_one_power_of_2'])}; AdamW's moves: "
-          f"{_mark(s['adamw_best_lr_moves'])}; Scion's output norm within 0.5 in log2: "
-          f"{_mark(s['scion_output_norm_within_half_log2'])}.")
-  return head + table + foot
+  if "runs" in d:  # written before the depth sweep: the width sweep alone
+    d = {"width": d}
+  parts = []
+  if "width" in d:
+    w = d["width"]
+    c, t = w["config"], w["targets"]
+    spread = ", ".join(
+        f"{o} {t[o]['best_lr_spread_log2']:.0f} / {t[o]['output_norm_spread_log2']:.2f}"
+        for o in t if o != "summary")
+    s = t["summary"]
+    parts.append(
+        f"Best learning rate per width, {c['depth']}-layer char GPT on "
+        f"{os.path.basename(c['data'])}, {c['steps']} steps of {c['batch']}x{c['seq']} "
+        f"tokens, grid of powers of 2 ({c['points']} points centred on each default, "
+        f"extended past an edge holding the best); {w['machine']['device']}; "
+        f"`{w['command']}`.\n\n"
+        + _table(["optimizer", "width", "best lr", "val loss", "output norm RMS->inf", "log2"],
+                 _best_rows(w))
+        + f"\n\nSpread across widths of log2 best lr / log2 output norm: {spread}. Targets: "
+        f"Scion's best lr within one power of 2 at every width: "
+        f"{_mark(s['scion_best_lr_within_one_power_of_2'])}; AdamW's moves: "
+        f"{_mark(s['adamw_best_lr_moves'])}; Scion's output norm within 0.5 in log2: "
+        f"{_mark(s['scion_output_norm_within_half_log2'])}.")
+  if "depth" in d:
+    p = d["depth"]
+    c, t = p["config"], p["targets"]
+    spread = ", ".join(
+        f"{o} {t[o]['best_lr_spread_log2']:.0f} / {t[o]['output_norm_spread_log2']:.2f}"
+        for o in t if o != "summary")
+    edge = "; ".join(f"{o} at depth {', '.join(t[o]['best_at_grid_edge'])}"
+                     for o in t if o != "summary" and t[o]["best_at_grid_edge"])
+    s = t["summary"]
+    parts.append(
+        f"Best learning rate per depth, width-{c['width']} char GPT on "
+        f"{os.path.basename(c['data'])}, {c['steps']} steps of {c['batch']}x{c['seq']} "
+        f"tokens, the same grids; {p['machine']['device']}; `{p['command']}`.\n\n"
+        + _table(["optimizer", "depth", "best lr", "val loss", "output norm RMS->inf", "log2"],
+                 _best_rows(p))
+        + f"\n\nSpread across depths of log2 best lr / log2 output norm: {spread}"
+        + (f" (best at the edge of what was tried: {edge})" if edge else "")
+        + ". Targets: Scion's best lr within one power of 2 at every depth: "
+        f"{_mark(s['scion_best_lr_within_one_power_of_2'])}; Scion's output norm within 0.5 "
+        f"in log2: {_mark(s['scion_output_norm_within_half_log2'])}; AdamW's spread is "
+        f"reported, not a target.")
+  return "\n\n".join(parts) or None
 
 
 def convergence() -> str | None:
