@@ -263,8 +263,10 @@ def drop() -> str | None:
   head = (f"Drop-Muon on {d['device']} (load average {d['load_average_at_start'][0]:.0f} at "
           f"the start), medians of interleaved rounds in one process; `{d['command']}`.\n\n")
   m = d.get("mesh_update", {"by_axis_type": {}})  # files written before it have none
-  if "command" in m:  # measured in a later run of that part alone
-    head = head[:-3] + f"; the simulated-device rows: `{m['command']}`.\n\n"
+  later = [(what, part["command"]) for what, part in (("update", u), ("simulated-device", m))
+           if "command" in part]  # measured again in a later run of that part alone
+  if later:
+    head = head[:-3] + "".join(f"; the {w} rows: `{c}`" for w, c in later) + ".\n\n"
   mesh = [[f"... on {m['devices']} simulated devices (`{m['mesh']}`, {at}), process CPU time",
            f"{r['cpu_s_per_update']['keep_prob=1']:.3f} s",
            f"{r['cpu_s_per_update']['keep_prob=0.5']:.3f} s", f"{r['ratio']:.2f}"]
