@@ -6,8 +6,9 @@ with the same tuning budget:
 * a grid of ``--points`` (4) learning rates, powers of 2 around its default in
   ``examples.gpt.optim.DEFAULT_LR`` (``2^-2 .. 2^1`` times it), extended by up to
   ``--extend`` points past an edge while the best run sits on it;
-* for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9)
-  and the hidden radius halved and doubled (the scion init follows the radius);
+* for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9),
+  the hidden radius (3) and output radius (10) halved and doubled (the scion
+  init follows the radii), and the decay over 50% of the steps (against 30%);
 * ``scion@0.67``: the best Scion setting again with a schedule 0.67x as long, a
   direct check of the target (a curve read at an intermediate step has not had
   its learning-rate decay).
@@ -100,15 +101,20 @@ class Job:
   steps: int
   beta: float | None = None  # None: the example's default for the optimizer
   hidden_radius: float = 3.0
+  output_radius: float = 10.0
+  decay_frac: float = 0.3  # the share of the steps the learning rate decays over
 
   def key(self) -> list:
-    return [self.label, self.optimizer, self.lr, self.steps, self.beta, self.hidden_radius]
+    key = [self.label, self.optimizer, self.lr, self.steps, self.beta, self.hidden_radius]
+    extra = [self.output_radius, self.decay_frac]
+    return key + extra if extra != [10.0, 0.3] else key
 
 
 def train_config(job: Job, args, workdir: str):
   return train_lib.make_config(
       optimizer=job.optimizer, init=INIT[job.optimizer], lr=job.lr, beta=job.beta,
-      hidden_radius=job.hidden_radius, steps=job.steps, batch=args.batch, seq=args.seq,
+      hidden_radius=job.hidden_radius, output_radius=job.output_radius,
+      decay_frac=job.decay_frac, steps=job.steps, batch=args.batch, seq=args.seq,
       width=args.width, depth=args.depth, heads=args.heads, eval_every=args.eval_every,
       eval_batches=args.eval_batches, ckpt_every=job.steps, keep_ckpts=1, data=args.data,
       workdir=workdir, seed=args.seed, resume=False, progress=False, plot=False)
@@ -179,7 +185,8 @@ def next_job(runs: list[dict], args) -> Job | None:
   """The next run of the sweep given those done, or ``None`` when it is complete.
 
   AdamW's grid and Scion's first, then Scion's variants (the answer to the goal
-  and its diagnosis), then the other optimizers' grids.
+  and its diagnosis), then the other optimizers' grids, then Scion's output
+  radius halved and doubled and its decay over 50% of the steps.
   """
   done = {json.dumps(r["key"]) for r in runs}
 
@@ -204,6 +211,14 @@ def next_job(runs: list[dict], args) -> Job | None:
   for opt in rest:
     if job := grid_job(opt):
       return job
+  sc = best(runs, label="scion")
+  if sc is None or not args.variants:
+    return None
+  for job in (Job("scion output radius x0.5", "scion", sc["lr"], args.steps, output_radius=5.0),
+              Job("scion output radius x2", "scion", sc["lr"], args.steps, output_radius=20.0),
+              Job("scion decay over 50%", "scion", sc["lr"], args.steps, decay_frac=0.5)):
+    if todo(job):
+      return job
   return None
 
 
@@ -219,6 +234,7 @@ def scion_variants(runs: list[dict], args) -> list[Job]:
   if any(json.dumps(j.key()) not in done for j in jobs):
     return jobs
   top = min((r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+             and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3
              and math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
   return [Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
               top["hidden_radius"])]
