@@ -6,9 +6,11 @@ with the same tuning budget:
 * a grid of ``--points`` (4) learning rates, powers of 2 around its default in
   ``examples.gpt.optim.DEFAULT_LR`` (``2^-2 .. 2^1`` times it), extended by up to
   ``--extend`` points past an edge while the best run sits on it;
-* for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9),
-  the hidden radius (3) and output radius (10) halved and doubled (the scion
-  init follows the radii), and the decay over 50% of the steps (against 30%);
+* for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9)
+  and the hidden radius (3) halved and doubled (the scion init follows the
+  radii); then, from its best run so far, the hidden radius doubled again, the
+  output radius (10) doubled and halved, and the decay over 50% of the steps
+  (against 30%);
 * ``scion@0.67``: the best Scion setting again with a schedule 0.67x as long, a
   direct check of the target (a curve read at an intermediate step has not had
   its learning-rate decay).
@@ -185,8 +187,8 @@ def next_job(runs: list[dict], args) -> Job | None:
   """The next run of the sweep given those done, or ``None`` when it is complete.
 
   AdamW's grid and Scion's first, then Scion's variants (the answer to the goal
-  and its diagnosis), then the other optimizers' grids, then Scion's output
-  radius halved and doubled and its decay over 50% of the steps.
+  and its diagnosis), then the other optimizers' grids, then follow-ups from
+  Scion's best run so far (:func:`scion_followups`).
   """
   done = {json.dumps(r["key"]) for r in runs}
 
@@ -211,15 +213,36 @@ def next_job(runs: list[dict], args) -> Job | None:
   for opt in rest:
     if job := grid_job(opt):
       return job
-  sc = best(runs, label="scion")
-  if sc is None or not args.variants:
-    return None
-  for job in (Job("scion output radius x0.5", "scion", sc["lr"], args.steps, output_radius=5.0),
-              Job("scion output radius x2", "scion", sc["lr"], args.steps, output_radius=20.0),
-              Job("scion decay over 50%", "scion", sc["lr"], args.steps, decay_frac=0.5)):
+  for job in scion_followups(runs, args):
     if todo(job):
       return job
   return None
+
+
+def scion_followups(runs: list[dict], args) -> list[Job]:
+  """From Scion's best run so far: hidden radius x2 again, output radius x0.5 and x2, 50% decay."""
+  top = _top_scion(runs, args)
+  if top is None or not args.variants or scion_variants(runs, args):  # those first
+    return []
+  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
+  base = f"scion hidden radius {hidden:g}"
+  same = [r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+          and (r["lr"], r["beta"], r["hidden_radius"]) == (lr, beta, 2 * hidden)
+          and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3]
+  again = [] if same else [Job(f"scion hidden radius {2 * hidden:g}", "scion", lr, args.steps,
+                                   beta, 2 * hidden)]  # not when that radius was run already
+  return again + [
+          Job(f"{base}, output radius 20", "scion", lr, args.steps, beta, hidden,
+              output_radius=20.0),
+          Job(f"{base}, output radius 5", "scion", lr, args.steps, beta, hidden,
+              output_radius=5.0),
+          Job(f"{base}, decay over 50%", "scion", lr, args.steps, beta, hidden, decay_frac=0.5)]
+
+
+def _top_scion(runs: list[dict], args) -> dict | None:
+  """Scion's best full-length run with the default output radius and decay."""
+  return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+               and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3])
 
 
 def scion_variants(runs: list[dict], args) -> list[Job]:
@@ -233,9 +256,9 @@ def scion_variants(runs: list[dict], args) -> list[Job]:
   done = {json.dumps(r["key"]) for r in runs}
   if any(json.dumps(j.key()) not in done for j in jobs):
     return jobs
-  top = min((r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-             and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3
-             and math.isfinite(r["val_loss"])), key=lambda r: r["val_loss"])
+  if any(r["label"] == "scion@0.67" for r in runs):
+    return []  # done once, at the best setting of the grid and the variants above
+  top = _top_scion(runs, args)
   return [Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
               top["hidden_radius"])]
 
