@@ -205,11 +205,10 @@ def test_parameter_names_match_gpt_rules():
     })
   assert got == want
   # The scion init puts every matrix on its ball: ||W|| = radius.
-  head = float(nrm.RowNorm().norm(model.head.kernel[...]))
-  assert head == pytest.approx(cfg.output_radius, rel=1e-5)
+  assert float(nrm.RowNorm().norm(model.head.kernel[...])) == pytest.approx(10.0, rel=1e-5)
   assert float(nrm.ColNorm().norm(model.embed.embedding[...])) == pytest.approx(1.0, rel=1e-5)
   qkv = model.blocks[0].attn.qkv.kernel[...]
-  assert float(nrm.Spectral().norm(qkv)) == pytest.approx(cfg.hidden_radius, rel=1e-4)
+  assert float(nrm.Spectral().norm(qkv)) == pytest.approx(3.0, rel=1e-4)
 
 
 def test_model_is_causal():

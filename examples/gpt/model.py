@@ -45,8 +45,8 @@ class GPTConfig:
   scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
   init: str = "scion"  # "scion": geometry-consistent init x radius; "standard": Flax defaults
   embed_radius: float = 1.0  # radius of the embedding ball (scion init)
-  hidden_radius: float = 6.0  # radius of the hidden-matrix ball (scion init)
-  output_radius: float = 20.0  # radius of the output-head ball (scion init)
+  hidden_radius: float = 3.0  # radius of the hidden-matrix ball (scion init)
+  output_radius: float = 10.0  # radius of the output-head ball (scion init)
   output_norm: str = "rownorm"  # output-head geometry for the scion init: "rownorm" or "sign"
   dtype: str = "float32"  # activation (compute) dtype; parameters are always float32
 

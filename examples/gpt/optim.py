@@ -27,11 +27,9 @@ from examples.gpt import progressive
 
 OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
-# Peak learning rates: the best of each optimizer's powers-of-2 grid in the 1000-step runs of
-# `python -m benchmarks.convergence` (4 layers, width 128, 16x128 tokens a step; scion at hidden
-# radius 3). muon (ours) was not in that sweep: its rate is the best of 300-step demo runs.
-DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 1.5e-3,
-              "optax_muon": 0.01}
+# Peak learning rates: the best of a powers-of-2 (or 1-3-10) sweep of 300-step demo runs.
+DEFAULT_LR = {"scion": 2**-7, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 3e-3,
+              "optax_muon": 0.04}
 
 
 def resolve(cfg):
