@@ -1,4 +1,4 @@
-"""Counts the collectives of a compiled JAX program, and which of them run inside loops.
+"""Counts the collectives of a compiled JAX program, which of them run inside loops, and its dots.
 
 A developer tool shared by the sharding tests (no collective inside the
 Newton–Schulz loop), ``benchmarks/sharding.py`` (collective bytes per step) and
@@ -62,6 +62,37 @@ def _bytes(shape: str) -> int:
 
 def _dtypes(shape: str) -> set[str]:
   return set(re.findall(r"\b([a-z]+\d*)\[", shape))
+
+
+_BRANCHING = re.compile(  # _CALLED, with the two-branch form of a conditional
+    r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation)="
+    r"(\{[^}]*\}|%?[\w.\-]+)"
+)
+
+
+def dots_outside_conditionals(hlo_text: str) -> tuple[int, int]:
+  """``(dots not inside any branch of a conditional, all dots)`` reachable from the entry."""
+  comps: dict[str, list[str]] = {}
+  entry = current = None
+  for line in hlo_text.splitlines():
+    m = _COMP.match(line)
+    if m and not _INSTR.match(line):
+      current = comps.setdefault(m.group(1), [])
+      entry = m.group(1) if line.startswith("ENTRY") else entry
+    elif current is not None and _INSTR.match(line):
+      current.append(line)
+  outside = total = 0
+  stack = [(entry, False)]
+  while stack:
+    name, guarded = stack.pop()
+    for line in comps.get(name, ()):
+      if re.search(r"[\s}] ?dot\(", line.split(" = ", 1)[1]):
+        total += 1
+        outside += not guarded
+      for attr, group in _BRANCHING.findall(line):
+        branch = attr in ("branch_computations", "true_computation", "false_computation")
+        stack += [(c.lstrip("%"), guarded or branch) for c in re.findall(r"%?[\w.\-]+", group)]
+  return outside, total
 
 
 def hlo_collectives(hlo_text: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ JSON object; see ``tests/test_sharding.py``.
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 import numpy as np
@@ -44,39 +43,6 @@ PATTERNS = {  # keep bit per sampled leaf; each leaf is kept in one pattern, dro
 ALIASES = ("muon/Auto", "muon/Explicit", "muon_injected/Auto", "muon_injected/Explicit")
 STEPS = 4
 
-_COMP = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{$")
-_INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = ")
-_CALLS = re.compile(
-    r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation)="
-    r"(\{[^}]*\}|%?[\w.\-]+)"
-)
-
-
-def dots_outside_conditionals(hlo_text: str) -> tuple[int, int]:
-  """``(dots not inside any branch of a conditional, all dots)`` reachable from the entry."""
-  comps: dict[str, list[str]] = {}
-  entry = current = None
-  for line in hlo_text.splitlines():
-    m = _COMP.match(line)
-    if m and not _INSTR.match(line):
-      current = comps.setdefault(m.group(1), [])
-      entry = m.group(1) if line.startswith("ENTRY") else entry
-    elif current is not None and _INSTR.match(line):
-      current.append(line)
-  outside = total = 0
-  stack = [(entry, False)]
-  while stack:
-    name, guarded = stack.pop()
-    for line in comps.get(name, ()):
-      if re.search(r"[\s}] ?dot\(", line.split(" = ", 1)[1]):
-        total += 1
-        outside += not guarded
-      for attr, group in _CALLS.findall(line):
-        branch = attr in ("branch_computations", "true_computation", "false_computation")
-        stack += [(c.lstrip("%"), guarded or branch) for c in re.findall(r"%?[\w.\-]+", group)]
-  return outside, total
-
-
 # -- the worker (runs with 8 simulated devices) ------------------------------------
 
 
@@ -89,7 +55,7 @@ def _worker() -> dict:
 
   import optax_lmo as ol
   from optax_lmo import norms
-  from scripts.hlo_collectives import hlo_collectives
+  from scripts.hlo_collectives import dots_outside_conditionals, hlo_collectives
 
   assert jax.device_count() == N_DEVICES, jax.devices()
   keys = jax.random.split(jax.random.key(0), 6)
