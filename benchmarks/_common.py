@@ -12,7 +12,9 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +107,33 @@ def write_json(result: dict, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(portable(result), f, indent=1)
+
+
+def crossing(curve, target: float) -> float | None:
+  """The first step at which ``curve`` (``(step, loss)`` pairs) reaches ``target``.
+
+  Linear between evaluations; ``None`` if it never does.
+  """
+  for (s0, v0), (s1, v1) in zip(curve, curve[1:], strict=False):
+    if v1 <= target:
+      return s1 if v0 == v1 else s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
+  return None
+
+
+def train_logged(cfg) -> tuple[dict, list[dict], float]:
+  """Trains the example GPT run ``cfg``; its summary, ``log.jsonl`` records and seconds.
+
+  The run's workdir is deleted afterwards.
+  """
+  from examples.gpt import train as train_lib  # the GPT benchmarks only
+
+  t0 = time.perf_counter()
+  out = train_lib.train(cfg)
+  seconds = time.perf_counter() - t0
+  with open(os.path.join(cfg.workdir, "log.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  shutil.rmtree(cfg.workdir, ignore_errors=True)
+  return out, records, seconds
 
 
 def polar_flops(shape, pol: ol.Polar) -> int:

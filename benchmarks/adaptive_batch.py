@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import shutil
 import tempfile
 import time
 
@@ -39,7 +37,6 @@ import numpy as np
 import optax
 
 from benchmarks import _common
-from benchmarks.convergence import crossing
 from examples.gpt import train as train_lib
 
 REDUCED = dict(width=128, depth=4, heads=4, seq=64, eval_batches=8, optimizer="scion")
@@ -52,12 +49,7 @@ def run_one(args, root: str, label: str, batch: int, steps: int, eta: float | No
       max_micro_batches=args.max_micro_batches, eval_every=max(1, steps // args.evals),
       log_every=max(1, steps // args.evals), ckpt_every=steps, keep_ckpts=1, seed=args.seed,
       workdir=workdir, resume=False, progress=False, plot=False)
-  t0 = time.perf_counter()
-  out = train_lib.train(cfg)
-  seconds = time.perf_counter() - t0
-  with open(os.path.join(workdir, "log.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  shutil.rmtree(workdir, ignore_errors=True)
+  out, records, seconds = _common.train_logged(cfg)
   tokens_per_step = batch * cfg.seq
   train = {r["step"]: r for r in records if r["kind"] == "train"}
   opt_steps = ([0] + [train[s]["opt_steps"] for s in sorted(train)]) if eta else None
@@ -72,7 +64,7 @@ def summarize(runs: list[dict]) -> dict:
   target = max(r["val_loss"] for r in runs)
   rows = {}
   for r in runs:
-    s = crossing(r["curve"], target)
+    s = _common.crossing(r["curve"], target)
     if r["eta"] is None:
       opt = s
       total_opt = r["steps"]

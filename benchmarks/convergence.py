@@ -52,7 +52,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -78,14 +77,6 @@ INIT = {"adamw": "standard", "optax_muon": "standard", "scion": "scion",
         "unconstrained_scion": "scion"}
 OPTIMIZERS = ("adamw", "scion", "optax_muon", "unconstrained_scion")  # the order they run in
 STEP_RATIO, WALL_RATIO = 0.67, 0.75  # the goal, against AdamW
-
-
-def crossing(curve: list[list[float]], target: float) -> float | None:
-  """The first step at which ``curve`` reaches ``target``, linear between evaluations."""
-  for (s0, v0), (s1, v1) in zip(curve, curve[1:], strict=False):
-    if v1 <= target:
-      return s1 if v0 == v1 else s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
-  return None
 
 
 def grid(optimizer: str, points: int) -> list[float]:
@@ -125,12 +116,7 @@ def train_config(job: Job, args, workdir: str):
 def run_one(job: Job, args, root: str) -> dict:
   """Trains ``job``; its curve, final loss, output norm and seconds (a divergence: NaN loss)."""
   workdir = os.path.join(root, f"run{abs(hash(tuple(job.key())))}")
-  t0 = time.perf_counter()
-  out = train_lib.train(train_config(job, args, workdir))
-  seconds = time.perf_counter() - t0
-  with open(os.path.join(workdir, "log.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  shutil.rmtree(workdir, ignore_errors=True)
+  out, records, seconds = _common.train_logged(train_config(job, args, workdir))
   evals = [r for r in records if r["kind"] == "eval"]
   val = out["val_loss"] if math.isfinite(out["val_loss"]) else float("nan")
   return dict(**dataclasses.asdict(job), key=job.key(), val_loss=val,
@@ -270,12 +256,12 @@ def summarize(result: dict) -> None:
   if adam is None:
     return
   target = adam["val_loss"]
-  n = crossing(adam["curve"], target) or adam["steps"]  # its own curve, by the same rule
+  n = _common.crossing(adam["curve"], target) or adam["steps"]  # its own curve, by the same rule
   t_adam = times["adamw"]["median_s"]
   result["target"] = dict(val_loss=target, lr=adam["lr"], steps=n, wall_s=n * t_adam)
   rows = []
   for r in runs:
-    s = crossing(r["curve"], target)
+    s = _common.crossing(r["curve"], target)
     t = times[r["optimizer"]]["median_s"]
     rows.append(dict(label=r["label"], lr=r["lr"], steps=r["steps"], val_loss=r["val_loss"],
                      steps_to_target=s, step_ratio=None if s is None else s / n,

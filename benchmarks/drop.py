@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,6 @@ from flax import nnx
 
 import optax_lmo as ol
 from benchmarks import _common
-from benchmarks.convergence import crossing
 from examples.gpt import data as data_lib
 from examples.gpt import model as model_lib
 from examples.gpt import train as train_lib
@@ -220,12 +218,7 @@ def run_one(args, root: str, drop: bool) -> dict:
   cfg = train_lib.make_config(**REDUCED, steps=args.steps, drop=drop, seed=args.seed,
                               ckpt_every=args.steps, keep_ckpts=1, workdir=workdir,
                               resume=False, progress=False, plot=False)
-  t0 = time.perf_counter()
-  out = train_lib.train(cfg)
-  seconds = time.perf_counter() - t0
-  with open(os.path.join(workdir, "log.jsonl")) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  shutil.rmtree(workdir, ignore_errors=True)
+  out, records, seconds = _common.train_logged(cfg)
   return dict(drop=drop, steps=args.steps, val_loss=out["val_loss"], wall_s=seconds,
               curve=[(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"],
               train_seconds=training_seconds(records, cfg.batch, cfg.seq))
@@ -237,7 +230,7 @@ def to_target(args) -> dict:
   at = round(TARGET_AT * args.steps)
   target = float(np.interp(at, *zip(*runs["full"]["curve"], strict=True)))  # between evals
   for r in runs.values():
-    s = crossing(r["curve"], target)
+    s = _common.crossing(r["curve"], target)
     st, sec = zip(*r["train_seconds"], strict=True)
     r["steps_to_target"] = s
     r["train_s_to_target"] = None if s is None else float(np.interp(s, st, sec))
