@@ -71,7 +71,9 @@ def optax_fn():
 
   def f(tree):
     return jax.tree.map(
-        lambda g: _muon.orthogonalize_via_newton_schulz(g, coeffs, 5, "frobenius", 1e-8, dims),
+        lambda g: _muon.orthogonalize_via_newton_schulz(
+          g, coeffs, ns_steps=5, eps=1e-8, dimension_numbers=dims
+        ),
         tree,
     )
 

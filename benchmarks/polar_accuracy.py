@@ -135,7 +135,7 @@ def ours_fn(method: str, setting: str):
 def optax_fn(setting: str):
   """optax.contrib's Newton–Schulz, traced and run under the setting's default precision."""
   coeffs = jnp.asarray(_muon._DEFAULT_NS_COEFFS)
-  f = jax.jit(lambda x: _muon.orthogonalize_via_newton_schulz(x, coeffs, 5, "frobenius", 1e-8))
+  f = jax.jit(lambda x: _muon.orthogonalize_via_newton_schulz(x, coeffs, ns_steps=5, eps=1e-8))
   precision = SETTINGS[setting][1]
 
   def call(x):
