@@ -3,14 +3,15 @@
 The GPT example (``examples.gpt.train``) on a character corpus, every optimizer
 with the same tuning budget:
 
-* a grid of ``--points`` (4) learning rates, powers of 2 around its default in
-  ``examples.gpt.optim.DEFAULT_LR`` (``2^-2 .. 2^1`` times it), extended by up to
-  ``--extend`` points past an edge while the best run sits on it;
+* a grid of ``--points`` (4) learning rates, powers of 2 around its center in
+  :data:`GRID_CENTER` (``2^-2 .. 2^1`` times it), extended by up to ``--extend``
+  points past an edge while the best run sits on it;
 * for ``scion``, at its best learning rate: momentum ``beta`` 0.5 (against 0.9)
   and the hidden radius (3) halved and doubled (the scion init follows the
   radii); then, from its best run so far, the hidden radius doubled again, the
   output radius (10) doubled and halved, and the decay over 50% of the steps
-  (against 30%);
+  (against 30%); then the winning output radius and decay together, and from
+  the best run the decay over all the steps and the learning rate doubled;
 * ``scion@0.67``: the best Scion setting again with a schedule 0.67x as long, a
   direct check of the target (a curve read at an intermediate step has not had
   its learning-rate decay).
@@ -79,9 +80,14 @@ OPTIMIZERS = ("adamw", "scion", "optax_muon", "unconstrained_scion")  # the orde
 STEP_RATIO, WALL_RATIO = 0.67, 0.75  # the goal, against AdamW
 
 
+# Each grid's center: the example's default learning rates when the sweep was designed (the
+# example now defaults to the best found here), kept so that recorded sweeps stay resumable.
+GRID_CENTER = {"adamw": 3e-3, "scion": 2**-7, "optax_muon": 0.04, "unconstrained_scion": 2**-7}
+
+
 def grid(optimizer: str, points: int) -> list[float]:
-  """``points`` powers of 2 times the default learning rate, from ``2^-2`` up."""
-  return [train_lib.DEFAULT_LR[optimizer] * 2.0**k for k in range(-2, points - 2)]
+  """``points`` powers of 2 times the grid's center, from ``2^-2`` up."""
+  return [GRID_CENTER[optimizer] * 2.0**k for k in range(-2, points - 2)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +136,7 @@ def step_times(args, data: data_lib.Dataset, optimizers, rounds: int, per_round:
   x, y = data_lib.train_batch(data, seed=args.seed, step=0, batch=args.batch, seq=args.seq)
   x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
   for opt in optimizers:
-    cfg = train_lib.resolve(train_config(Job(opt, opt, train_lib.DEFAULT_LR[opt], 10**6), args,
-                                         "unused"))
+    cfg = train_lib.resolve(train_config(Job(opt, opt, GRID_CENTER[opt], 10**6), args, "unused"))
     gcfg = train_lib.model_config(cfg, data.vocab_size)
     model = model_lib.GPT(gcfg, rngs=nnx.Rngs(params=0))
     optimizer = nnx.Optimizer(model, train_lib.make_optimizer(cfg, gcfg), wrt=nnx.Param)
@@ -199,7 +204,7 @@ def next_job(runs: list[dict], args) -> Job | None:
   for opt in rest:
     if job := grid_job(opt):
       return job
-  for job in scion_followups(runs, args):
+  for job in scion_followups(runs, args) + scion_combined(runs, args):
     if todo(job):
       return job
   return None
@@ -223,6 +228,35 @@ def scion_followups(runs: list[dict], args) -> list[Job]:
           Job(f"{base}, output radius 5", "scion", lr, args.steps, beta, hidden,
               output_radius=5.0),
           Job(f"{base}, decay over 50%", "scion", lr, args.steps, beta, hidden, decay_frac=0.5)]
+
+
+def scion_combined(runs: list[dict], args) -> list[Job]:
+  """The follow-ups' winning output radius and decay together; then, from the best Scion run,
+  the decay over all the steps and the learning rate doubled (each once)."""
+  top = _top_scion(runs, args)
+  if top is None or not args.variants or scion_variants(runs, args):
+    return []
+  if any(json.dumps(j.key()) not in {json.dumps(r["key"]) for r in runs}
+         for j in scion_followups(runs, args)):
+    return []  # the follow-ups first
+  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
+  base = dict(optimizer="scion", lr=lr, steps=args.steps, beta=beta, hidden_radius=hidden)
+  mine = [r for r in runs if all(r[k] == v for k, v in base.items())]
+  out = best(mine, decay_frac=0.3) or top
+  decay = best(mine, output_radius=10.0) or top
+  jobs = []
+  if not any(r["label"] == "scion combined" for r in runs):
+    jobs.append(Job("scion combined", "scion", lr, args.steps, beta, hidden,
+                    output_radius=out["output_radius"], decay_frac=decay["decay_frac"]))
+    return jobs
+  b = best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps])
+  same = dict(optimizer="scion", steps=args.steps, beta=b["beta"],
+              hidden_radius=b["hidden_radius"], output_radius=b["output_radius"])
+  if not any(r["label"] == "scion decay over 100%" for r in runs):
+    jobs.append(Job("scion decay over 100%", lr=b["lr"], decay_frac=1.0, **same))
+  if not any(r["label"] == "scion lr x2" for r in runs):
+    jobs.append(Job("scion lr x2", lr=2 * b["lr"], decay_frac=b["decay_frac"], **same))
+  return jobs
 
 
 def _top_scion(runs: list[dict], args) -> dict | None:
@@ -405,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.data else data.source, data_fingerprint=data.fingerprint,
                 vocab_size=data.vocab_size, **{k: getattr(args, k) for k in PRESETS["cpu"]},
                 optimizers=args.optimizers, points=args.points, extend=args.extend,
-                variants=args.variants, seed=args.seed, default_lr=train_lib.DEFAULT_LR,
+                variants=args.variants, seed=args.seed, grid_center=GRID_CENTER,
                 init=INIT, schedule="constant, then linear decay to 0 over the last 30%, "
                 "no warmup", weight_decay=0.0)
   config = _common.portable(config)
@@ -419,6 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out) as f:
       old = json.load(f)
     if old["config"] == config:
+      for r in old["runs"]:  # recorded before these were varied
+        r.setdefault("output_radius", 10.0)
+        r.setdefault("decay_frac", 0.3)
       result["runs"], result["step_time"] = old["runs"], old.get("step_time")
       print(f"resuming: {len(old['runs'])} runs done", flush=True)
   if not result.get("step_time"):

@@ -14,9 +14,10 @@ each for
 * ``scion`` and ``unconstrained_scion`` (the example's Scion rules, scion init),
 * ``adamw`` with the standard parameterization and Flax's default init,
 
-each grid centred on the power of 2 nearest the optimizer's default learning
-rate in ``examples.gpt.train.DEFAULT_LR``, and extended by up to ``--extend``
-points past an edge while the best run of a width (or depth) sits on it. Everything
+each grid centred on :data:`LOG2_CENTRE` (the power of 2 nearest the example's
+default learning rate when the sweeps were recorded), and extended by up to ``--extend``
+points past an edge while the best run of a width (or depth) sits on it. The
+radii are the library's (hidden 3, output 10: ``_common.RECORDED_RADII``); everything
 else is the example's default (linear decay over the last 30% of the steps, no
 warmup, momentum decay ``beta = 0.9``, AdamW's ``b1``, no weight decay, 4 heads,
 rotary positions; the residual branches are not scaled with depth).
@@ -82,9 +83,14 @@ REDUCED = dict(steps=100, batch=8, seq=64, points=7, eval_batches=16)
 FULL = dict(steps=122, batch=32, seq=128, points=7, eval_batches=32)
 
 
+# log2 of each grid's centre: the power of 2 nearest the example's default learning rate when
+# the recorded sweeps were made (as the radii, _common.RECORDED_RADII).
+LOG2_CENTRE = {"scion": -7, "unconstrained_scion": -7, "adamw": -8}
+
+
 def lr_grid(optimizer: str, points: int) -> list[float]:
-  """Powers of 2 centred on the one nearest ``DEFAULT_LR[optimizer]``."""
-  centre = round(math.log2(train_lib.DEFAULT_LR[optimizer]))
+  """Powers of 2 centred on ``2^LOG2_CENTRE[optimizer]``."""
+  centre = LOG2_CENTRE[optimizer]
   lo = centre - (points - 1) // 2
   return [2.0**k for k in range(lo, lo + points)]
 
@@ -114,6 +120,7 @@ class Sweep:
   def __init__(self, optimizer: str, width: int, depth: int, steps: int, args,
                data: data_lib.Dataset):
     self.cfg = train_lib.resolve(train_lib.make_config(
+        **_common.RECORDED_RADII,
         optimizer=optimizer, init=OPTIMIZERS[optimizer], steps=steps, batch=args.batch,
         seq=args.seq, width=width, depth=depth, heads=args.heads, seed=args.seed))
     cfg = self.cfg
