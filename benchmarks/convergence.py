@@ -1,4 +1,4 @@
-"""Steps and wall-clock to tuned AdamW's validation loss: Scion, unconstrained Scion, optax's Muon.
+"""Steps and wall-clock to tuned AdamW's validation loss: Scion, unconstrained Scion, two Muons.
 
 The GPT example (``examples.gpt.train``) on a character corpus, every optimizer
 with the same tuning budget:
@@ -14,11 +14,15 @@ with the same tuning budget:
   the best run the decay over all the steps and the learning rate doubled;
 * ``scion@0.67``: the best Scion setting again with a schedule 0.67x as long, a
   direct check of the target (a curve read at an intermediate step has not had
-  its learning-rate decay).
+  its learning-rate decay);
+* ``muon standard init``: our Muon's grid again from Flax's init (extended past a
+  winning edge as the grids are).
 
 AdamW uses the standard init and ``b1 = 0.9``, ``optax_muon``
 (``optax.contrib.muon``) the standard init and ``beta = 0.95``, the Scions the
-scion init and ``beta = 0.9``. The schedule is warmup-free, constant then linear
+scion init and ``beta = 0.9``, ``muon`` (``ol.muon``: Muon on the hidden
+matrices, AdamW at 3e-3 on the embedding, head and gains, as optax's) the scion
+init and ``beta = 0.95``. The schedule is warmup-free, constant then linear
 decay to 0 over the last 30% of the steps; no weight decay; rotary positions.
 
 The target is AdamW's best final validation loss. For every run: the step at
@@ -28,6 +32,8 @@ below its final loss earlier). Wall-clock to the target is those steps times eac
 optimizer's median training-step time, measured once up front for all
 optimizers in interleaved rounds in this process (so a busy machine slows them
 alike; evaluation is left out); each run's own seconds are recorded too.
+``--resume`` with more ``--optimizers`` than the recorded sweep keeps its runs
+and times every optimizer again, together.
 
 Goal (printed as met or missed): Scion reaches the target in at most 0.67x
 AdamW's steps and at most 0.75x its wall-clock.
@@ -75,14 +81,15 @@ PRESETS = {
                 eval_batches=2),
 }
 INIT = {"adamw": "standard", "optax_muon": "standard", "scion": "scion",
-        "unconstrained_scion": "scion"}
-OPTIMIZERS = ("adamw", "scion", "optax_muon", "unconstrained_scion")  # the order they run in
+        "unconstrained_scion": "scion", "muon": "scion"}
+OPTIMIZERS = ("adamw", "scion", "optax_muon", "unconstrained_scion", "muon")  # in this order
 STEP_RATIO, WALL_RATIO = 0.67, 0.75  # the goal, against AdamW
 
 
 # Each grid's center: the example's default learning rates when the sweep was designed (the
 # example now defaults to the best found here), kept so that recorded sweeps stay resumable.
-GRID_CENTER = {"adamw": 3e-3, "scion": 2**-7, "optax_muon": 0.04, "unconstrained_scion": 2**-7}
+GRID_CENTER = {"adamw": 3e-3, "scion": 2**-7, "optax_muon": 0.04, "unconstrained_scion": 2**-7,
+               "muon": 0.04}
 
 
 def grid(optimizer: str, points: int) -> list[float]:
@@ -102,16 +109,18 @@ class Job:
   hidden_radius: float = 3.0
   output_radius: float = 10.0
   decay_frac: float = 0.3  # the share of the steps the learning rate decays over
+  init: str | None = None  # None: INIT[optimizer]
 
   def key(self) -> list:
     key = [self.label, self.optimizer, self.lr, self.steps, self.beta, self.hidden_radius]
     extra = [self.output_radius, self.decay_frac]
-    return key + extra if extra != [10.0, 0.3] else key
+    key = key + extra if extra != [10.0, 0.3] else key
+    return key if self.init is None else key + ["init", self.init]
 
 
 def train_config(job: Job, args, workdir: str):
   return train_lib.make_config(
-      optimizer=job.optimizer, init=INIT[job.optimizer], lr=job.lr, beta=job.beta,
+      optimizer=job.optimizer, init=job.init or INIT[job.optimizer], lr=job.lr, beta=job.beta,
       hidden_radius=job.hidden_radius, output_radius=job.output_radius,
       decay_frac=job.decay_frac, steps=job.steps, batch=args.batch, seq=args.seq,
       width=args.width, depth=args.depth, heads=args.heads, eval_every=args.eval_every,
@@ -204,10 +213,29 @@ def next_job(runs: list[dict], args) -> Job | None:
   for opt in rest:
     if job := grid_job(opt):
       return job
-  for job in scion_followups(runs, args) + scion_combined(runs, args):
+  for job in scion_followups(runs, args) + scion_combined(runs, args) + muon_inits(runs, args):
     if todo(job):
       return job
   return None
+
+
+def muon_inits(runs: list[dict], args) -> list[Job]:
+  """Our Muon's grid again from Flax's init (optax's Muon starts there), once its grid is done,
+  extended past a winning edge as the grids are."""
+  if "muon" not in args.optimizers or not args.variants:
+    return []
+  lrs = sorted(r["lr"] for r in runs if r["label"] == "muon")
+  if len(lrs) < args.points or extension(runs, "muon", args.points, args.extend) is not None:
+    return []
+  jobs = [Job("muon standard init", "muon", lr, args.steps, init="standard") for lr in lrs]
+  mine = [r for r in runs if r["label"] == "muon standard init"]
+  if len(mine) < len(jobs):
+    return jobs
+  b, lo, hi = best(mine), min(r["lr"] for r in mine), max(r["lr"] for r in mine)
+  edge = {lo: lo / 2, hi: hi * 2}.get(b["lr"]) if b else None  # past a winning edge
+  if edge is None or len(mine) - len(jobs) >= args.extend:
+    return jobs
+  return jobs + [dataclasses.replace(jobs[0], lr=edge)]
 
 
 def scion_followups(runs: list[dict], args) -> list[Job]:
@@ -306,7 +334,9 @@ def summarize(result: dict) -> None:
   for opt in result["config"]["optimizers"]:
     if opt == "adamw":
       continue
-    family = (lambda lab: lab.startswith("scion")) if opt == "scion" else opt.__eq__
+    def family(lab, opt=opt):
+      return lab == opt or lab.startswith((opt + " ", opt + "@"))
+
     reached = [x for x in rows if family(x["label"]) and x["step_ratio"] is not None]
     b = best(runs, label=opt)
     fastest = min(reached, key=lambda x: x["step_ratio"]) if reached else None
@@ -337,7 +367,8 @@ def plot(result: dict, path: str) -> None:
   import matplotlib.pyplot as plt
 
   fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
-  colors = {"adamw": "k", "scion": "C3", "optax_muon": "C2", "unconstrained_scion": "C1"}
+  colors = {"adamw": "k", "scion": "C3", "optax_muon": "C2", "unconstrained_scion": "C1",
+            "muon": "C0"}
   for opt in result["config"]["optimizers"]:
     mine = [r for r in result["runs"] if r["optimizer"] == opt and r["steps"] ==
             result["config"]["steps"]]
@@ -422,6 +453,17 @@ def parse(argv):
   return args
 
 
+def same_sweep(old: dict, new: dict) -> bool:
+  """Whether ``old``'s runs belong to the sweep ``new``: the same configuration, with
+  ``new`` adding optimizers at most."""
+  def strip(c):
+    return {k: v for k, v in c.items() if k not in ("optimizers", "grid_center", "init")}
+
+  return (strip(old) == strip(new) and set(old["optimizers"]) <= set(new["optimizers"])
+          and all(old[k][o] == new[k][o] for k in ("grid_center", "init")
+                  for o in old["optimizers"]))
+
+
 def main(argv: list[str] | None = None) -> None:
   args = parse(argv)
   png = os.path.splitext(args.out)[0] + ".png"
@@ -452,11 +494,13 @@ def main(argv: list[str] | None = None) -> None:
   if args.resume and os.path.exists(args.out):
     with open(args.out) as f:
       old = json.load(f)
-    if old["config"] == config:
+    if same_sweep(old["config"], config):
       for r in old["runs"]:  # recorded before these were varied
         r.setdefault("output_radius", 10.0)
         r.setdefault("decay_frac", 0.3)
-      result["runs"], result["step_time"] = old["runs"], old.get("step_time")
+      result["runs"] = old["runs"]
+      if old["config"]["optimizers"] == config["optimizers"]:
+        result["step_time"] = old.get("step_time")  # else all are timed again, together
       print(f"resuming: {len(old['runs'])} runs done", flush=True)
   if not result.get("step_time"):
     result["step_time"] = step_times(args, data, args.optimizers, args.timing_rounds,

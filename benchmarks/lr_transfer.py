@@ -17,8 +17,8 @@ each for
 each grid centred on :data:`LOG2_CENTRE` (the power of 2 nearest the example's
 default learning rate when the sweeps were recorded), and extended by up to ``--extend``
 points past an edge while the best run of a width (or depth) sits on it. The
-radii are the library's (hidden 3, output 10: ``_common.RECORDED_RADII``); everything
-else is the example's default (linear decay over the last 30% of the steps, no
+radii are the library's (hidden 3, output 10: ``_common.RECORDED_SETTINGS``);
+everything else is the example's default (linear decay over the last 30% of the steps, no
 warmup, momentum decay ``beta = 0.9``, AdamW's ``b1``, no weight decay, 4 heads,
 rotary positions; the residual branches are not scaled with depth).
 
@@ -84,7 +84,7 @@ FULL = dict(steps=122, batch=32, seq=128, points=7, eval_batches=32)
 
 
 # log2 of each grid's centre: the power of 2 nearest the example's default learning rate when
-# the recorded sweeps were made (as the radii, _common.RECORDED_RADII).
+# the recorded sweeps were made (as the radii, _common.RECORDED_SETTINGS).
 LOG2_CENTRE = {"scion": -7, "unconstrained_scion": -7, "adamw": -8}
 
 
@@ -120,7 +120,7 @@ class Sweep:
   def __init__(self, optimizer: str, width: int, depth: int, steps: int, args,
                data: data_lib.Dataset):
     self.cfg = train_lib.resolve(train_lib.make_config(
-        **_common.RECORDED_RADII,
+        **_common.RECORDED_SETTINGS,
         optimizer=optimizer, init=OPTIMIZERS[optimizer], steps=steps, batch=args.batch,
         seq=args.seq, width=width, depth=depth, heads=args.heads, seed=args.seed))
     cfg = self.cfg

@@ -2,7 +2,8 @@
 
 Trains the example GPT (``examples/gpt``, the ``--preset demo`` model: width
 128, depth 4, batch 32, seq 64) with its default optimizer, constrained
-``scion`` at the library's radii (hidden 3, output 10) and ``lr = 2^-7``, for
+``scion`` at the library's radii (hidden 3, output 10), ``lr = 2^-7`` and the decay
+over the last 30% of the steps, for
 ``--steps`` (3000) steps, and at every evaluation (every ``--eval-every`` = 100
 steps, and at step 0) checks
 
@@ -121,7 +122,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     cfg = train_lib.make_config(
-        preset="demo", lr=_common.RECORDED_SCION_LR, **_common.RECORDED_RADII,
+        preset="demo", lr=_common.RECORDED_SCION_LR, **_common.RECORDED_SETTINGS,
         steps=args.steps, eval_every=args.eval_every, ckpt_every=args.steps,
         workdir=args.workdir or tmp, resume=False, progress=False, plot=False)
     print(f"scion, demo model, {args.steps} steps, checks every {args.eval_every}:", flush=True)

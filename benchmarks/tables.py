@@ -190,22 +190,26 @@ def convergence() -> str | None:
           f"{os.path.basename(c['data'])}, evaluated every {c['eval_every']} steps (crossings "
           f"interpolated). Each optimizer: {c['points']} learning rates, powers of 2 around "
           f"the example's default before this sweep, extended past a winning edge (up to "
-          f"{c['extend']}); hidden radius 3, output radius 10. Target: AdamW's "
+          f"{c['extend']}); hidden radius 3, output radius 10; init: "
+          + ", ".join(f"{k} {v}" for k, v in c["init"].items()) + ". Target: AdamW's "
           f"best final validation loss, {t['val_loss']:.4f} (lr {t['lr']:.3g}). Wall-clock = "
           f"steps x each optimizer's median step time, timed interleaved in one process; "
           f"{d['machine']['device']}; `{d['command']}`.\n\n")
   table = _table(["optimizer", "best lr", "final val loss", "steps to target", "x AdamW steps",
                   "x AdamW wall-clock", "step (ms)", "final val loss per lr"], rows)
   variants = [(r, x) for r, x in zip(d["runs"], d["to_target"], strict=True)
-              if x["label"].startswith("scion ") or "@" in x["label"]]
+              if x["label"] not in c["optimizers"]]
   if variants:
-    table += ("\n\nScion's variants, then follow-ups from its best run so far (in the order "
-              "run):\n\n") + _table(
-        ["run", "lr", "beta", "hidden radius", "output radius", "decay", "steps",
+    table += ("\n\nScion's variants, then follow-ups from its best run so far, then our Muon "
+              "from Flax's init (in the order run):\n\n") + _table(
+        ["run", "lr", "beta", "hidden radius", "output radius", "decay", "init", "steps",
          "final val loss", "steps to target", "x AdamW steps", "x AdamW wall-clock"],
-        [[x["label"], f"{x['lr']:.3g}", r["beta"] or 0.9, f"{r['hidden_radius']:g}",
-          f"{r.get('output_radius', 10.0):g}", f"{r.get('decay_frac', 0.3):.0%}", x["steps"],
-          f"{x['val_loss']:.4f}", *cells(x)] for r, x in variants])
+        [[x["label"], f"{x['lr']:.3g}",
+          r["beta"] or (0.95 if r["optimizer"] in ("muon", "optax_muon") else 0.9),
+          f"{r['hidden_radius']:g}",
+          f"{r.get('output_radius', 10.0):g}", f"{r.get('decay_frac', 0.3):.0%}",
+          r.get("init") or c["init"][r["optimizer"]], x["steps"], f"{x['val_loss']:.4f}",
+          *cells(x)] for r, x in variants])
   sr, wr = g["scion_steps_ratio"], g["scion_wall_ratio"]
   foot = (f"\n\nGoal: Scion (its fastest run) reaches the target in <= 0.67x AdamW's steps: "
           f"{'not reached' if sr is None else f'{sr:.2f}'}, {_mark(g['scion_steps_met'])}; in "

@@ -15,7 +15,7 @@ from benchmarks import convergence as cv
 
 # Each optimum, in powers of 2 from its grid's centre (the grid spans -2 .. 1): inside the grid,
 # on its lower edge, and 2 past its upper edge (both extension points needed).
-BEST = {"adamw": -1, "scion": -1, "optax_muon": -2, "unconstrained_scion": 3}
+BEST = {"adamw": -1, "scion": -1, "optax_muon": -2, "unconstrained_scion": 3, "muon": 0}
 
 
 def offset(opt: str, lr: float) -> float:
@@ -32,14 +32,14 @@ def fake_loss(job: cv.Job) -> float:
   return loss
 
 
-def walk(args, limit=200):
+def walk(args, limit=200, loss=None):
   runs = []
   while (job := cv.next_job(runs, args)) is not None:
     assert len(runs) < limit, "the plan does not end"
-    loss = fake_loss(job)
+    loss_of = (loss or fake_loss)(job)
     runs.append(dict(**{k: getattr(job, k) for k in cv.Job.__dataclass_fields__},
-                     key=json.loads(json.dumps(job.key())), val_loss=loss,
-                     curve=[[0, 4.0], [job.steps, loss]]))
+                     key=json.loads(json.dumps(job.key())), val_loss=loss_of,
+                     curve=[[0, 4.0], [job.steps, loss_of]]))
   return runs
 
 
@@ -58,7 +58,7 @@ def test_every_setting_runs_once(runs):
 def test_grids_find_each_optimum_and_extend_past_a_winning_edge(runs):
   # The 4-point grid; past an edge while it wins, at most 2 points out.
   ran = {"adamw": [-2, -1, 0, 1], "scion": [-2, -1, 0, 1], "optax_muon": [-3, -2, -1, 0, 1],
-         "unconstrained_scion": [-2, -1, 0, 1, 2, 3]}
+         "unconstrained_scion": [-2, -1, 0, 1, 2, 3], "muon": [-2, -1, 0, 1]}
   for opt, best_at in BEST.items():
     offsets = sorted(round(offset(opt, r["lr"])) for r in runs if r["label"] == opt)
     assert offsets == ran[opt], opt
@@ -88,7 +88,44 @@ def test_variants_and_follow_ups_start_from_the_best_so_far(runs):
   assert by["scion decay over 100%"]["decay_frac"] == 1.0
   lr2 = by["scion lr x2"]
   assert lr2["lr"] == 2 * scion_lr and lr2["decay_frac"] == 1.0  # 100% won in fake_loss
-  assert labels[-2:] == ["scion decay over 100%", "scion lr x2"]
+  assert labels[-6:-4] == ["scion decay over 100%", "scion lr x2"]
+
+
+def test_our_muon_runs_its_grid_again_from_flax_init_last(runs):
+  grid = sorted(r["lr"] for r in runs if r["label"] == "muon")
+  again = runs[-4:]
+  assert [r["label"] for r in again] == ["muon standard init"] * 4
+  assert sorted(r["lr"] for r in again) == grid
+  assert all(r["init"] == "standard" and r["optimizer"] == "muon" for r in again)
+  assert all(r["init"] is None for r in runs[:-4])
+
+
+def test_our_muon_from_flax_init_goes_past_a_winning_edge():
+  args = types.SimpleNamespace(points=4, extend=2, steps=100, variants=True,
+                               optimizers=["adamw", "scion", "muon"])
+  low = cv.GRID_CENTER["muon"] / 8
+
+  def loss(job):  # the standard init prefers a rate below the grid
+    return 2.0 + 0.1 * abs(math.log2(job.lr / low)) if job.init else fake_loss(job)
+
+  runs = walk(args, loss=loss)
+  lrs = [r["lr"] for r in runs if r["init"]]
+  # The grid (1/4 .. 2 x the centre), then 1/8 (it wins) and 1/16 (it does not): 2 past the edge.
+  assert lrs[4:] == [low, low / 2] and sorted(lrs[:4]) == cv.grid("muon", 4)
+
+
+def test_a_resumed_sweep_may_add_optimizers_and_nothing_else():
+  old = dict(preset="cpu", steps=1000, optimizers=["adamw", "scion"],
+             grid_center={"adamw": 3e-3, "scion": 2**-7}, init={"adamw": "standard",
+                                                                 "scion": "scion"})
+  more = dict(old, optimizers=["adamw", "scion", "muon"],
+              grid_center={**old["grid_center"], "muon": 0.04},
+              init={**old["init"], "muon": "scion"})
+  assert cv.same_sweep(old, old) and cv.same_sweep(old, more)
+  assert not cv.same_sweep(more, old)  # one dropped
+  assert not cv.same_sweep(old, dict(more, steps=500))
+  assert not cv.same_sweep(old, dict(more, grid_center={**more["grid_center"], "scion": 1.0}))
+  assert not cv.same_sweep(old, dict(more, init={**more["init"], "adamw": "scion"}))
 
 
 def test_without_variants_only_the_grids_run():

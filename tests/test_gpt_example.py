@@ -411,3 +411,20 @@ def test_freeze_holds_frozen_params_and_state_and_steps_the_rest_as_the_plain_op
       np.testing.assert_array_equal(new[k], old[k], err_msg=k)  # momentum held, not decayed
     else:
       np.testing.assert_allclose(new[k], ref[k], rtol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("optimizer", train_lib.OPTIMIZERS)
+def test_unset_flags_take_the_optimizers_defaults_and_set_ones_are_kept(optimizer):
+  cfg = train_lib.resolve(train_lib.make_config(optimizer=optimizer))
+  hidden, output = (6.0, 20.0) if optimizer == "scion" else (3.0, 10.0)
+  assert (cfg.hidden_radius, cfg.output_radius) == (hidden, output)
+  assert cfg.init == ("scion" if optimizer in ("scion", "unconstrained_scion") else "standard")
+  assert cfg.lr == train_lib.DEFAULT_LR[optimizer]
+  assert cfg.decay_frac == (0.5 if optimizer == "scion" else 0.3)
+  assert train_lib.resolve(cfg) == cfg
+  gcfg = train_lib.model_config(train_lib.make_config(optimizer=optimizer), vocab_size=7)
+  assert (gcfg.hidden_radius, gcfg.output_radius, gcfg.init) == (hidden, output, cfg.init)
+  mine = dict(lr=0.5, beta=0.3, init="standard", hidden_radius=2.0, output_radius=4.0,
+              decay_frac=0.1)
+  assert train_lib.resolve(train_lib.make_config(optimizer=optimizer, **mine)) == (
+      train_lib.make_config(optimizer=optimizer, **mine))

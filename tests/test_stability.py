@@ -79,7 +79,8 @@ def test_short_scion_run_stays_finite_and_in_its_balls(tmp_path):
     assert leaf["final_ratio"] < 1.0, path  # a 2**-4 step pulls every leaf off the sphere
   p = out["params"]["head/kernel"]  # the check's head norm is the RowNorm, by hand
   assert check.leaves["head/kernel"]["final_ratio"] == pytest.approx(
-      np.sqrt(p.shape[0]) * np.linalg.norm(p, axis=0).max() / cfg.output_radius, rel=1e-5)
+      np.sqrt(p.shape[0]) * np.linalg.norm(p, axis=0).max() / train_lib.resolve(cfg).output_radius,
+      rel=1e-5)
 
 
 def test_ball_check_catches_a_leaf_outside_its_ball():

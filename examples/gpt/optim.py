@@ -27,17 +27,36 @@ from examples.gpt import progressive
 
 OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
-# Peak learning rates: the best of benchmarks/convergence.py's grids (1000 steps, 4 layers, width
-# 128; muon: of a 300-step demo sweep), with the trainer's radii (hidden 6, output 20).
-DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.04, "adamw": 1.5e-3,
+# The defaults that depend on the optimizer, each the best of benchmarks/convergence.py (1000
+# steps of a 4-layer, width-128 GPT) at exactly these settings: scion at radii 6 and 20 with
+# the decay over 50% of the steps, unconstrained_scion at the library's radii (3 and 10), AdamW
+# and both Muons from Flax's init (from the scion init our Muon ended 0.19 nats worse).
+DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
               "optax_muon": 0.01}
+DEFAULT_RADII = {"scion": (6.0, 20.0)}  # (hidden, output); the others: the library's
+DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
+LIBRARY_RADII = (3.0, 10.0)  # ol.gpt_rules()'s
+STANDARD_INIT = ("adamw", "optax_muon", "muon")  # from Flax's init; the Scions: scion's
 
 
 def resolve(cfg):
-  """``cfg`` with the optimizer-dependent defaults (``lr``, ``beta``) filled in."""
+  """``cfg`` with the optimizer-dependent defaults (``lr``, ``beta``, ``init``, radii,
+  ``decay_frac``) filled in.
+
+  Idempotent: a field already set is kept.
+  """
   muon_like = cfg.optimizer in ("muon", "optax_muon")
-  return dataclasses.replace(cfg, lr=DEFAULT_LR[cfg.optimizer] if cfg.lr is None else cfg.lr,
-                             beta=(0.95 if muon_like else 0.9) if cfg.beta is None else cfg.beta)
+  hidden, output = DEFAULT_RADII.get(cfg.optimizer, LIBRARY_RADII)
+  init = "standard" if cfg.optimizer in STANDARD_INIT else "scion"
+
+  def pick(value, default):
+    return default if value is None else value
+
+  return dataclasses.replace(
+      cfg, lr=pick(cfg.lr, DEFAULT_LR[cfg.optimizer]),
+      beta=pick(cfg.beta, 0.95 if muon_like else 0.9), init=pick(cfg.init, init),
+      hidden_radius=pick(cfg.hidden_radius, hidden), output_radius=pick(cfg.output_radius, output),
+      decay_frac=pick(cfg.decay_frac, DEFAULT_DECAY_FRAC.get(cfg.optimizer, 0.3)))
 
 
 def make_schedule(cfg, peak) -> optax.Schedule:

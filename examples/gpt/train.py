@@ -37,6 +37,8 @@ from examples.gpt import model as model_lib
 from examples.gpt.flags import flag
 from examples.gpt.optim import (
   DEFAULT_LR,
+  DEFAULT_RADII,
+  LIBRARY_RADII,
   OPTIMIZERS,
   POLAR_METHODS,
   adaptive_stats,
@@ -52,14 +54,16 @@ class TrainConfig:
 
   preset: str | None = flag(None, "a named configuration; explicit flags override it", ("demo",))
   optimizer: str = flag("scion", "optax_muon is optax.contrib.muon, the peer baseline", OPTIMIZERS)
-  init: str = flag("scion", "scion: norm's init x radius; standard: Flax's", ("scion", "standard"))
+  init: str | None = flag(None, "scion: norm's init x radius; standard: Flax's; unset: scion"
+                          " for the Scions, else standard", ("scion", "standard"))
   lr: float | None = flag(None, "peak learning rate; unset: the optimizer's (listed below)")
   adam_lr: float = flag(3e-3, "AdamW learning rate of the non-matrix leaves (muon, optax_muon)")
   beta: float | None = flag(None, "momentum decay (AdamW's b1); unset: 0.9, Muons 0.95")
   weight_decay: float = flag(0.0, "decoupled weight decay (not scion: its constraint decays)")
   schedule: str = flag("linear_decay", "linear_decay: constant, then to 0 over --decay-frac",
                        ("linear_decay", "constant"))
-  decay_frac: float = flag(0.3, "fraction of the steps spent decaying the learning rate")
+  decay_frac: float | None = flag(None, "fraction of the steps spent decaying the learning rate;"
+                                  " unset: 0.5 for scion, else 0.3")
   warmup: int = flag(0, "steps of linear warmup from 0 to the peak learning rate")
   steps: int = flag(1000, "total optimizer steps")
   batch: int = flag(32, "sequences per step")
@@ -70,8 +74,10 @@ class TrainConfig:
   rotary: bool = flag(True, "rotary positions (--no-rotary: a learned position table)")
   scale_gelu: bool = flag(True, "scale the GELU output by sqrt(2) to keep its variance")
   embed_radius: float = flag(1.0, "ColNorm radius of the embedding (rules and scion init)")
-  hidden_radius: float = flag(6.0, "Spectral radius of the hidden matrices (rules, scion init)")
-  output_radius: float = flag(20.0, "radius of the output head (rules and scion init)")
+  hidden_radius: float | None = flag(None, "Spectral radius of the hidden matrices (rules, scion"
+                                     " init); unset: 6 for scion, else 3")
+  output_radius: float | None = flag(None, "radius of the output head (rules and scion init);"
+                                     " unset: 20 for scion, else 10")
   output_norm: str = flag("rownorm", "output-head norm: RMS->inf or 1->inf", ("rownorm", "sign"))
   polar: str = flag("auto", "polar-factor method of the spectral LMOs", POLAR_METHODS)
   dtype: str = flag("float32", "activation dtype (parameters: float32)", ("float32", "bfloat16"))
@@ -153,7 +159,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
   parser = flags.parser(
       TrainConfig, prog="python -m examples.gpt.train",
       usage="%(prog)s [--preset demo] [--FLAG VALUE ...]", description=__doc__.split("\n\n")[0],
-      epilog=f"Default learning rates: {DEFAULT_LR}. Presets: {PRESETS}.")
+      epilog=f"Default learning rates: {DEFAULT_LR}. Default (hidden, output) radii:"
+             f" {DEFAULT_RADII}, else {LIBRARY_RADII}. Presets: {PRESETS}.")
   cfg = make_config(**vars(parser.parse_args(argv)))
   try:
     validate(cfg)
@@ -164,6 +171,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> model_lib.GPTConfig:
   """The model that ``cfg`` describes, for a tokenizer of ``vocab_size`` ids."""
+  cfg = resolve(cfg)
   same = {f.name for f in dataclasses.fields(model_lib.GPTConfig)} & set(dataclasses.asdict(cfg))
   return model_lib.GPTConfig(vocab_size=vocab_size, seq_len=cfg.seq,
                              **{k: getattr(cfg, k) for k in same})  # the fields of the same name
