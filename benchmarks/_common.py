@@ -25,8 +25,8 @@ from optax_lmo._src import polar as polar_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-# What the example trainer defaulted to when the recorded GPT runs of drop, adaptive_batch,
-# lr_transfer and stability were made (the library's radii, decay over 30%); for scion it now
+# What the example trainer defaulted to when the recorded GPT runs of drop, adaptive_batch and
+# lr_transfer were made (the library's radii, decay over 30%); for scion it now
 # defaults to the best of benchmarks/convergence.py (radii 6 and 20, decay over 50%, lr 2^-8).
 # Pinned so that those reproduce.
 RECORDED_SETTINGS = dict(hidden_radius=3.0, output_radius=10.0, decay_frac=0.3)

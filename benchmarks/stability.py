@@ -2,10 +2,9 @@
 
 Trains the example GPT (``examples/gpt``, the ``--preset demo`` model: width
 128, depth 4, batch 32, seq 64) with its default optimizer, constrained
-``scion`` at the library's radii (hidden 3, output 10), ``lr = 2^-7`` and the decay
-over the last 30% of the steps, for
-``--steps`` (3000) steps, and at every evaluation (every ``--eval-every`` = 100
-steps, and at step 0) checks
+``scion`` at the trainer's defaults for it (radii 6 and 20, ``lr = 2^-8``, the
+decay over the last 50% of the steps), for ``--steps`` (3000) steps, and at
+every evaluation (every ``--eval-every`` = 100 steps, and at step 0) checks
 
 * the validation loss is finite;
 * every parameter is finite;
@@ -122,8 +121,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     cfg = train_lib.make_config(
-        preset="demo", lr=_common.RECORDED_SCION_LR, **_common.RECORDED_SETTINGS,
-        steps=args.steps, eval_every=args.eval_every, ckpt_every=args.steps,
+        preset="demo", steps=args.steps, eval_every=args.eval_every, ckpt_every=args.steps,
         workdir=args.workdir or tmp, resume=False, progress=False, plot=False)
     print(f"scion, demo model, {args.steps} steps, checks every {args.eval_every}:", flush=True)
     res = run(cfg, tol=args.tol, verbose=True)
