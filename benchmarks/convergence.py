@@ -264,8 +264,8 @@ def scion_combined(runs: list[dict], args) -> list[Job]:
   top = _top_scion(runs, args)
   if top is None or not args.variants or scion_variants(runs, args):
     return []
-  if any(json.dumps(j.key()) not in {json.dumps(r["key"]) for r in runs}
-         for j in scion_followups(runs, args)):
+  done = {json.dumps(r["key"]) for r in runs}
+  if any(json.dumps(j.key()) not in done for j in scion_followups(runs, args)):
     return []  # the follow-ups first
   lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
   base = dict(optimizer="scion", lr=lr, steps=args.steps, beta=beta, hidden_radius=hidden)
@@ -495,9 +495,6 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.out) as f:
       old = json.load(f)
     if same_sweep(old["config"], config):
-      for r in old["runs"]:  # recorded before these were varied
-        r.setdefault("output_radius", 10.0)
-        r.setdefault("decay_frac", 0.3)
       result["runs"] = old["runs"]
       if old["config"]["optimizers"] == config["optimizers"]:
         result["step_time"] = old.get("step_time")  # else all are timed again, together
