@@ -33,10 +33,30 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16
                 "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 _COMP = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{$")
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = ")
-_CALLED = re.compile(
-    r"\b(calls|to_apply|body|condition|branch_computations|called_computations)="
-    r"(\{[^}]*\}|%?[\w.\-]+)"
-)
+_CALLS = ("calls", "to_apply", "body", "condition", "branch_computations")
+
+
+def _called(*attrs: str) -> re.Pattern:
+  """``attr=callee`` or ``attr={callee, ...}`` for the attributes ``attrs`` of an instruction."""
+  return re.compile(rf"\b({'|'.join(attrs)})=(\{{[^}}]*\}}|%?[\w.\-]+)")
+
+
+_CALLED = _called(*_CALLS, "called_computations")
+_BRANCHING = _called(*_CALLS, "true_computation", "false_computation")  # a conditional's branches
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+  """The instruction lines of each computation of an HLO module, and the entry's name."""
+  comps: dict[str, list[str]] = {}
+  entry = current = None
+  for line in hlo_text.splitlines():
+    m = _COMP.match(line)
+    if m and not _INSTR.match(line):
+      current = comps.setdefault(m.group(1), [])
+      entry = m.group(1) if line.startswith("ENTRY") else entry
+    elif current is not None and _INSTR.match(line):
+      current.append(line)
+  return comps, entry
 
 
 def _shape_and_opcode(rest: str) -> tuple[str, str]:
@@ -64,23 +84,9 @@ def _dtypes(shape: str) -> set[str]:
   return set(re.findall(r"\b([a-z]+\d*)\[", shape))
 
 
-_BRANCHING = re.compile(  # _CALLED, with the two-branch form of a conditional
-    r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation)="
-    r"(\{[^}]*\}|%?[\w.\-]+)"
-)
-
-
 def dots_outside_conditionals(hlo_text: str) -> tuple[int, int]:
   """``(dots not inside any branch of a conditional, all dots)`` reachable from the entry."""
-  comps: dict[str, list[str]] = {}
-  entry = current = None
-  for line in hlo_text.splitlines():
-    m = _COMP.match(line)
-    if m and not _INSTR.match(line):
-      current = comps.setdefault(m.group(1), [])
-      entry = m.group(1) if line.startswith("ENTRY") else entry
-    elif current is not None and _INSTR.match(line):
-      current.append(line)
+  comps, entry = _computations(hlo_text)
   outside = total = 0
   stack = [(entry, False)]
   while stack:
@@ -117,17 +123,13 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
     >>> stats["count"], stats["loops"]
     (0, 1)
   """
-  comps: dict[str, list[tuple[str, str, str]]] = {}
-  entry, current = None, None
-  for line in hlo_text.splitlines():
-    m = _COMP.match(line)
-    if m and not _INSTR.match(line):
-      current = comps.setdefault(m.group(1), [])
-      entry = m.group(1) if line.startswith("ENTRY") else entry
-      continue
-    if current is not None and _INSTR.match(line):
+  lines, entry = _computations(hlo_text)
+  comps: dict[str, list[tuple[str, str, str]]] = {}  # (opcode, shape, line) per instruction
+  for name, body in lines.items():
+    comps[name] = []
+    for line in body:
       shape, opcode = _shape_and_opcode(line.split(" = ", 1)[1])
-      current.append((opcode, shape, line))
+      comps[name].append((opcode, shape, line))
   # Walk the call graph from the entry with execution multiplicities.
   runs: dict[str, int] = {}
   looped: set[str] = set()
