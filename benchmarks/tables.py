@@ -247,11 +247,6 @@ def step_overhead() -> str | None:
   return head + table + foot
 
 
-def _cmd(d: dict) -> str:
-  """``; `command``` when the results record the command that wrote them."""
-  return f"; `{d['command']}`" if d.get("command") else ""
-
-
 def stability() -> str | None:
   d = _load("stability.json")
   if d is None:
@@ -259,7 +254,7 @@ def stability() -> str | None:
   c = d["config"]
   return (f"Constrained `scion` on the demo GPT (width {c['width']}, depth {c['depth']}; radii "
           f"{c['hidden_radius']:g} and {c['output_radius']:g}, lr {c['lr']:.3g}, the decay over "
-          f"{c['decay_frac']:.0%} of the steps{_cmd(d)}) for "
+          f"{c['decay_frac']:.0%} of the steps; `{d['command']}`) for "
           f"{d['steps']} steps, checked at {d['n_evals']} evaluations: no NaN or Inf "
           f"({d['n_train_losses_checked']} train losses and every parameter), every leaf's "
           f"norm at most its radius x (1 + {d['tol']:g}): largest norm / radius "
