@@ -247,7 +247,7 @@ def scion_followups(runs: list[dict], args) -> list[Job]:
   base = f"scion hidden radius {hidden:g}"
   same = [r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
           and (r["lr"], r["beta"], r["hidden_radius"]) == (lr, beta, 2 * hidden)
-          and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3]
+          and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3]
   again = [] if same else [Job(f"scion hidden radius {2 * hidden:g}", "scion", lr, args.steps,
                                    beta, 2 * hidden)]  # not when that radius was run already
   return again + [
@@ -290,7 +290,7 @@ def scion_combined(runs: list[dict], args) -> list[Job]:
 def _top_scion(runs: list[dict], args) -> dict | None:
   """Scion's best full-length run with the default output radius and decay."""
   return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-               and r.get("output_radius", 10.0) == 10.0 and r.get("decay_frac", 0.3) == 0.3])
+               and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3])
 
 
 def scion_variants(runs: list[dict], args) -> list[Job]:

@@ -207,7 +207,7 @@ def convergence() -> str | None:
         [[x["label"], f"{x['lr']:.3g}",
           r["beta"] or (0.95 if r["optimizer"] in ("muon", "optax_muon") else 0.9),
           f"{r['hidden_radius']:g}",
-          f"{r.get('output_radius', 10.0):g}", f"{r.get('decay_frac', 0.3):.0%}",
+          f"{r['output_radius']:g}", f"{r['decay_frac']:.0%}",
           r.get("init") or c["init"][r["optimizer"]], x["steps"], f"{x['val_loss']:.4f}",
           *cells(x)] for r, x in variants])
   sr, wr = g["scion_steps_ratio"], g["scion_wall_ratio"]
