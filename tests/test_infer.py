@@ -353,7 +353,7 @@ def _norm_of(g, leaf):
 
 
 @pytest.mark.parametrize("which", ["mlp", "cnn", "gpt", "moe"])
-def test_init_params_puts_every_matrix_on_its_sphere(which):
+def test_init_params_at_radius_puts_every_matrix_on_its_sphere(which):
   if which == "mlp":
     x = jnp.zeros((2, 64))
     params, apply = _linen(nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(10)]), x)
@@ -367,7 +367,7 @@ def test_init_params_puts_every_matrix_on_its_sphere(which):
     x = jnp.zeros((2, 8))
     params, apply = _linen(MoE(), x)
   rules = ol.infer_rules(apply, params, x)
-  new = ol.init_params(rules, params, jax.random.key(1))
+  new = ol.init_params(rules, params, jax.random.key(1), scale="radius")
   flat = jax.tree_util.tree_flatten_with_path(new)[0]
   old = jax.tree.leaves(params)
   for (path, leaf), before in zip(flat, old, strict=True):
@@ -386,7 +386,7 @@ def test_init_params_leaves_norm_none_unchanged_and_draws_per_matrix():
   params = {"stack": jnp.ones((3, 8, 16)), "other": jnp.full((4, 4), 7.0)}
   rules = [("stack", ol.Group(SPEC, 2.0, spec=ol.MatrixSpec((1,), (2,)))),
            ("other", ol.Group(None))]
-  new = ol.init_params(rules, params, jax.random.key(0))
+  new = ol.init_params(rules, params, jax.random.key(0), scale="radius")
   np.testing.assert_array_equal(new["other"], params["other"])
   np.testing.assert_allclose(SPEC.norm(new["stack"], ol.MatrixSpec((1,), (2,))), [2.0] * 3,
                              rtol=2e-5)

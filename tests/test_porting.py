@@ -247,7 +247,8 @@ def test_init_params_has_the_reference_init_geometry(row):
   what, name, kwargs, shape, scale, group, layout = row
   ref = to_flax(ref_scion_init(name, kwargs, shape, scale, np.random.default_rng(0)), layout)
   g = group(shape)
-  ours = ol.init_params(ol.Rules([(r"^w$", g)]), {"w": jnp.zeros(ref.shape)}, jax.random.key(0))
+  ours = ol.init_params(ol.Rules([(r"^w$", g)]), {"w": jnp.zeros(ref.shape)}, jax.random.key(0),
+                        scale="radius")
   np.testing.assert_allclose(np.sort(_geometry(g.norm, ours["w"])),
                              np.sort(_geometry(g.norm, ref)), rtol=1e-5, atol=1e-6, err_msg=what)
 

@@ -31,6 +31,8 @@ from flax import nnx
 import optax_lmo
 from optax_lmo import norms
 
+INITS = ("scion", "unit", "standard")
+
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
@@ -43,7 +45,7 @@ class GPTConfig:
   heads: int = 4  # attention heads; must divide width
   rotary: bool = True  # rotary position embedding (True) or a learned table pos_embed (False)
   scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
-  init: str = "scion"  # "scion": geometry-consistent init x radius; "standard": Flax defaults
+  init: str = "scion"  # "scion": norm's init x radius; "unit": ol.init_params; "standard": Flax
   embed_radius: float = 1.0  # radius of the embedding ball (scion init)
   hidden_radius: float = 3.0  # radius of the hidden-matrix ball (scion init)
   output_radius: float = 10.0  # radius of the output-head ball (scion init)
@@ -55,8 +57,8 @@ class GPTConfig:
       raise ValueError(f"heads={self.heads} must divide width={self.width}.")
     if self.rotary and (self.width // self.heads) % 2:
       raise ValueError(f"rotary needs an even head dimension, got {self.width // self.heads}.")
-    if self.init not in ("scion", "standard"):
-      raise ValueError(f"init must be 'scion' or 'standard', got {self.init!r}.")
+    if self.init not in INITS:
+      raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
     if self.output_norm not in ("rownorm", "sign"):
       raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {self.output_norm!r}.")
 
@@ -137,6 +139,9 @@ class GPT(nnx.Module):
     self.head = nnx.Linear(d, cfg.vocab_size, use_bias=False, dtype=dt, rngs=rngs)
     if cfg.init == "scion":
       scion_init(self, cfg, rngs.params())
+    elif cfg.init == "unit":  # the library's init: inside each ball, independent of the radius
+      params = nnx.state(self, nnx.Param)
+      nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params()))
 
   def __call__(self, tokens_BxL: jax.Array, frozen_below: int = 0) -> jax.Array:
     """Logits; no gradient reaches the blocks ``< frozen_below`` (nor, if > 0, the embeddings)."""

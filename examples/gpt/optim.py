@@ -25,14 +25,14 @@ from examples.gpt import checkpoint as ckpt_lib
 from examples.gpt import model as model_lib
 from examples.gpt import progressive
 
-OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon")
+OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon", "scion_hybrid")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
 # The defaults that depend on the optimizer, each the best of benchmarks/convergence.py (1000
 # steps of a 4-layer, width-128 GPT) at exactly these settings: scion at radii 6 and 20 with
 # the decay over 50% of the steps, unconstrained_scion at the library's radii (3 and 10), AdamW
 # and both Muons from Flax's init (from the scion init our Muon ended 0.19 nats worse).
 DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
-              "optax_muon": 0.01}
+              "optax_muon": 0.01, "scion_hybrid": 2**-8}
 DEFAULT_RADII = {"scion": (6.0, 20.0)}  # (hidden, output); the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 LIBRARY_RADII = (3.0, 10.0)  # ol.gpt_rules()'s
@@ -77,6 +77,9 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
     return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
   if cfg.optimizer == "muon":
     return ol.muon(lr, adam_learning_rate=adam_lr, polar=polar, **kw)
+  if cfg.optimizer == "scion_hybrid":  # constrained Scion on the hidden matrices, AdamW elsewhere
+    return ol.muon(lr, rules=ol.muon_rules(radius=cfg.hidden_radius), beta=cfg.beta,
+                   nesterov=False, weight_decay=1.0, adam_learning_rate=adam_lr, polar=polar)
   if cfg.optimizer == "optax_muon":
     return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,
                               muon_weight_dimension_numbers=model_lib.optax_muon_dims)

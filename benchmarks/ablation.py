@@ -1,0 +1,256 @@
+"""Scion's ablation: what each difference from the best Muon run costs, in steps to AdamW's best.
+
+The GPT example (``examples.gpt.train``) at the ``cpu`` shape of
+``benchmarks/convergence.py`` (4 layers, width 128, 4 heads, context 128, batch
+16, 1000 steps, evaluations every 50 steps on 16 batches), tinyshakespeare in
+the recorded results. Each stage starts from the best run of the stages before
+it and changes one thing:
+
+1. ``diagonal``: constrained Scion from ``ol.init_params`` (the unit init) along
+   ``lr x radius = 2^-8 x 6`` (the step length fixed, the decay ``lr`` moving):
+   hidden radius 6, 12, 24, 48 (head radius 10/3 of it), extended past an edge
+   that wins;
+2. ``lr``: at the best radius, the learning rate x1/4, x1/2 and x2 (the step and
+   the decay together), extended past an edge that wins;
+3. ``init``: the best run from Flax's init and from the init on the ball's
+   boundary (``--init scion``);
+4. ``schedule``: the decay over 100% and 30% of the steps (against 50%);
+5. ``hybrid``: Scion's constraint on the hidden matrices only, AdamW (3e-3) on
+   the embedding, head and gains, on a 4-point learning-rate grid;
+6. ``short``: the best run with a schedule 0.70x as long (the target, checked
+   directly: a curve read mid-run has not had its decay);
+7. ``seed``: the best Scion, AdamW's and optax's Muon's best again at seed 1.
+
+AdamW's and optax's Muon's grids (seed 0) are those of
+``benchmarks/results/convergence.json``: the same shape, data, evaluations and
+trainer code, each optimum inside its grid. The target is AdamW's best final
+validation loss (at seed 1: AdamW's seed-1 run). Every run records its settings
+as the trainer resolved them and its whole validation curve.
+
+Usage, from the repository root::
+
+  python -m benchmarks.ablation --data PATH [--resume] [--report] [--stages diagonal,lr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import tempfile
+
+import jax
+import optax
+
+from benchmarks import _common
+from examples.gpt import optim
+from examples.gpt import train as train_lib
+
+SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,
+             eval_batches=16)
+START = dict(optimizer="scion", init="unit", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
+             decay_frac=0.5)
+STAGES = ("diagonal", "lr", "init", "schedule", "hybrid", "short", "seed")
+HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
+MAX_EXTEND = 2  # points past a grid's winning edge
+
+
+def key(settings: dict) -> str:
+  return json.dumps(settings, sort_keys=True)
+
+
+def run_one(settings: dict, args, root: str) -> dict:
+  """Trains one run; its resolved settings, curve, final loss (NaN: diverged) and seconds."""
+  cfg = train_lib.make_config(
+      **SHAPE, **settings, data=args.data, ckpt_every=10**6, keep_ckpts=1, resume=False,
+      progress=False, plot=False, workdir=os.path.join(root, f"run{abs(hash(key(settings)))}"))
+  try:
+    out, records, seconds = _common.train_logged(cfg)
+  except (FloatingPointError, ValueError, RuntimeError) as e:  # a diverged run stops itself
+    print(f"  diverged: {e}".splitlines()[0], flush=True)
+    return dict(settings=settings, resolved=_resolved(cfg), val_loss=math.nan, curve=[],
+                seconds=None)
+  evals = [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]
+  val = out["val_loss"] if math.isfinite(out["val_loss"]) else math.nan
+  return dict(settings=settings, resolved=_resolved(cfg), val_loss=val, curve=evals,
+              output_norm=out["output_norm"], seconds=seconds)
+
+
+def _resolved(cfg) -> dict:
+  r = optim.resolve(cfg)
+  return {k: getattr(r, k) for k in ("optimizer", "init", "lr", "adam_lr", "beta",
+                                      "hidden_radius", "output_radius", "decay_frac", "steps",
+                                      "seed")}
+
+
+def _loss(runs: dict, settings: dict) -> float:
+  r = runs.get(key(settings))
+  return math.inf if r is None or not math.isfinite(r["val_loss"]) else r["val_loss"]
+
+
+def _best(runs: dict, candidates: list[dict]) -> dict | None:
+  done = [c for c in candidates if key(c) in runs]
+  return min(done, key=lambda c: _loss(runs, c)) if done else None
+
+
+def _grid(runs, points: list[dict], step) -> list[dict]:
+  """``points`` (ordered along one axis), extended past a winning edge by ``step(point, +-1)``."""
+  points = list(points)
+  for _ in range(MAX_EXTEND):
+    if any(key(p) not in runs for p in points):
+      return points
+    best = _best(runs, points)
+    if best is points[0]:
+      points.insert(0, step(points[0], -1))
+    elif best is points[-1]:
+      points.append(step(points[-1], +1))
+    else:
+      return points
+  return points
+
+
+def _diagonal_point(hidden: float) -> dict:
+  return {**START, "hidden_radius": hidden, "output_radius": round(hidden * HEAD_PER_HIDDEN, 3),
+          "lr": START["lr"] * START["hidden_radius"] / hidden}
+
+
+def plan(runs: dict) -> dict[str, list[dict]]:
+  """Every stage's runs given those done so far (a stage waits for the ones before it)."""
+  stages: dict[str, list[dict]] = {}
+  diag = _grid(runs, [_diagonal_point(h) for h in (6.0, 12.0, 24.0, 48.0)],
+               lambda p, s: _diagonal_point(p["hidden_radius"] * 2.0**s))
+  stages["diagonal"] = diag
+  if any(key(p) not in runs for p in diag):
+    return stages
+  centre = _best(runs, diag)
+  lrs = _grid(runs, [{**centre, "lr": centre["lr"] * f} for f in (0.25, 0.5, 1.0, 2.0)],
+              lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
+  stages["lr"] = lrs
+  if any(key(p) not in runs for p in lrs):
+    return stages
+  best = _best(runs, lrs)
+  stages["init"] = [{**best, "init": "standard"}, {**best, "init": "scion"}]
+  stages["schedule"] = [{**best, "decay_frac": 1.0}, {**best, "decay_frac": 0.3}]
+  if any(key(p) not in runs for p in stages["init"] + stages["schedule"]):
+    return stages
+  best = _best(runs, lrs + stages["init"] + stages["schedule"])
+  hybrid = {**best, "optimizer": "scion_hybrid"}
+  stages["hybrid"] = _grid(runs, [{**hybrid, "lr": best["lr"] * f} for f in (0.5, 1.0, 2.0, 4.0)],
+                           lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
+  stages["short"] = [{**best, "steps": round(0.7 * SHAPE["steps"])}]
+  stages["seed"] = [{**best, "seed": 1}, {"optimizer": "adamw", "lr": 1.5e-3, "seed": 1},
+                    {"optimizer": "optax_muon", "lr": 0.01, "seed": 1}]
+  return stages
+
+
+def baselines(path: str) -> list[dict]:
+  """AdamW's and optax's Muon's seed-0 grids from the convergence sweep (same shape)."""
+  with open(path) as f:
+    conv = json.load(f)
+  assert all(conv["config"][k] == v for k, v in SHAPE.items()), "convergence.json: other shape"
+  return [dict(optimizer=r["optimizer"], lr=r["lr"], val_loss=r["val_loss"], curve=r["curve"])
+          for r in conv["runs"] if r["label"] in ("adamw", "optax_muon")]
+
+
+def steps_to(curve, target: float) -> float | None:
+  return _common.crossing(curve, target) if curve else None
+
+
+def summary(result: dict) -> list[dict]:
+  """One row per stage: its best run, its final loss and its steps to the target / AdamW's."""
+  runs = {key(r["settings"]): r for r in result["runs"]}
+  base = result["baselines"]
+  adam = min((b for b in base if b["optimizer"] == "adamw"), key=lambda b: b["val_loss"])
+  muon = min((b for b in base if b["optimizer"] == "optax_muon"), key=lambda b: b["val_loss"])
+  target, adam_steps = adam["val_loss"], steps_to(adam["curve"], adam["val_loss"])
+  rows = [dict(stage="AdamW (convergence.json)", lr=adam["lr"], val_loss=adam["val_loss"],
+               ratio=1.0, n=sum(b["optimizer"] == "adamw" for b in base), edge=False),
+          dict(stage="optax Muon (convergence.json)", lr=muon["lr"], val_loss=muon["val_loss"],
+               ratio=_ratio(steps_to(muon["curve"], target), adam_steps),
+               n=sum(b["optimizer"] == "optax_muon" for b in base), edge=False)]
+  for stage, points in plan(runs).items():
+    done = [p for p in points if key(p) in runs]
+    if not done or stage == "seed":
+      continue
+    for p in done if stage in ("init", "schedule", "short") else [_best(runs, done)]:
+      r = runs[key(p)]
+      edge = stage not in ("init", "schedule", "short") and p in (points[0], points[-1])
+      what = {k: v for k, v in p.items() if k not in ("lr",)}
+      rows.append(dict(stage=stage, what=what, lr=p["lr"], val_loss=r["val_loss"],
+                       ratio=_ratio(steps_to(r["curve"], target), adam_steps), n=len(done),
+                       edge=edge))
+  return rows
+
+
+def _ratio(steps, adam_steps):
+  return None if steps is None else steps / adam_steps
+
+
+def markdown(result: dict) -> str:
+  """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON)."""
+  lines = ["| stage | settings | best lr | runs | final val loss | steps to AdamW's best |",
+           "|---|---|---|---|---|---|"]
+  for r in summary(result):
+    what = r.get("what")
+    desc = "" if what is None else ", ".join(
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in what.items()
+        if START.get(k) != v or k in ("hidden_radius", "output_radius"))
+    ratio = "not reached" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+    lr = f"{r['lr']:.3g}" + (" (grid edge)" if r["edge"] else "")
+    lines.append(f"| {r['stage']} | {desc} | {lr} | {r['n']} | {r['val_loss']:.4f} | {ratio} |")
+  seeds = [r for r in result["runs"] if r["settings"].get("seed") == 1]
+  if seeds:
+    lines += ["", "Seed 1: " + "; ".join(
+        f"{r['settings']['optimizer']} {r['val_loss']:.4f}" for r in seeds)]
+  return "\n".join(lines) + "\n"
+
+
+def parse(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--data", default=None, help="a UTF-8 text file (recorded: tinyshakespeare.txt)")
+  p.add_argument("--stages", default=",".join(STAGES),
+                 help=f"which stages to run, comma-separated, from {STAGES}")
+  p.add_argument("--resume", action="store_true", help="keep the runs already in --out")
+  p.add_argument("--report", action="store_true", help="no training: print the table")
+  p.add_argument("--out", default=os.path.join(_common.RESULTS, "ablation.json"))
+  p.add_argument("--baselines", default=os.path.join(_common.RESULTS, "convergence.json"))
+  return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse(argv)
+  wanted = set(args.stages.split(","))
+  result = dict(benchmark="ablation", command=_common.command("ablation", argv),
+                config=dict(**SHAPE, data=args.data, start=START), runs=[],
+                machine=dict(device=_common.device_name(), jax=jax.__version__,
+                             optax=optax.__version__))
+  if (args.resume or args.report) and os.path.exists(args.out):
+    with open(args.out) as f:
+      old = json.load(f)
+    result["runs"] = old["runs"]
+  result["baselines"] = baselines(args.baselines)
+  with tempfile.TemporaryDirectory() as root:
+    while not args.report:
+      runs = {key(r["settings"]): r for r in result["runs"]}
+      todo = [(s, p) for s, pts in plan(runs).items() if s in wanted for p in pts
+              if key(p) not in runs]
+      if not todo:
+        break
+      stage, settings = todo[0]
+      print(f"[{stage}] {settings}", flush=True)
+      result["runs"].append(dict(stage=stage, **run_one(settings, args, root)))
+      print(f"  val {result['runs'][-1]['val_loss']:.4f}", flush=True)
+      result["date"] = datetime.datetime.now(datetime.UTC).isoformat()
+      _common.write_json(result, args.out)
+  table = markdown(result)
+  print(table)
+  if not args.report:
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+      f.write(table)
+
+
+if __name__ == "__main__":
+  main()
+
