@@ -185,8 +185,8 @@ def bench_trees(widths, layers, repeats, probe, probe_flops) -> tuple[list, list
 def bench_aspect(sizes, aspects, repeats, dtypes) -> list:
   rows = []
   for dtype in dtypes:
-    std = jax.jit(lambda x, dt=dtype: ol.polar(x, method="newton_schulz", dtype=dt))
-    gram = jax.jit(lambda x, dt=dtype: ol.polar(x, method="gram_newton_schulz", dtype=dt))
+    std = jax.jit(lambda x, dt=dtype: ol.contrib.polar(x, method="newton_schulz", dtype=dt))
+    gram = jax.jit(lambda x, dt=dtype: ol.contrib.polar(x, method="gram_newton_schulz", dtype=dt))
     for m in sizes:
       for aspect in aspects:
         n = int(round(m * aspect))
@@ -244,13 +244,13 @@ def restart_study(m, n, batch, presets, dtypes) -> list:
   for dtype in dtypes:
     for name, steps in presets:
       for kind, x in inputs.items():
-        std = ol.polar(x, method="newton_schulz", coeffs=name, steps=steps, dtype=dtype)
+        std = ol.contrib.polar(x, method="newton_schulz", coeffs=name, steps=steps, dtype=dtype)
         e_std = _errors_vs(std, *refs[kind])
         row = {"dtype": jnp.dtype(dtype).name, "coeffs": name, "steps": steps, "input": kind,
                "shape": [batch, m, n], "standard": e_std, "gram_window": {}}
         for window in range(1, steps + 1):
-          u = ol.polar(x, method="gram_newton_schulz", coeffs=name, steps=steps, dtype=dtype,
-                       restart_every=window)
+          u = ol.contrib.polar(x, method="gram_newton_schulz", coeffs=name, steps=steps,
+                               dtype=dtype, restart_every=window)
           row["gram_window"][str(window)] = _errors_vs(u, *refs[kind])
         rows.append(row)
   return rows

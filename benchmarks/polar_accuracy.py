@@ -4,7 +4,7 @@ For each shape and condition number, one float32 input ``X = U diag(s) V^T``
 (``U``, ``V`` orthonormal from QR of Gaussian matrices, ``s`` log-spaced from 1
 down to ``1 / cond``, full rank) goes through:
 
-* ours, ``ol.polar`` with ``method="newton_schulz"`` and
+* ours, ``ol.contrib.polar`` with ``method="newton_schulz"`` and
   ``"gram_newton_schulz"`` (default coefficients, polar_express x 5), at three
   settings: ``float32`` (float32 iterate, ``precision="highest"``), ``tf32``
   (float32 iterate, ``precision=None``: the backend's default, TF32 on recent
@@ -60,7 +60,7 @@ from benchmarks import _common  # run from the repository root: python -m benchm
 from optax_lmo._src import coeffs as coeffs_lib
 from optax_lmo._src import polar as polar_lib
 
-# label -> (iterate dtype, precision passed to ol.polar / the default matmul precision for optax)
+# label -> (iterate dtype, precision passed to ol.contrib.polar / optax's default matmul precision)
 SETTINGS = {
     "float32": (jnp.float32, "highest"),
     "tf32": (jnp.float32, None),

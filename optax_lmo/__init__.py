@@ -1,94 +1,81 @@
-"""optax_lmo: LMO-based optimizers (Scion, unconstrained Scion, Muon, ...) for JAX and Optax."""
+"""optax_lmo: LMO-based optimizers (Scion, unconstrained Scion, Muon, ...) for JAX and Optax.
 
-from optax_lmo import norms
-from optax_lmo._src.adaptive_batch import AdaptiveBatchState, adaptive_batch
-from optax_lmo._src.alias import (
-    muon,
-    normalized_sgd,
-    polargrad,
-    scion,
-    sign_descent,
-    unconstrained_scion,
-)
-from optax_lmo._src.coeffs import REGISTRY as COEFFICIENTS
-from optax_lmo._src.coeffs import Coefficients, get_coefficients
-from optax_lmo._src.describe import Description, describe
-from optax_lmo._src.diagnostics import norm_report
-from optax_lmo._src.drop import DropState, drop_leaves
+The top level holds the optimizers, the transforms they are chained from, routing
+(which leaf gets which norm) and ``norms``; research extras live in
+``optax_lmo.contrib``.
+"""
+
+import warnings as _warnings
+
+from optax_lmo import contrib, norms
+from optax_lmo._src.alias import muon, normalized_sgd, scion, sign_descent, unconstrained_scion
+from optax_lmo._src.describe import describe
 from optax_lmo._src.infer import infer_rules
 from optax_lmo._src.initialize import init_params
-from optax_lmo._src.momentum import MomentumState, momentum, state_dtype
-from optax_lmo._src.polar import Polar, polar
+from optax_lmo._src.momentum import MomentumState, momentum
+from optax_lmo._src.polar import Polar
 from optax_lmo._src.route import RouteState, route
-from optax_lmo._src.rules import Group, Plan, Rules, default_rules, gpt_rules, muon_rules
-from optax_lmo._src.schedules import (
-    TransferFit,
-    fit_transfer_exponents,
-    group_lr_multipliers,
-    norm_transfer_schedule,
-    optimal_lr,
-    transfer_batch,
-    transfer_lr,
-)
-from optax_lmo._src.spec import MatrixSpec, from_matrices, to_matrices
+from optax_lmo._src.rules import Group, Rules, default_rules, muon_rules
+from optax_lmo._src.schedules import norm_transfer_schedule
+from optax_lmo._src.spec import MatrixSpec
 from optax_lmo._src.transforms import (
     add_constrained_decay,
     orthogonalize,
     scale_by_norm,
     scale_by_radius,
     sign,
-    with_float32_state,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "AdaptiveBatchState",
-    "adaptive_batch",
-    "COEFFICIENTS",
-    "Coefficients",
-    "Description",
-    "DropState",
-    "drop_leaves",
-    "polargrad",
-    "Group",
-    "Plan",
+    # optimizers
+    "scion",
+    "unconstrained_scion",
+    "muon",
+    "sign_descent",
+    "normalized_sgd",
+    # transforms
+    "momentum",
+    "MomentumState",
+    "scale_by_norm",
+    "orthogonalize",
+    "sign",
+    "scale_by_radius",
+    "add_constrained_decay",
+    "norm_transfer_schedule",
+    "route",
     "RouteState",
+    # routing
+    "Group",
     "Rules",
     "MatrixSpec",
-    "MomentumState",
-    "TransferFit",
-    "Polar",
-    "add_constrained_decay",
-    "default_rules",
-    "describe",
-    "fit_transfer_exponents",
-    "from_matrices",
-    "get_coefficients",
-    "gpt_rules",
-    "group_lr_multipliers",
     "infer_rules",
-    "init_params",
-    "momentum",
-    "muon",
+    "default_rules",
     "muon_rules",
-    "norm_report",
-    "norm_transfer_schedule",
-    "normalized_sgd",
+    "init_params",
+    "describe",
+    # options and submodules
+    "Polar",
     "norms",
-    "optimal_lr",
-    "orthogonalize",
-    "polar",
-    "route",
-    "scale_by_norm",
-    "scale_by_radius",
-    "scion",
-    "sign",
-    "sign_descent",
-    "state_dtype",
-    "to_matrices",
-    "transfer_batch",
-    "transfer_lr",
-    "unconstrained_scion",
-    "with_float32_state",
+    "contrib",
 ]
+
+# Names that left the top level in 0.2.0 (CHANGELOG.md): they still work, with a warning,
+# until 0.3.0.
+_MOVED = {name: "optax_lmo.contrib" for name in contrib.__all__}
+
+
+def __getattr__(name: str):
+  if name in _MOVED:
+    _warnings.warn(f"optax_lmo.{name} is deprecated: use {_MOVED[name]}.{name} (moved in"
+                   " 0.2.0; the old name goes in 0.3.0).", DeprecationWarning, stacklevel=2)
+    return getattr(contrib, name)
+  if name == "gpt_rules":
+    raise AttributeError("optax_lmo.gpt_rules moved to the GPT example (examples/gpt/model.py,"
+                         " gpt_rules) in 0.2.0; for your own model use"
+                         " ol.infer_rules(model, *example_inputs).")
+  if name in ("Plan", "Description"):
+    raise AttributeError(f"optax_lmo.{name} is no longer public (0.2.0): it is what"
+                         f" {'Rules.plan' if name == 'Plan' else 'ol.describe'} returns.")
+  raise AttributeError(f"module 'optax_lmo' has no attribute {name!r}")

@@ -29,7 +29,7 @@ def test_steps_when_numpy_norm_test_passes(eta):
   signal = rng.normal(size=(3, 4))
   grads = [signal + 0.5 * rng.normal(size=(3, 4)) for _ in range(40)]
   want_m, want_mean = _np_first_pass(grads, eta, 2, 40)
-  tx = ol.adaptive_batch(optax.sgd(1.0), eta, max_micro_batches=40)
+  tx = ol.contrib.adaptive_batch(optax.sgd(1.0), eta, max_micro_batches=40)
   state = tx.init(jnp.zeros((3, 4)))
   step = jax.jit(tx.update)
   for m, g in enumerate(grads, start=1):
@@ -45,7 +45,7 @@ def test_steps_when_numpy_norm_test_passes(eta):
 
 def test_noise_only_hits_the_cap_and_batch_grows_as_signal_fades():
   rng = np.random.default_rng(1)
-  tx = ol.adaptive_batch(optax.sgd(1.0), 0.1, max_micro_batches=6)
+  tx = ol.contrib.adaptive_batch(optax.sgd(1.0), 0.1, max_micro_batches=6)
   state = tx.init(jnp.zeros(8))
   for _ in range(6):
     _, state = tx.update(jnp.asarray(rng.normal(size=8), jnp.float32), state)
@@ -60,7 +60,7 @@ def test_noise_only_hits_the_cap_and_batch_grows_as_signal_fades():
                                   lambda: ol.muon(0.02)])
 def test_wraps_every_optimizer_under_jit_without_retracing(make):
   params = {"w": jnp.ones((4, 4)) * 0.1, "b": jnp.zeros(4)}
-  tx = ol.adaptive_batch(make(), 0.3, max_micro_batches=4)
+  tx = ol.contrib.adaptive_batch(make(), 0.3, max_micro_batches=4)
   state = tx.init(params)
   traces = []
 
@@ -80,7 +80,7 @@ def test_wraps_every_optimizer_under_jit_without_retracing(make):
 
 def test_low_precision_params_keep_float32_mean_and_their_own_update_dtype():
   params = jnp.ones(4, jnp.bfloat16)
-  tx = ol.adaptive_batch(ol.unconstrained_scion(0.1), 1.0)
+  tx = ol.contrib.adaptive_batch(ol.unconstrained_scion(0.1), 1.0)
   state = tx.init(params)
   assert state.mean.dtype == jnp.float32
   for _ in range(3):
@@ -90,7 +90,7 @@ def test_low_precision_params_keep_float32_mean_and_their_own_update_dtype():
 
 def test_eta_can_be_a_traced_value():
   def run(eta):
-    tx = ol.adaptive_batch(optax.sgd(1.0), eta, max_micro_batches=8)
+    tx = ol.contrib.adaptive_batch(optax.sgd(1.0), eta, max_micro_batches=8)
     s = tx.init(jnp.zeros(2))
     for g in ([1.0, 1.0], [1.0, 3.0], [1.0, 1.0]):
       _, s = tx.update(jnp.array(g), s)
@@ -105,4 +105,4 @@ def test_eta_can_be_a_traced_value():
                                     dict(eta=0.1, min_micro_batches=5, max_micro_batches=4)])
 def test_bad_arguments_are_refused(kwargs):
   with pytest.raises(ValueError, match="adaptive_batch"):
-    ol.adaptive_batch(optax.sgd(1.0), **kwargs)
+    ol.contrib.adaptive_batch(optax.sgd(1.0), **kwargs)

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import optax_lmo as ol
+from examples.gpt.model import gpt_rules
 from optax_lmo import norms
 
 SVD = ol.Polar(method="svd")
@@ -263,12 +264,12 @@ def test_norm_less_group_is_refused_at_init_by_scion_not_muon():
 )
 def test_invalid_coefficient_sets(coeffs, match):
   with pytest.raises(ValueError, match=match):
-    ol.polar(jnp.ones((4, 4)), coeffs=coeffs)
+    ol.contrib.polar(jnp.ones((4, 4)), coeffs=coeffs)
 
 
 def test_zero_steps_and_unknown_method():
   with pytest.raises(ValueError, match="steps >= 1"):
-    ol.polar(jnp.ones((4, 4)), steps=0)
+    ol.contrib.polar(jnp.ones((4, 4)), steps=0)
   with pytest.raises(ValueError, match="Unknown polar method"):
     ol.Polar(method="qr")
 
@@ -317,7 +318,7 @@ def test_momentum_beta_zero_is_valid():
 
 def test_unknown_output_norm_name():
   with pytest.raises(ValueError, match="output_norm must be 'rownorm' or 'sign'"):
-    ol.gpt_rules(output_norm="l1")
+    gpt_rules(output_norm="l1")
 
 
 def test_group_with_non_norm():

@@ -32,7 +32,8 @@ def test_readme_lists_every_public_name():
   import optax_lmo.norms
 
   readme = (ROOT / "README.md").read_text(encoding="utf-8")
-  names = [n for n in optax_lmo.__all__ if n != "norms"]
+  names = [n for n in optax_lmo.__all__ if n not in ("norms", "contrib")]
   names += [f"norms.{n}" for n in optax_lmo.norms.__all__]
+  names += [f"contrib.{n}" for n in optax_lmo.contrib.__all__]
   missing = [n for n in names if f"`{n}`" not in readme]
   assert not missing, f"README's API section lacks {missing}"

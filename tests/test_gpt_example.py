@@ -17,6 +17,7 @@ from examples.gpt import data as data_lib
 from examples.gpt import model as model_lib
 from examples.gpt import progressive
 from examples.gpt import train as train_lib
+from examples.gpt.model import gpt_rules
 
 # A failed tensorstore read (the corrupt-checkpoint test) leaves an orbax callback on a closed
 # event loop; whichever test is running when it is garbage-collected would report it.
@@ -186,7 +187,7 @@ def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
 def test_parameter_names_match_gpt_rules():
   cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
-  rules = ol.gpt_rules()
+  rules = gpt_rules()
   got = {ckpt_lib.leaf_name(p): (x.shape, type(rules.group_for(ckpt_lib.leaf_name(p), x).norm))
          for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
   d, v = 16, 11

@@ -85,3 +85,31 @@ def test_every_requirement_has_a_tested_lower_bound():
   for name in ("jax", "jaxlib", "optax", "chex", "flax", "orbax-checkpoint", "pytest"):
     assert name in pins, (name, pins)
   assert pins["jax"] == pins["jaxlib"], "jax and jaxlib are released together; pin both alike"
+
+
+def test_the_top_level_is_small_and_every_name_resolves():
+  import optax_lmo as ol
+
+  assert len(ol.__all__) <= 26, ol.__all__
+  for name in ol.__all__ + ol.contrib.__all__:
+    getattr(ol.contrib if name in ol.contrib.__all__ else ol, name)
+
+
+def test_moved_names_warn_and_are_the_contrib_objects():
+  import warnings
+
+  import optax_lmo as ol
+
+  for name in ol.contrib.__all__:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      old = getattr(ol, name)
+    assert old is getattr(ol.contrib, name), name
+    assert any(issubclass(w.category, DeprecationWarning) and f"contrib.{name}" in str(w.message)
+               for w in caught), name
+  import pytest
+
+  with pytest.raises(AttributeError, match="examples/gpt/model.py"):
+    ol.gpt_rules  # noqa: B018
+  with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+    ol.nonexistent  # noqa: B018

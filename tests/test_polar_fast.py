@@ -1,6 +1,6 @@
 """Fast orthogonalization: Gram and standard Newton–Schulz against SVD, per dtype, batched.
 
-Checks the per-dtype band table in the docstring of ``optax_lmo.polar`` (both
+Checks the per-dtype band table in the docstring of ``optax_lmo.contrib.polar`` (both
 methods, well- and ill-conditioned and rank-deficient inputs, bfloat16 inputs),
 that zero matrices inside a batch stay exactly zero, that ``scale_by_norm``
 gives the same updates batched and per leaf on a GPT-shaped tree, and that the
@@ -59,7 +59,7 @@ X = _stack()
 
 @functools.partial(jax.jit, static_argnames=("method", "coeffs", "steps", "dtype"))
 def _polar(x, method, coeffs="polar_express", steps=5, dtype=None):
-  return ol.polar(x, method=method, coeffs=coeffs, steps=steps, dtype=dtype)
+  return ol.contrib.polar(x, method=method, coeffs=coeffs, steps=steps, dtype=dtype)
 
 
 def _sv(x):
@@ -194,7 +194,8 @@ def test_iteration_is_a_loop_not_unrolled(method, restart_every, shape):
   x = jnp.ones(shape)
   counts = []
   for steps in (5, 10):
-    fn = functools.partial(ol.polar, method=method, steps=steps, restart_every=restart_every)
+    fn = functools.partial(ol.contrib.polar, method=method, steps=steps,
+                           restart_every=restart_every)
     n_while, dots = _count(fn, x)
     assert n_while >= 1
     counts.append(len(dots))
@@ -205,7 +206,7 @@ def test_iteration_is_a_loop_not_unrolled(method, restart_every, shape):
 @pytest.mark.parametrize("method", METHODS)
 def test_precision_reaches_every_matmul(method):
   fn = functools.partial(
-      ol.polar, method=method, precision=jax.lax.Precision.HIGHEST, dtype=jnp.bfloat16
+      ol.contrib.polar, method=method, precision=jax.lax.Precision.HIGHEST, dtype=jnp.bfloat16
   )
   _, dots = _count(fn, jnp.ones((24, 64)))
   assert dots

@@ -20,7 +20,7 @@ def _np_polar(g):
 @pytest.mark.parametrize("shape", [(6, 6), (5, 9), (12, 4)])
 def test_polargrad_step_is_nuclear_norm_times_polar(shape):
   g = jax.random.normal(jax.random.key(0), shape)
-  tx = ol.polargrad(0.1, beta=0.0, rules=[(".*", ol.Group(norms.Spectral()))], polar=SVD)
+  tx = ol.contrib.polargrad(0.1, beta=0.0, rules=[(".*", ol.Group(norms.Spectral()))], polar=SVD)
   u, _ = tx.update(g, tx.init(g))
   polar, nuclear = _np_polar(g)
   f2 = shape[1] / shape[0]  # the squared dimension factor of the scaled spectral norm
@@ -40,7 +40,7 @@ def test_dual_scaled_direction_is_dual_norm_times_lmo(norm):
 def test_polargrad_is_homogeneous_of_degree_one():
   params = {"w": jnp.ones((8, 4)) * 0.1, "b": jnp.zeros(4), "head": {"kernel": jnp.ones((4, 3))}}
   g = jax.tree.map(lambda p: jax.random.normal(jax.random.key(2), p.shape), params)
-  tx = ol.polargrad(0.05, beta=0.0, polar=SVD)
+  tx = ol.contrib.polargrad(0.05, beta=0.0, polar=SVD)
   u1, _ = tx.update(g, tx.init(params), params)
   u3, _ = tx.update(jax.tree.map(lambda x: 3.0 * x, g), tx.init(params), params)
   for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u3), strict=True):
@@ -49,7 +49,7 @@ def test_polargrad_is_homogeneous_of_degree_one():
 
 def test_polargrad_zero_gradient_gives_zero_step():
   params = {"w": jnp.eye(4), "b": jnp.ones(4)}
-  tx = ol.polargrad(0.1)
+  tx = ol.contrib.polargrad(0.1)
   u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(u))
 

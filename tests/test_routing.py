@@ -12,6 +12,7 @@ import pytest
 
 import optax_lmo as ol
 from optax_lmo import norms
+from optax_lmo._src import describe as describe_lib
 
 SVD = ol.Polar(method="svd")
 
@@ -104,7 +105,7 @@ def test_describe_prints_nothing_and_displays_itself(capsys):
   d = ol.describe(ol.scion(0.1), params)
   ol.describe(ol.default_rules(), params)
   assert capsys.readouterr() == ("", "")
-  assert isinstance(d, ol.Description) and len(d) == 4
+  assert isinstance(d, describe_lib.Description) and len(d) == 4
   lines = str(d).splitlines()
   assert len(lines) == 2 + len(d)  # header, rule, one line per leaf
   assert lines[0].split()[:4] == ["path", "shape", "view", "norm"]

@@ -1,6 +1,6 @@
 """Randomized layer updates on a mesh: dropped matrices skip their polar factor on their owners.
 
-A sampled spectral leaf (one with a keep bit, as :func:`~optax_lmo.drop_leaves`
+A sampled spectral leaf (one with a keep bit, as :func:`~optax_lmo.contrib.drop_leaves`
 passes it) goes through the whole-matrix exchange like the others; its owner
 runs the polar factor under a ``lax.cond`` on the bit. Checked here: with a
 fixed keep pattern the sharded update equals the single-device one (dropped

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import optax_lmo as ol
 from examples.gpt import model as model_lib
 from examples.gpt import monitor
 from examples.gpt import train as train_lib
+from examples.gpt.model import gpt_rules
 
-RULES = ol.gpt_rules(embed_radius=1.0, hidden_radius=3.0, output_radius=10.0)
+RULES = gpt_rules(embed_radius=1.0, hidden_radius=3.0, output_radius=10.0)
 
 
 def _params(seed: int = 0) -> dict:

@@ -1,4 +1,4 @@
-"""A decoder-only GPT in Flax NNX whose parameter names match ``optax_lmo.gpt_rules``.
+"""A decoder-only GPT in Flax NNX, and :func:`gpt_rules`, the name-based rules that match it.
 
 Parameter paths (what the rules match on)::
 
@@ -20,6 +20,7 @@ a GELU MLP whose activation can be scaled by sqrt(2) to keep its variance [S].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -155,9 +156,44 @@ class GPT(nnx.Module):
     return self.head(self.final_norm(x_BxLxD)).astype(jnp.float32)
 
 
+def gpt_rules(
+    *,
+    embed_radius: float = 1.0,
+    hidden_radius: float = 3.0,
+    output_radius: float = 10.0,
+    bias_radius: float = 1.0,
+    output_norm: str = "rownorm",
+    lr_mults: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> optax_lmo.Rules:
+  """Rules for this GPT (and models named like it), by parameter name.
+
+  ``embed/embedding`` and ``pos_embed/embedding`` -> ColNorm; ``head/kernel`` ->
+  RowNorm (or Sign); every other ``kernel`` -> Spectral; ``scale`` and ``bias``
+  -> BiasRMS. Radii 1, 3, 10 follow the shallow shakespeare_char runs of
+  LIONS-EPFL/scion. ``lr_mults`` is (input, hidden, output). Strict: any other
+  leaf is an error. ``optax_lmo.infer_rules(model, tokens)`` gives the same
+  routing from the model's computation (tests/test_infer.py holds them equal).
+  """
+  if output_norm not in ("rownorm", "sign"):
+    raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {output_norm!r}.")
+  head = norms.RowNorm() if output_norm == "rownorm" else norms.Sign()
+  li, lh, lo = lr_mults
+  g = functools.partial(optax_lmo.Group, evidence="name rule")
+  return optax_lmo.Rules(
+      (
+          (r"(^|/)(pos_)?embed/embedding$", g(norms.ColNorm(), embed_radius, li,
+                                               role="embedding")),
+          (r"(^|/)head/kernel$", g(head, output_radius, lo, role="output")),
+          (r"(^|/)kernel$", g(norms.Spectral(), hidden_radius, lh, role="hidden")),
+          (r"(^|/)(scale|bias)$", g(norms.BiasRMS(), bias_radius, lh, role="vector")),
+      ),
+      strict=True,
+  )
+
+
 def rules(cfg: GPTConfig) -> optax_lmo.Rules:
   """The optimizer rules that match this model (same radii as its scion init)."""
-  return optax_lmo.gpt_rules(
+  return gpt_rules(
       embed_radius=cfg.embed_radius,
       hidden_radius=cfg.hidden_radius,
       output_radius=cfg.output_radius,

@@ -1,7 +1,7 @@
 """The example's optimizers: defaults, schedules, and the --drop and --adaptive-batch wrappers.
 
 With ``--adaptive-batch ETA`` the optimizer is wrapped in
-``optax_lmo.adaptive_batch``: every training step feeds it one micro-batch (the
+``optax_lmo.contrib.adaptive_batch``: every training step feeds it one micro-batch (the
 configured ``--batch``) and it steps once the norm test passes. The run's
 length (``--steps``), its data order, evaluations and checkpoints count
 micro-batches, and so does the learning-rate schedule: the inner optimizer runs
@@ -35,7 +35,7 @@ DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw
               "optax_muon": 0.01, "scion_hybrid": 2**-8}
 DEFAULT_RADII = {"scion": (6.0, 20.0)}  # (hidden, output); the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
-LIBRARY_RADII = (3.0, 10.0)  # ol.gpt_rules()'s
+LIBRARY_RADII = (3.0, 10.0)  # gpt_rules()'s
 STANDARD_INIT = ("adamw", "optax_muon", "muon")  # from Flax's init; the Scions: scion's
 
 
@@ -92,7 +92,8 @@ def make_optimizer(cfg, gcfg: model_lib.GPTConfig) -> optax.GradientTransformati
   if cfg.adaptive_batch is not None:  # constant inside; the schedule counts micro-batches
     inner = base_optimizer(cfg, gcfg, cfg.lr, cfg.adam_lr)
     return optax.chain(
-        ol.adaptive_batch(inner, cfg.adaptive_batch, max_micro_batches=cfg.max_micro_batches),
+        ol.contrib.adaptive_batch(inner, cfg.adaptive_batch,
+                                  max_micro_batches=cfg.max_micro_batches),
         optax.scale_by_schedule(make_schedule(cfg, 1.0)))
   tx = base_optimizer(cfg, gcfg, make_schedule(cfg, cfg.lr), make_schedule(cfg, cfg.adam_lr))
   return progressive.freeze(tx) if cfg.drop else tx

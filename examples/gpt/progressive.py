@@ -13,7 +13,7 @@ that step, the blocks ``>= c``, the final norm and the head are trained:
 * the optimizer leaves the frozen parameters **and their optimizer state**
   alone (:func:`freeze`): no step, no decay, momentum held, as in the paper.
   The mask goes to the inner optimizer as the extra argument ``keep`` (as
-  ``optax_lmo.drop_leaves`` passes it), so Scion skips the frozen matrices'
+  ``optax_lmo.contrib.drop_leaves`` passes it), so Scion skips the frozen matrices'
   Newton–Schulz work.
 
 The cutoff is a pure function of ``(seed, step)`` (:func:`cutoff`), like the

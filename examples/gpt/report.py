@@ -53,7 +53,7 @@ class Log:
 
 
 def norm_reporter(rules: ol.Rules) -> Callable[[nnx.Module], dict[str, float]]:
-  """``model -> optax_lmo.norm_report`` of its matrices, ``"<path>/<norm>"`` to a float.
+  """``model -> optax_lmo.contrib.norm_report`` of its matrices, ``"<path>/<norm>"`` to a float.
 
   The output head's ``head/kernel/rms_to_inf`` (the [NT] output norm
   ``sqrt(d_in) max_i ||W_out[:, i]||``) comes first, then its other norms, then
@@ -64,7 +64,7 @@ def norm_reporter(rules: ol.Rules) -> Callable[[nnx.Module], dict[str, float]]:
 
   @jax.jit
   def values(params):
-    out = ol.norm_report(params, rules)
+    out = ol.contrib.norm_report(params, rules)
     order[:] = list(out)  # recorded while tracing: a dict returned by jit comes back sorted
     return tuple(out.values())
 

@@ -69,7 +69,7 @@ def adaptive_batch(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.adaptive_batch(optax.sgd(1.0), eta=0.5, max_micro_batches=8)
+    >>> tx = ol.contrib.adaptive_batch(optax.sgd(1.0), eta=0.5, max_micro_batches=8)
     >>> state = tx.init(jnp.zeros(2))
     >>> for g in ([1.0, 1.0], [1.1, 0.9]):   # two close micro-batches: the test passes
     ...   u, state = tx.update(jnp.array(g), state)

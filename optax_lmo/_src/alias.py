@@ -83,7 +83,7 @@ def scion(
       ``optax.inject_hyperparams`` name it in ``static_args``. Off a mesh it
       changes nothing (see :func:`~optax_lmo.scale_by_norm`).
     keep_prob: update each spectral leaf with this probability per step
-      (Drop-Muon, :func:`~optax_lmo.drop_leaves`): a dropped leaf neither moves
+      (Drop-Muon, :func:`~optax_lmo.contrib.drop_leaves`): a dropped leaf neither moves
       nor pays for its polar factor, and its momentum keeps accumulating. A
       group's ``keep_prob`` overrides it. ``None`` (the default): every leaf
       every step. Sampled leaves are batched apart from the others: on one
@@ -303,7 +303,7 @@ def polargrad(
 
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> tx = ol.polargrad(0.1, beta=0.0, rules=[(".*", ol.Group(ol.norms.Spectral()))],
+    >>> tx = ol.contrib.polargrad(0.1, beta=0.0, rules=[(".*", ol.Group(ol.norms.Spectral()))],
     ...                   polar=ol.Polar(method="svd"))
     >>> g = jnp.diag(jnp.array([3.0, 1.0]))
     >>> u, _ = tx.update(g, tx.init(g))

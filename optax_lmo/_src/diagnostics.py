@@ -311,9 +311,9 @@ def norm_report(
     >>> import jax, jax.numpy as jnp, optax_lmo as ol
     >>> params = {"fc": {"kernel": jnp.eye(4), "bias": jnp.zeros(4)},
     ...           "head": {"kernel": jnp.ones((4, 2))}}
-    >>> list(ol.norm_report(params, ol.default_rules()))[:2]   # head: RowNorm
+    >>> list(ol.contrib.norm_report(params, ol.default_rules()))[:2]   # head: RowNorm
     ['head/kernel/rms_to_inf', 'head/kernel/rms_to_rms']
-    >>> report = jax.jit(ol.norm_report)(params)   # e.g. every 100 steps
+    >>> report = jax.jit(ol.contrib.norm_report)(params)   # e.g. every 100 steps
     >>> {k: round(float(v), 4) for k, v in report.items() if k.startswith("head")}
     {'head/kernel/one_to_rms': 1.0, 'head/kernel/rms_to_inf': 4.0,
      'head/kernel/rms_to_rms': 4.0, 'head/kernel/sup': 1.0}

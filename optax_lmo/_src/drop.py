@@ -62,7 +62,7 @@ def drop_leaves(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.drop_leaves(optax.sgd(1.0), {"a": 0.0, "b": None})
+    >>> tx = ol.contrib.drop_leaves(optax.sgd(1.0), {"a": 0.0, "b": None})
     >>> g = {"a": jnp.ones(2), "b": jnp.ones(2)}
     >>> u, _ = tx.update(g, tx.init(g))
     >>> u["a"].tolist(), u["b"].tolist()

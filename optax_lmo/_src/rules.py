@@ -46,7 +46,7 @@ class Group:
     evidence: why the leaf got this group (e.g. the traced ops that use it, or
       ``"name rule"``); shown by :func:`describe`.
     keep_prob: probability that the leaf is updated at a step (randomized layer
-      updates, :func:`~optax_lmo.drop_leaves`); ``None`` takes the optimizer's
+      updates, :func:`~optax_lmo.contrib.drop_leaves`); ``None`` takes the optimizer's
       ``keep_prob`` for spectral leaves and 1 for the rest.
   """
 
@@ -321,52 +321,6 @@ def head_norm(name: str) -> norms_lib.Norm:
   if name == "sign":
     return norms_lib.Sign()
   raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {name!r}.")
-
-
-def gpt_rules(
-    *,
-    embed_radius: float = 1.0,
-    hidden_radius: float = 3.0,
-    output_radius: float = 10.0,
-    bias_radius: float = 1.0,
-    output_norm: str = "rownorm",
-    lr_mults: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> Rules:
-  """Rules for the example GPT (``examples/gpt/model.py``) and models named like it.
-
-  ``embed/embedding`` and ``pos_embed/embedding`` -> ColNorm; ``head/kernel`` ->
-  RowNorm (or Sign); every other ``kernel`` -> Spectral; ``scale`` and ``bias``
-  -> BiasRMS. Defaults follow the shallow shakespeare_char runs of
-  LIONS-EPFL/scion (radii 1, 3, 10). ``lr_mults`` is (input, hidden, output);
-  ``(1, 1/8, 1)`` is the [NT] preset. Strict: any other leaf is an error.
-
-  Args:
-    embed_radius, hidden_radius, output_radius, bias_radius: radius per role.
-    output_norm: ``"rownorm"`` or ``"sign"`` for the head.
-    lr_mults: learning-rate multipliers (input, hidden, output).
-
-  Returns:
-    A strict :class:`Rules`.
-
-  Examples:
-    >>> import optax_lmo as ol
-    >>> r = ol.gpt_rules()
-    >>> r.group_for("blocks/0/attn/qkv/kernel", None).radius
-    3.0
-  """
-  head = head_norm(output_norm)
-  li, lh, lo = lr_mults
-  g = functools.partial(Group, evidence="name rule")
-  return Rules(
-      (
-          (r"(^|/)(pos_)?embed/embedding$", g(norms_lib.ColNorm(), embed_radius, li,
-                                               role="embedding")),
-          (r"(^|/)head/kernel$", g(head, output_radius, lo, role="output")),
-          (r"(^|/)kernel$", g(norms_lib.Spectral(), hidden_radius, lh, role="hidden")),
-          (r"(^|/)(scale|bias)$", g(norms_lib.BiasRMS(), bias_radius, lh, role="vector")),
-      ),
-      strict=True,
-  )
 
 
 def muon_rules(*, radius: float = 1.0, input_layer: bool = False) -> Rules:

@@ -72,7 +72,7 @@ def optimal_lr(
 
   Examples:
     >>> import optax_lmo as ol
-    >>> lr = ol.optimal_lr(batch=128, tokens=2**33)   # 0.62*7 - 0.56*33 + 9.8 = -4.34
+    >>> lr = ol.contrib.optimal_lr(batch=128, tokens=2**33)   # 0.62*7 - 0.56*33 + 9.8 = -4.34
     >>> round(float(lr), 5)
     0.04938
 
@@ -124,7 +124,7 @@ def transfer_lr(
 
   Examples:
     >>> import optax_lmo as ol
-    >>> lr = ol.transfer_lr(2**-6, batch0=32, tokens0=2**30, batch=128, tokens=2**33)
+    >>> lr = ol.contrib.transfer_lr(2**-6, batch0=32, tokens0=2**30, batch=128, tokens=2**33)
     >>> round(float(lr), 6)   # 2^(-6 + 0.62*2 - 0.56*3)
     0.011518
 
@@ -164,7 +164,7 @@ def transfer_batch(
 
   Examples:
     >>> import optax_lmo as ol
-    >>> round(float(ol.transfer_batch(64, tokens0=2**30, tokens=2**40)), 1)   # 64 * 2^4.5
+    >>> round(float(ol.contrib.transfer_batch(64, tokens0=2**30, tokens=2**40)), 1)   # 64 * 2^4.5
     1448.2
 
   References:
@@ -280,8 +280,7 @@ def group_lr_multipliers(preset: str = "nt") -> dict[str, float]:
 
   The ``"nt"`` preset is the ratio [NT] found best (up to 6% lower loss than
   one shared rate, Llama-style models up to 1.3B parameters); ``"uniform"`` is
-  all ones. The dict is ordered (input, hidden, output), the order of
-  ``gpt_rules(lr_mults=...)``.
+  all ones. Each value is a :class:`~optax_lmo.Group`'s ``lr_mult`` for that role.
 
   Args:
     preset: ``"nt"`` or ``"uniform"``.
@@ -291,9 +290,9 @@ def group_lr_multipliers(preset: str = "nt") -> dict[str, float]:
 
   Examples:
     >>> import optax_lmo as ol
-    >>> ol.group_lr_multipliers()
+    >>> ol.contrib.group_lr_multipliers()
     {'input': 1.0, 'hidden': 0.125, 'output': 1.0}
-    >>> rules = ol.gpt_rules(lr_mults=tuple(ol.group_lr_multipliers().values()))
+    >>> hidden = ol.Group(ol.norms.Spectral(), 3.0, ol.contrib.group_lr_multipliers()["hidden"])
 
   References:
     Filatov et al., Optimal Scaling Needs Optimal Norm, arXiv:2510.03871, 2025.
@@ -351,9 +350,9 @@ def fit_transfer_exponents(
 
   Examples:
     >>> import optax_lmo as ol
-    >>> sweep = [(b, d, float(ol.optimal_lr(b, d)))
+    >>> sweep = [(b, d, float(ol.contrib.optimal_lr(b, d)))
     ...          for b in (16, 64, 256) for d in (2**28, 2**31)]
-    >>> fit = ol.fit_transfer_exponents(sweep)
+    >>> fit = ol.contrib.fit_transfer_exponents(sweep)
     >>> round(fit.batch_exponent, 3), round(fit.tokens_exponent, 3), round(fit.log2_constant, 2)
     (0.62, -0.56, 9.8)
 

@@ -95,7 +95,7 @@ def scale_by_norm(
 
   ``update`` takes an optional extra argument ``keep``: a pytree of booleans
   matched to the updates by path (``None`` entries: always computed), as
-  :func:`~optax_lmo.drop_leaves` passes it. A spectral leaf whose entry is
+  :func:`~optax_lmo.contrib.drop_leaves` passes it. A spectral leaf whose entry is
   false gets a zero direction without running its polar factor: sampled leaves
   are batched apart from the others, each under ``lax.cond`` on one device and
   one ``lax.cond`` per matrix on its owner on a mesh.
@@ -211,7 +211,7 @@ def orthogonalize(
   (route them elsewhere with ``optax.partition`` or use :func:`scale_by_norm`).
 
   Args:
-    method, coeffs, steps, dtype, precision: see :func:`optax_lmo.polar`.
+    method, coeffs, steps, dtype, precision: see :func:`optax_lmo.contrib.polar`.
     input_layer: use the input-layer factor ``max(1, sqrt(d_out/d_in))``.
     scaled: apply the dimension factor.
     specs: matrix views, as in :func:`scale_by_norm`.
@@ -335,7 +335,7 @@ def with_float32_state(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.with_float32_state(optax.adam(0.1))
+    >>> tx = ol.contrib.with_float32_state(optax.adam(0.1))
     >>> tx.init(jnp.zeros(2, jnp.bfloat16))[0].nu.dtype
     dtype('float32')
   """
