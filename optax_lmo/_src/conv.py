@@ -17,7 +17,11 @@ CONVENTIONS = ("reference", "per_tap")
 
 @dataclasses.dataclass(frozen=True)
 class SpectralConv(Spectral):
-  r"""Spectral norm for convolution kernels ``(..., kh, kw, c_in, c_out)``.
+  r"""Convolution kernels ``(kh, kw, c_in, c_out)``: the spectral norm of the kernel as a matrix.
+
+  In words: the kernel is viewed as one ``(kh*kw*c_in) x c_out`` matrix (each
+  output channel reads a patch), or per tap, and normed like a hidden matrix,
+  with the reference code's extra factor ``kh*kw``.
 
   The fan-in axes of the view are ``(spatial..., c_in)``: the last one is
   ``c_in`` and the others index the ``T = kh*kw`` taps. Default view for an

@@ -151,7 +151,11 @@ def _semi_orthogonal(key, b: int, i: int, o: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Spectral(Norm):
-  r"""Scaled spectral norm (RMS -> RMS operator norm) for hidden matrices.
+  r"""Hidden matrices: how much a kernel ``(d_in, d_out)`` can grow an input's RMS.
+
+  In words: the largest factor by which ``x @ W`` can have a larger RMS than
+  ``x`` (the RMS -> RMS operator norm), i.e. the largest singular value scaled
+  by ``sqrt(d_in/d_out)``. Its LMO is the orthogonalized gradient (Muon's step).
 
   .. math::
     \|W\| = \sqrt{d_{in}/d_{out}}\,\sigma_{\max}(W), \qquad
@@ -204,9 +208,13 @@ class Spectral(Norm):
 
 @dataclasses.dataclass(frozen=True)
 class ColNorm(Norm):
-  r"""Max row norm (1 -> RMS operator norm) for one-hot inputs: embedding tables.
+  r"""Embedding tables: the largest RMS of a row of a Flax ``Embed`` table ``(vocab, d)``.
 
-  Rows are the fan-in index (a Flax ``Embed`` table ``(vocab, d)``: one row per token).
+  In words: each token's vector is one row (the fan-in index), and the norm is
+  the largest RMS among them (the 1 -> RMS operator norm: what a one-hot input
+  can produce). Its LMO rescales every row of the gradient to RMS 1. The name
+  comes from the PyTorch layout ``(d_out, d_in)`` of the reference code, where
+  those rows are columns.
 
   .. math::
     \|W\| = \max_j \|W_{j,:}\|_2 / \sqrt{d_{out}}, \qquad
@@ -236,9 +244,13 @@ class ColNorm(Norm):
 
 @dataclasses.dataclass(frozen=True)
 class RowNorm(Norm):
-  r"""Max column norm (RMS -> inf operator norm) for output layers (unembedding).
+  r"""Output heads: the largest norm of a column of a Flax kernel ``(d_in, vocab)``.
 
-  Column ``i`` of a Flax kernel ``(d_in, d_out)`` holds the weights of output ``i``.
+  In words: column ``i`` holds the weights of output (logit) ``i``; the norm is
+  the largest column norm times ``sqrt(d_in)`` (the RMS -> inf operator norm:
+  the largest logit an input of RMS 1 can produce). Its LMO rescales every
+  column of the gradient to that unit. The name comes from the PyTorch layout
+  ``(d_out, d_in)`` of the reference code, where those columns are rows.
 
   .. math::
     \|W\| = \sqrt{d_{in}} \max_i \|W_{:,i}\|_2, \qquad
@@ -268,7 +280,10 @@ class RowNorm(Norm):
 
 @dataclasses.dataclass(frozen=True)
 class Sign(Norm):
-  r"""Scaled max-abs norm (1 -> inf operator norm): sign descent.
+  r"""Output (or input) layers: the largest absolute entry of a kernel ``(d_in, d_out)``, x d_in.
+
+  In words: every weight is bounded by the same amount (the 1 -> inf operator
+  norm, scaled by ``d_in``); its LMO is the sign of the gradient (sign descent).
 
   .. math::
     \|W\| = d_{in} \max |W|, \qquad \mathrm{lmo}(G) = \mathrm{sign}(G) / d_{in}
@@ -302,7 +317,7 @@ class Sign(Norm):
 
 @dataclasses.dataclass(frozen=True)
 class BiasRMS(Norm):
-  r"""RMS norm for biases, gains and other 1-D leaves.
+  r"""Biases and gains: the RMS of the vector (of the whole leaf, unless a spec names batch axes).
 
   .. math::
     \|b\| = \|b\|_{RMS} = \|b\|_2/\sqrt{n}, \qquad \mathrm{lmo}(g) = g / \|g\|_{RMS}
@@ -332,7 +347,7 @@ class BiasRMS(Norm):
 
 @dataclasses.dataclass(frozen=True)
 class Frobenius(Norm):
-  r"""Frobenius norm: normalized SGD, and a fallback for any leaf.
+  r"""Any leaf: the square root of its sum of squares (normalized SGD, and a fallback).
 
   .. math::
     \|W\| = \|W\|_F, \qquad \mathrm{lmo}(G) = G / \|G\|_F
