@@ -9,6 +9,7 @@ ops for 5 steps as for 10.
 """
 
 import functools
+import pathlib
 import re
 
 import jax
@@ -20,6 +21,9 @@ import pytest
 import optax_lmo as ol
 from optax_lmo._src import polar as polar_lib
 
+# The bands this file asserts, as the docs show them.
+POLAR_PAGE = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "polar.md").read_text()
+
 METHODS = ("newton_schulz", "gram_newton_schulz")
 M, N, RANK = 128, 512, 32
 
@@ -28,8 +32,8 @@ def _table():
   """``(preset, steps, dtype) -> (gaussian, cond, rank, null)`` from the docstring."""
   band = r"\[([\d.]+), ([\d.]+)\]"
   rows = re.findall(
-      rf"^\s*(\w+)\s+(\d+)\s+(float32|bfloat16)\s+{band}\s+{band}\s+{band}\s+([\d.]+)\s*$",
-      ol.polar.__doc__,
+      rf"^\|\s*(\w+)\s*\|\s*(\d+)\s*\|\s*(float32|bfloat16)\s*\|\s*{band}\s*\|\s*{band}\s*\|\s*{band}\s*\|\s*([\d.]+)\s*\|\s*$",
+      POLAR_PAGE,
       re.M,
   )
   out = {}

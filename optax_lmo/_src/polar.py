@@ -22,29 +22,11 @@ from optax_lmo._src import numerics
 
 METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")
 
-# `method="auto"` takes the Gram iteration when the long side is at least this
-# many times the short side. Measured on a 2-core AVX-512 CPU, polar_express x 5,
-# m = 256, 512, 768 (benchmarks/results/orthogonalize.json, "aspect_sweep"):
-# float32 Gram/standard time is 1.29-1.31 at aspect 1, 0.95-1.03 at 1.5,
-# 0.80-0.85 at 2, 0.65-0.68 at 3 and 0.56-0.59 at 4, tracking the flop ratio
-# (1.27, 1.00, 0.84, 0.66, 0.56). With 16-bit iterates the Gram matrix stays
-# float32 (rounded to bfloat16 the iteration blows up), so its products run at
-# float32 speed: 1.02-1.06 at aspect 2, 0.85-0.91 at 3, 0.74-0.80 at 4.
+# `method="auto"` takes the Gram iteration at this aspect ratio or more (docs/polar.md).
 GRAM_MIN_ASPECT = 2.0
 GRAM_MIN_ASPECT_REDUCED = 3.0
 
-# Default Gram window (`restart_every=None`): the most steps between restarts
-# that keep the polar error equal to the standard iteration's in every measured
-# case ("restart_study" in the same file: polar_express x 5 and 8, jordan x 5 on
-# Gaussian, condition-1e3 and rank-deficient 256 x 1024 inputs). Rounding in the
-# Gram matrix grows like the product of a^2 over a window. Float32 with exact
-# products: windows up to 5 match the standard error (the five-step presets never
-# restart; 6+ loosen it slightly on 8 steps). bfloat16 iterates: window 5 raises
-# the rank-deficient error of polar_express x 5 from 0.25 to 0.35, 6+ blow up on
-# 8 steps, 3 matches or beats the standard error everywhere. TF32 products (GPU default
-# precision), emulated on CPU by rounding matmul inputs to 10 mantissa bits:
-# window 5 raised the condition-1e3 error of polar_express x 5 from 0.269 to
-# 0.335 (relative Frobenius), window 3 kept it.
+# Default Gram window (`restart_every=None`): steps between restarts (docs/polar.md).
 GRAM_WINDOW_FULL = 5
 GRAM_WINDOW_REDUCED = 3
 
@@ -131,43 +113,9 @@ def polar(
   always kept in float32: rounded to bfloat16 it loses positive
   semi-definiteness, and the iteration blows up on ill-conditioned inputs.
 
-  Singular values of the result against SVD in float32, on a 64x128 Gaussian
-  matrix and on one with singular values log-spaced over 1e3 (condition 1e3);
-  ``tests/test_polar.py`` asserts these bands:
-
-  ==================  =====  ==============  ===============
-  preset              steps  Gaussian        condition 1e3
-  ==================  =====  ==============  ===============
-  polar_express       5      [0.86, 1.13]    [0.40, 1.13]
-  polar_express       8      [0.99, 1.01]    [0.99, 1.01]
-  jordan              5      [0.67, 1.14]    [0.20, 1.21]
-  you5                5      [0.97, 1.04]    [0.20, 1.15]
-  cubic               30     [0.99, 1.01]    [0.99, 1.01]
-  ==================  =====  ==============  ===============
-
-  Per iteration dtype, both methods, wide and tall, on 128x512 stacks: the
-  singular values in a Gaussian matrix, in one of condition 1e3, and in a rank-32
-  one (the 32 nonzero, then the largest of the 96 that should be 0); bfloat16
-  also covers bfloat16 inputs. ``tests/test_polar_fast.py`` asserts these bands:
-
-  =============  =====  ========  ============  =============  ============  =====
-  preset         steps  dtype     Gaussian      condition 1e3  rank 32       null
-  =============  =====  ========  ============  =============  ============  =====
-  polar_express  5      float32   [0.86, 1.13]  [0.30, 1.13]   [0.86, 1.13]  0.01
-  polar_express  5      bfloat16  [0.86, 1.13]  [0.30, 1.13]   [0.86, 1.13]  0.40
-  polar_express  8      float32   [0.99, 1.01]  [0.98, 1.01]   [0.99, 1.01]  0.01
-  polar_express  8      bfloat16  [0.99, 1.01]  [0.98, 1.01]   [0.99, 1.01]  1.01
-  jordan         5      float32   [0.67, 1.14]  [0.15, 1.21]   [0.67, 1.14]  0.01
-  jordan         5      bfloat16  [0.67, 1.14]  [0.15, 1.21]   [0.67, 1.14]  0.25
-  you5           5      float32   [0.97, 1.04]  [0.15, 1.15]   [0.97, 1.04]  0.01
-  you5           5      bfloat16  [0.97, 1.04]  [0.15, 1.15]   [0.97, 1.04]  0.25
-  =============  =====  ========  ============  =============  ============  =====
-
-  In bfloat16 the rounding noise in the null space grows like the slope at 0
-  of the composed polynomial, so converged presets map it to about 1.
-
-  The smallest singular values converge last: a larger matrix (whose Frobenius
-  normalization shrinks them further) needs more steps for the same band.
+  How close each preset gets to the exact polar factor (singular-value bands
+  against SVD, per dtype and method) is in the docs page "The polar factor:
+  accuracy and speed" (``docs/polar.md``), which the tests read.
 
   Args:
     x: array with ``ndim >= 2``; leading axes are batch axes.
