@@ -37,5 +37,5 @@ def test_sphinx_build_has_no_warnings(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300,
   )
   assert result.returncode == 0, result.stderr[-4000:]
-  for page in ("index", "quickstart", "porting", "radii", "api"):
+  for page in ("index", "quickstart", "porting", "routing", "radii", "api"):
     assert (tmp_path / "html" / f"{page}.html").exists(), page

@@ -18,6 +18,8 @@ ops (reshape, transpose, casts, broadcasts, slices, the per-iteration slice of
 - a ``conv_general_dilated`` kernel: fan-in = spatial + input-feature dims,
   fan-out = output-feature dim -> SpectralConv (RowNorm / Sign as an output),
   at ``hidden_radius`` times its number of taps unless ``conv_radius`` is given;
+  a grouped or depthwise one (``feature_group_count=G``) -> ``SpectralConv(groups=G)``,
+  each group its own matrix;
 - only elementwise uses (biases, norm gains) -> BiasRMS.
 
 A leaf both gathered and used as an output (tied embedding, ``Embed.attend``)
@@ -33,6 +35,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,18 +57,51 @@ def infer_rules(
     output_radius: float = 10.0,
     bias_radius: float = 1.0,
     output_norm: str = "rownorm",
+    output: int | Callable[[Any], Any] | None = None,
+    rules: rules_lib.Rules | rules_lib.RuleList | None = None,
     strict: bool = True,
     **example_kwargs,
 ) -> rules_lib.Rules:
   """Rules for every parameter leaf, from the ops that use it in the traced model.
 
-  Two call forms: ``infer_rules(fn, params, *args)`` where ``fn(params, *args)``
-  is the model's apply or loss function (``lambda p, x: model.apply({"params": p},
-  x)`` for Flax linen), and ``infer_rules(module, *args)`` for a Flax NNX module
-  (its ``nnx.Param`` state). Array arguments may be ``jax.ShapeDtypeStruct``;
-  other arguments (``train=False``) are passed through unchanged. The function's
-  outputs should be what the model predicts (logits) or the loss, not updated
-  batch statistics.
+  Two call forms: ``infer_rules(fn, params, *args, **kwargs)`` where
+  ``fn(params, *args, **kwargs)`` is the model's apply or loss function
+  (``lambda p, x: model.apply({"params": p}, x)`` for Flax linen), and
+  ``infer_rules(module, *args, **kwargs)`` for a Flax NNX module (its
+  ``nnx.Param`` state; call ``module.train()`` first to trace the training
+  path). Array arguments may be ``jax.ShapeDtypeStruct``; other arguments
+  (``train=True``, ``mutable=["batch_stats"]``) are passed through unchanged,
+  and PRNG keys (``rngs={"dropout": key}``) are traced as data.
+
+  **The model output.** The output layer is the product whose result reaches
+  the *model output* without passing another parameter's product; which part
+  of the returned value is the model output is ``output``:
+
+  - ``None`` (the default): a returned array is the output (logits, or a
+    scalar loss); a returned tuple whose first element is an array is
+    ``(output, rest)``: a linen ``mutable=`` call's ``(logits, updates)``, a
+    ``has_aux`` loss's ``(loss, aux)``. The rest is ignored (updated batch
+    statistics are not an output). Any other return value is an error asking
+    for ``output``.
+  - an ``int``: that element of the returned tuple.
+  - a callable: applied to the returned value, gives the output (a pytree:
+    every floating-point array in it is an output), e.g.
+    ``output=lambda out: out["logits"]``.
+
+  **Your own rules first.** ``rules=[(regex, Group), ...]`` (or a
+  :class:`~optax_lmo.Rules` holding such a list) routes the leaves it matches
+  (``re.search`` on the leaf path, the first match wins) and the inference
+  routes the rest; user rules listed first win. A leaf a user rule matches is
+  not inferred, so it cannot fail the model.
+
+  **Leaves the trace does not decide.** A matrix leaf used in two incompatible
+  roles, never used, or consumed by an op the tracer does not know (say
+  ``jnp.sort(W)``): with ``strict=True`` an error naming that leaf and the ops;
+  with ``strict=False`` a warning naming them, and the leaf gets the name-based
+  :func:`~optax_lmo.default_rules` group (or, for a leaf with ndim >= 3 that the
+  names cannot view, ``Frobenius`` on the whole leaf at ``hidden_radius``),
+  marked ``"name fallback: <why>"`` / ``"Frobenius fallback: <why>"`` in its
+  ``evidence``, as :func:`~optax_lmo.describe` shows.
 
   Args:
     fn_or_module: the apply / loss function, or an NNX module.
@@ -81,15 +119,19 @@ def infer_rules(
     output_radius: radius of the output layer (and of a tied embedding).
     bias_radius: radius of biases, gains and other elementwise leaves.
     output_norm: ``"rownorm"`` or ``"sign"``, the output layer's norm.
-    strict: raise on a leaf whose role is ambiguous, that is never used, or that
-      meets an op the tracer does not know; ``False`` gives such a leaf the
-      name-based :func:`~optax_lmo.default_rules` group, marked ``"name
-      fallback: <why>"`` in its evidence.
-    **example_kwargs: keyword arguments of the call.
+    output: which part of the function's return value is the model output
+      (see above): ``None``, an index, or a callable on the returned value.
+    rules: ``[(regex, Group), ...]`` routing the leaves they match ahead of the
+      inference (see above).
+    strict: raise on a leaf the trace does not decide; ``False``: warn and fall
+      back (see above).
+    **example_kwargs: keyword arguments of the call (a model keyword named like
+      one of the arguments above goes through a ``lambda``).
 
   Returns:
-    Strict :class:`~optax_lmo.Rules` with one exact-path rule per leaf, each
-    Group carrying its ``role`` and the ``evidence`` it was decided on.
+    Strict :class:`~optax_lmo.Rules`: the user ``rules`` first, then one
+    exact-path rule per other leaf, each Group carrying its ``role`` and the
+    ``evidence`` it was decided on.
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, optax_lmo as ol
@@ -99,32 +141,69 @@ def infer_rules(
     >>> rules = ol.infer_rules(lambda p, x: model.apply({"params": p}, x), params, x)
     >>> [(type(g.norm).__name__, g.role) for _, g in rules.rules][1::2]
     [('Spectral', 'input'), ('RowNorm', 'output')]
+
+    A hand-written group for the head, the rest inferred:
+
+    >>> head = ol.Group(ol.norms.Sign(), 100.0, role="output")
+    >>> rules = ol.infer_rules(lambda p, x: model.apply({"params": p}, x), params, x,
+    ...                        rules=[(r"layers_2/kernel$", head)])
+    >>> g = rules.group_for("layers_2/kernel", params["layers_2"]["kernel"])
+    >>> type(g.norm).__name__, g.radius, g.evidence
+    ('Sign', 100.0, "user rule 'layers_2/kernel$'")
   """
   head = rules_lib.head_norm(output_norm)
   radii = dict(embedding=embed_radius, input=hidden_radius, hidden=hidden_radius,
                output=output_radius, tied=output_radius, vector=bias_radius, gain=bias_radius,
                conv=conv_radius)
-  params, uses = trace.trace_uses(fn_or_module, example_args, example_kwargs)
+  user = _user_rules(rules)
+  params, uses = trace.trace_uses(fn_or_module, example_args, example_kwargs, output)
   fallback = rules_lib.default_rules(
       embed_radius=embed_radius, hidden_radius=hidden_radius, output_radius=output_radius,
       bias_radius=bias_radius, output_norm=output_norm, strict=True)
   out = []
   for i, (path, leaf) in enumerate(params):
+    if any(re.search(pattern, path) for pattern, _ in user):
+      continue
     try:
       group = _decide(uses.get(i, []), np.shape(leaf), head, radii)
     except trace.Unresolved as e:
-      why = f"{path}: {e}"
       if strict:
-        raise ValueError(f"{why}. Write a rule for this leaf by hand (a (pattern, Group) pair),"
-                         " or pass strict=False to fall back to the name-based default_rules.") \
-            from None
-      try:
-        g = fallback.group_for(path, leaf)
-      except ValueError as name_error:
-        raise ValueError(f"{why}; and the name-based fallback fails: {name_error}") from None
-      group = dataclasses.replace(g, evidence=f"name fallback: {e}")
+        raise ValueError(
+            f"{path}: {e}. Route this leaf by hand ahead of the inference, e.g."
+            f" infer_rules(..., rules=[(r\"^{re.escape(path)}$\", ol.Group(...))]), or pass"
+            " strict=False to warn and fall back to the name-based default_rules.") from None
+      group = _fallback(fallback, path, leaf, str(e), hidden_radius)
     out.append(("^" + re.escape(path) + "$", group))
-  return rules_lib.Rules(tuple(out), strict=True)
+  return rules_lib.Rules(user + tuple(out), strict=True)
+
+
+def _user_rules(rules) -> tuple[tuple[str, rules_lib.Group], ...]:
+  """The ``rules=`` pairs of :func:`infer_rules`, each group's evidence naming its rule."""
+  if rules is None:
+    return ()
+  if isinstance(rules, rules_lib.Rules):
+    if callable(rules.rules) or rules.fallback is not None:
+      raise TypeError("infer_rules(rules=...) takes (regex, Group) pairs, or Rules holding"
+                      " only such pairs (no callable rules, no fallback).")
+    rules = rules.rules
+  pairs = tuple(rules_lib.Rules(tuple(rules)).rules)  # checks the patterns and groups
+  return tuple((p, g if g.evidence else dataclasses.replace(g, evidence=f"user rule {p!r}"))
+               for p, g in pairs)
+
+
+def _fallback(names: rules_lib.Rules, path: str, leaf, why: str,
+              radius: float) -> rules_lib.Group:
+  """The non-strict group of a leaf the trace does not decide, with a warning naming it."""
+  try:
+    g = names.group_for(path, leaf)
+    group = dataclasses.replace(g, evidence=f"name fallback: {why}")
+  except ValueError:  # the names cannot view it either (ndim >= 3)
+    group = rules_lib.Group(norms_lib.Frobenius(), radius,
+                            evidence=f"Frobenius fallback: {why}")
+  warnings.warn(f"{path}: {why}; it gets {group.norm.name} at radius {group.radius:g}"
+                f" ({group.evidence.split(':')[0]}). Route it by hand with"
+                " infer_rules(..., rules=[(pattern, Group(...))]).", stacklevel=3)
+  return group
 
 
 def _spec_or_none(fan_in, fan_out, ndim) -> MatrixSpec | None:
@@ -142,7 +221,7 @@ def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_l
   elif use.output:
     role, norm = "output", head
   elif use.kind == "conv":
-    role, norm = ("input" if use.input else "hidden"), conv_lib.SpectralConv()
+    role, norm = ("input" if use.input else "hidden"), conv_lib.SpectralConv(groups=use.groups)
     taps = math.prod(shape[a] for a in use.fan_in[:-1])
     radius = radii["conv"] if radii["conv"] is not None else radii[role] * taps
   else:

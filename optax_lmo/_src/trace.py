@@ -276,8 +276,56 @@ def _split_static(tree):
   return [leaves[k] for k in where], rebuild
 
 
-def trace_uses(fn_or_module, args, kwargs) -> tuple[list[tuple[str, Any]], dict[int, list[Use]]]:
-  """``([(path, leaf)], {leaf index: [Use]})`` for the parameters of a traced call."""
+def select_output(out, output=None):
+  """The model output in a traced function's return value (see ``infer_rules(output=...)``).
+
+  Args:
+    out: what the function returned.
+    output: ``None`` (an array, or the first element of a tuple that starts with
+      one), an index into the returned tuple, or a callable on the returned value.
+
+  Returns:
+    A pytree whose floating-point arrays are the model output.
+  """
+  if callable(output):
+    picked = output(out)
+  elif output is not None:
+    picked = out[output]
+  elif _is_array(out):
+    picked = out
+  elif isinstance(out, (tuple, list)) and out and _is_array(out[0]):
+    picked = out[0]  # (logits, state updates), (loss, aux)
+  else:
+    raise ValueError(
+        f"infer_rules cannot tell which part of the function's return value is the model"
+        f" output: it returned {_shapes(out)}. Pass output=<index> or output=lambda out:"
+        " <the logits or the loss>, e.g. output=lambda out: out['logits'].")
+  if not any(_is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+             for x in jax.tree.leaves(picked)):
+    raise ValueError(
+        f"infer_rules: the model output {_shapes(picked)} holds no floating-point array, so no"
+        " layer can be its output layer. Select the logits or the loss with output=...")
+  return picked
+
+
+def _shapes(tree) -> str:
+  """``"(f32[2,10], {'batch_stats': ...})"``: a returned value, arrays as their types."""
+  def short(x):
+    return x.aval.str_short() if hasattr(x, "aval") else repr(x)
+  return repr(jax.tree.map(lambda x: _Short(short(x)), tree))
+
+
+class _Short(str):
+  def __repr__(self):
+    return str(self)
+
+
+def trace_uses(fn_or_module, args, kwargs,
+               output=None) -> tuple[list[tuple[str, Any]], dict[int, list[Use]]]:
+  """``([(path, leaf)], {leaf index: [Use]})`` for the parameters of a traced call.
+
+  ``output`` picks the model output from the returned value (:func:`select_output`).
+  """
   extra, call = [], None
   if callable(fn_or_module) and not _is_nnx_module(fn_or_module):
     if not args:
@@ -300,7 +348,8 @@ def trace_uses(fn_or_module, args, kwargs) -> tuple[list[tuple[str, Any]], dict[
   data, rebuild = _split_static((args, kwargs))
 
   def wrapped(leaves, extra_leaves, data):
-    return call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    out = call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    return select_output(out, output)
 
   closed = jax.make_jaxpr(wrapped)(leaves, extra_leaves, data)
   jaxpr = closed.jaxpr

@@ -40,6 +40,7 @@ class Use:
   batch: tuple = ()  # leaf axes that are batch axes
   input: bool = False  # the other operand is raw input
   gain: bool = False  # an elementwise multiply (a gain, not a bias)
+  groups: int = 1  # a grouped convolution's feature_group_count
   frame: Any = None  # where the product's result lives, for the output flag
   result: Any = None  # the product's result variable
   output: bool = False  # set after the backward pass
@@ -171,17 +172,21 @@ def dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
 
 def conv_use(eqn, view: View, other, ndim: int) -> Use:
   p = eqn.params
-  groups = p["feature_group_count"] * p["batch_group_count"]
+  groups = p["feature_group_count"]
   rhs = p["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial...)
-  if groups > 1:
-    raise Unresolved(f"conv_general_dilated with feature_group_count={p['feature_group_count']},"
-                     f" batch_group_count={p['batch_group_count']} (a grouped or depthwise"
-                     " convolution has no single matrix view)")
+  grouped = f", feature_group_count={groups}" if groups > 1 else ""
   detail = (f"conv_general_dilated kernel spatial {tuple(rhs[2:])}, in-feature ({rhs[1]},),"
-            f" out-feature ({rhs[0]},)")
+            f" out-feature ({rhs[0]},){grouped}")
+  if p["batch_group_count"] > 1:
+    raise Unresolved(f"conv_general_dilated with batch_group_count={p['batch_group_count']}"
+                     " (a convolution over batch groups has no matrix view)")
   c = _classify(view, {"fan_in": tuple(rhs[2:]) + (rhs[1],), "fan_out": (rhs[0],)}, ndim, detail)
+  if groups > 1 and len(c["fan_out"]) != 1:
+    raise Unresolved(f"{detail}: the out-feature axis holds leaf axes {c['fan_out']}; the"
+                     " groups need one leaf axis to split")
   fan_in = tuple(la for d in tuple(rhs[2:]) + (rhs[1],) for la in sorted(view.axes[d]))
-  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1])
+  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1],
+             groups=groups)
 
 
 def gather_use(eqn, view: View, ndim: int) -> Use:
