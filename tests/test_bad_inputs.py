@@ -171,7 +171,7 @@ def test_gradient_tree_not_matching_params():
   state = tx.init(_params())
   g = _grads()
   del g["head"]
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="head/kernel: the gradient has no leaf for this parameter"):
     tx.update(g, state, _params())
 
 

@@ -1,7 +1,7 @@
-"""Early, named errors: bad hyperparameters are refused at construction, naming the argument.
+"""Early, named errors: bad hyperparameters at construction, mismatched trees at update.
 
 Each case calls a public signature and checks where the error is raised and that
-its message names the argument and says what to pass.
+its message names the argument (or the leaf) and says what to pass.
 """
 
 import jax
@@ -154,3 +154,40 @@ def test_traced_non_finite_value_propagates_and_a_guard_after_the_optimizer_skip
   state[0].hyperparams["learning_rate"] = jnp.float32(0.1)
   u, _ = jax.jit(guarded.update)(grads, state, params)
   assert finite(u) and any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u))
+
+
+# -- trees that do not match the parameters, at update ----------------------------------
+
+
+@pytest.mark.parametrize("make", [ol.scion, ol.muon], ids=lambda f: f.__name__)
+def test_wrong_shaped_gradient_leaf_is_named_with_both_shapes(make):
+  params = _params()
+  tx = make(0.1)
+  state = tx.init(params)
+  g = jax.tree.map(jnp.ones_like, params)
+  g["blocks"][0]["w"] = jnp.ones((3, 8))
+  with pytest.raises(ValueError, match=r"^blocks/0/w: gradient shape \(3, 8\) does not match the"
+                                       r" parameter's \(8, 3\)"):
+    jax.jit(tx.update)(g, state, params)
+
+
+def test_missing_and_extra_gradient_leaves_are_named():
+  params = _params()
+  tx = ol.scion(0.1)
+  state = tx.init(params)
+  g = jax.tree.map(jnp.ones_like, params)
+  missing = {"blocks": g["blocks"]}
+  with pytest.raises(ValueError, match="^head/kernel: the gradient has no leaf for this parameter"):
+    tx.update(missing, state, params)
+  extra = {**g, "bias": jnp.ones(3)}
+  with pytest.raises(ValueError, match="^bias: the gradient has a leaf that the parameters"):
+    tx.update(extra, state, params)
+
+
+def test_wrong_shaped_params_passed_to_update_are_named():
+  params = _params()
+  tx = ol.unconstrained_scion(0.1, weight_decay=0.1)
+  state = tx.init(params)
+  other = {**params, "head": {"kernel": jnp.ones((4, 3))}}
+  with pytest.raises(ValueError, match=r"^head/kernel: parameter passed to update shape \(4, 3\)"):
+    tx.update(jax.tree.map(jnp.ones_like, params), state, other)
