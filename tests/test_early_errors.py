@@ -1,4 +1,4 @@
-"""Early, named errors: bad hyperparameters at construction, mismatched trees at update.
+"""Early, named errors: bad hyperparameters, mismatched trees, NNX objects given to describe.
 
 Each case calls a public signature and checks where the error is raised and that
 its message names the argument (or the leaf) and says what to pass.
@@ -191,3 +191,58 @@ def test_wrong_shaped_params_passed_to_update_are_named():
   other = {**params, "head": {"kernel": jnp.ones((4, 3))}}
   with pytest.raises(ValueError, match=r"^head/kernel: parameter passed to update shape \(4, 3\)"):
     tx.update(jax.tree.map(jnp.ones_like, params), state, other)
+
+
+# -- describe with Flax NNX -------------------------------------------------------------
+
+
+def _nnx_model():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.hidden = nnx.Linear(4, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.drop = nnx.Dropout(0.1, rngs=rngs)
+      self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(self.drop(self.bn(self.hidden(x))))
+
+  return nnx, Net(nnx.Rngs(0))
+
+
+def test_describe_reads_an_nnx_optimizer():
+  nnx, model = _nnx_model()
+  tx = ol.muon(0.02)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  rows = list(ol.describe(optimizer))
+  assert rows == list(ol.describe(tx, nnx.state(model, nnx.Param)))
+  assert rows == list(ol.describe(optimizer, nnx.state(model, nnx.Param)))
+  by_path = {r["path"]: r for r in rows}
+  assert by_path["hidden/kernel"]["norm"] == "Spectral" and by_path["hidden/kernel"]["state"] == (
+      "float32")
+  assert by_path["bn/scale"]["norm"] == "AdamW" and "bn/mean" not in by_path
+  # The update's tree check passes nnx's plain arrays against the Variables init saw.
+  x = jnp.ones((2, 4))
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+
+  step(model, optimizer)
+  assert int(optimizer.step[...]) == 1
+
+
+def test_describe_says_what_to_pass_for_a_whole_nnx_model():
+  nnx, model = _nnx_model()
+  with pytest.raises(TypeError, match=r"not the model Net: pass nnx.state\(model, nnx.Param\)"):
+    ol.describe(ol.scion(0.1), model)
+  with pytest.raises(ValueError, match=r"^bn/mean: a BatchStat, not a parameter \(and 3 more\)\..*"
+                                       r"nnx.state\(model, nnx.Param\)"):
+    ol.describe(ol.muon(0.02), nnx.state(model))
+
+
+def test_describe_without_params_needs_a_state_to_read():
+  with pytest.raises(TypeError, match=r"ol.describe\(tx, params\)"):
+    ol.describe(ol.scion(0.1))

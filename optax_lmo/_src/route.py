@@ -6,9 +6,10 @@ it resolves the :class:`~optax_lmo.Rules` against the parameters into a
 cannot be routed (naming it and the fix), and builds the inner transformation
 from the plan: plain pytrees of norms, radii and decays. At each ``update``
 trace it compares the gradient (and parameter) tree with the one ``init`` saw,
-and names the first leaf that is missing, extra or of another shape. The plan also travels
-in the state as static metadata, which is how :func:`~optax_lmo.describe` finds
-it inside any optax chain or wrapper.
+and names the first leaf that is missing, extra or of another shape. The plan
+also travels in the state as static metadata, which is how
+:func:`~optax_lmo.describe` finds it inside any optax chain or wrapper (or an
+``nnx.Optimizer``'s ``opt_state``).
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ class Routing:
       it is an injected (traced) value.
     keep_prob: the optimizer's keep probability for spectral leaves: a number,
       ``None`` (no sampling) or ``"injected"``.
+    dtypes: each leaf's dtype at ``init`` (``None`` where it has none), in plan order.
   """
 
   def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
-               keep_prob: Any = None):
+               keep_prob: Any = None, dtypes: tuple | None = None):
     self.plan = plan
+    self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
     self.name = name
     self.fallback = fallback
     self.mu_dtype = mu_dtype
@@ -131,8 +134,9 @@ def route(
   def init_fn(params):
     plan = plan_of(params)
     _check(plan, params, name, needs_norm)
-    return RouteState(build(plan).init(params), Routing(plan, name, fallback, mu_dtype, decay,
-                                                           keep_prob))
+    dtypes = tuple(getattr(x, "dtype", None) for x in jax.tree.leaves(params))
+    routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes)
+    return RouteState(build(plan).init(params), routing)
 
   def update_fn(updates, state, params=None, **extra_args):
     # At trace time (shapes are static): a gradient unlike the parameters is named here,
