@@ -21,6 +21,7 @@ checked: a non-finite one makes the update non-finite, and
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,7 +55,7 @@ def hyperparams(where: str, **values: Any) -> None:
     ValueError: scion: learning_rate must be a finite number >= 0 or an optax schedule, got inf.
   """
   for name, x in values.items():
-    _check(where, name, x, name)
+    _check(where, name, x)
 
 
 def per_leaf(where: str, name: str, tree: Any) -> None:
@@ -62,18 +63,39 @@ def per_leaf(where: str, name: str, tree: Any) -> None:
 
   The message names the leaf: ``scale_by_radius: radius at fc/kernel must be ...``.
   """
+  in_range = _rule(name)[0]
+  if all(type(x) in (float, int) and in_range(x) for x in jax.tree.leaves(tree)):
+    return  # Python numbers in range (the trees the optimizers build from their rules)
   for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    _check(where, name, x, f"{name} at {spec_lib.path_str(path)}" if path else name)
+    _check(where, name, x, path)
 
 
-def _check(where: str, name: str, x: Any, label: str) -> None:
-  """The rule of ``name`` applied to ``x``; messages say ``label`` (the name, or name and leaf)."""
+def _rule(name: str) -> tuple[Callable[[Any], Any], str]:
+  """``(in_range, what it must be)`` for the argument ``name``."""
+  if name in UNIT:
+    return (lambda v: (v >= 0) & (v < 1), "in [0, 1) (the decay of the running average, as in"
+            f" optax; {name}=0.9 keeps 90% of it)")
+  if name == "keep_prob":
+    return (lambda v: (v > 0) & (v <= 1), "in (0, 1] (the probability that a leaf is updated"
+            " at a step; None: every leaf every step)")
+  if name in POSITIVE:
+    return lambda v: np.isfinite(v) & (v > 0), "a finite number > 0"
+  sched = " or an optax schedule" if name in SCHEDULES else ""
+  return lambda v: np.isfinite(v) & (v >= 0), f"a finite number >= 0{sched}"
+
+
+def _check(where: str, name: str, x: Any, path: tuple = ()) -> None:
+  """The rule of ``name`` applied to ``x`` (a leaf at ``path`` of a per-leaf tree)."""
   if x is None and name in OPTIONAL:
     return
+  in_range, must = _rule(name)
+  if type(x) in (float, int) and in_range(x):
+    return  # the common case, without NumPy
   if isinstance(x, jax.core.Tracer):
     return  # injected and traced: only apply_if_finite can guard it (module docstring)
   if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
     return  # spread over processes: no single host can read it
+  label = f"{name} at {spec_lib.path_str(path)}" if path else name
   sched = " or an optax schedule" if name in SCHEDULES else ""
   if callable(x) and not isinstance(x, (jax.Array, np.ndarray, np.generic)):
     if name in SCHEDULES:
@@ -98,24 +120,9 @@ def _check(where: str, name: str, x: Any, label: str) -> None:
   if not (jnp.issubdtype(v.dtype, jnp.integer) or jnp.issubdtype(v.dtype, jnp.floating)):
     raise TypeError(f"{where}: {label} must be a real number{sched}, got {x!r} (dtype {v.dtype}).")
   v = v.astype(np.float64)
-  shown = v.item() if v.ndim == 0 else v.tolist()
-  if name in UNIT:
-    if not np.all((v >= 0) & (v < 1)):
-      raise ValueError(
-          f"{where}: {label} must be in [0, 1) (the decay of the running average, as in optax;"
-          f" {name}=0.9 keeps 90% of it), got {shown}."
-      )
-  elif name == "keep_prob":
-    if not np.all((v > 0) & (v <= 1)):
-      raise ValueError(
-          f"{where}: {label} must be in (0, 1] (the probability that a leaf is updated at a"
-          f" step; None: every leaf every step), got {shown}."
-      )
-  elif name in POSITIVE:
-    if not np.all(np.isfinite(v) & (v > 0)):
-      raise ValueError(f"{where}: {label} must be a finite number > 0, got {shown}.")
-  elif not np.all(np.isfinite(v) & (v >= 0)):
-    raise ValueError(f"{where}: {label} must be a finite number >= 0{sched}, got {shown}.")
+  if not np.all(in_range(v)):
+    shown = v.item() if v.ndim == 0 else v.tolist()
+    raise ValueError(f"{where}: {label} must be {must}, got {shown}.")
 
 
 __all__ = ["hyperparams", "per_leaf"]
