@@ -65,8 +65,9 @@ def scion(
       ``nan``, negative, a string) is refused here, naming it; an injected one
       (``optax.inject_hyperparams``) is checked only where it is concrete (an
       eager ``init`` or ``update``): a non-finite value traced under ``jit``
-      makes the update non-finite, and ``optax.apply_if_finite`` skips such
-      steps (see the API reference's *Checked hyperparameters*).
+      makes the update non-finite, and ``optax.apply_if_finite`` chained
+      *after* the optimizer skips such steps (wrapped around it, it checks only
+      the gradient; see the API reference's *Checked hyperparameters*).
     rules: which leaf gets which norm, radius, lr multiplier, decay and view: a
       :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
       ``[(regex, Group), ...]`` list or a callable ``(path, leaf) -> Group``;

@@ -15,7 +15,9 @@ A Python or NumPy number and a concrete array (every element) are checked; a
 string or any other type is a ``TypeError``. A traced value (a hyperparameter
 injected with ``optax.inject_hyperparams`` and updated under ``jit``) cannot be
 checked: a non-finite one makes the update non-finite, and
-``optax.apply_if_finite`` is the guard that skips such a step.
+``optax.apply_if_finite(optax.identity(), ...)`` chained after the optimizer is
+the guard that skips such a step (wrapped around the optimizer, apply_if_finite
+checks the gradient only).
 """
 
 from __future__ import annotations
