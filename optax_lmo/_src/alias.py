@@ -59,15 +59,12 @@ def scion(
   group's ``decay`` overrides the constrained shrink (1) for its leaves.
 
   Args:
-    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule (a
-      callable of the step, evaluated at every update, under ``jit``: it cannot
-      be checked here). Like every numeric argument, a bad number (``inf``,
-      ``nan``, negative, a string) is refused here, naming it; an injected one
-      (``optax.inject_hyperparams``) is checked only where it is concrete (an
-      eager ``init`` or ``update``): a non-finite value traced under ``jit``
-      makes the update non-finite, and ``optax.apply_if_finite`` chained
-      *after* the optimizer skips such steps (wrapped around it, it checks only
-      the gradient; see the API reference's *Checked hyperparameters*).
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule
+      (evaluated at every update, under ``jit``: not checked here). Every numeric
+      argument is checked here, naming a bad one; an injected value only where
+      it is concrete: a non-finite one traced under ``jit`` makes the update
+      non-finite, which ``optax.apply_if_finite`` chained *after* the optimizer
+      skips (see the API reference's *Checked hyperparameters*).
     rules: which leaf gets which norm, radius, lr multiplier, decay and view: a
       :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
       ``[(regex, Group), ...]`` list or a callable ``(path, leaf) -> Group``;
