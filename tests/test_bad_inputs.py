@@ -172,7 +172,7 @@ def test_gradient_tree_not_matching_params():
   state = tx.init(_params())
   g = _grads()
   del g["head"]
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="head/kernel: the gradient has no leaf for this parameter"):
     tx.update(g, state, _params())
 
 
@@ -285,13 +285,13 @@ def test_zero_learning_rate_changes_nothing():
     lambda: ol.muon(0.1, adam_learning_rate=-1e-3),
 ])
 def test_negative_learning_rate_is_refused(make):
-  with pytest.raises(ValueError, match="learning_rate must be >= 0"):
+  with pytest.raises(ValueError, match="learning_rate must be a finite number >= 0"):
     make()
 
 
 @pytest.mark.parametrize("field", ["radius", "lr_mult", "decay"])
 def test_negative_group_values_are_refused(field):
-  with pytest.raises(ValueError, match=f"Group.{field} must be a finite number >= 0"):
+  with pytest.raises(ValueError, match=f"Group: {field} must be a finite number >= 0"):
     ol.Group(norms.Spectral(), **{field: -1.0})
 
 

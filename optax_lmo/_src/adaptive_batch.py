@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lmo._src import checks
+
 
 class AdaptiveBatchState(NamedTuple):
   """State of :func:`adaptive_batch`."""
@@ -76,8 +78,7 @@ def adaptive_batch(
     >>> int(state.batch_size), [round(float(v), 2) for v in u]
     (2, [-1.05, -0.95])
   """
-  if isinstance(eta, (int, float)) and not eta > 0:
-    raise ValueError(f"adaptive_batch: eta must be > 0, got {eta}.")
+  checks.hyperparams("adaptive_batch", eta=eta)
   if not 2 <= min_micro_batches <= max_micro_batches:
     raise ValueError(
         "adaptive_batch: need 2 <= min_micro_batches <= max_micro_batches, got"

@@ -26,7 +26,8 @@ from typing import Any
 import chex
 import optax
 
-from optax_lmo._src import lmo_chain, transforms
+from optax_lmo._src import checks, lmo_chain, transforms
+from optax_lmo._src import exchange as exchange_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.polar import Polar
@@ -58,7 +59,12 @@ def scion(
   group's ``decay`` overrides the constrained shrink (1) for its leaves.
 
   Args:
-    learning_rate: ``gamma``, a float or an optax schedule.
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule
+      (evaluated at every update, under ``jit``: not checked here). Every numeric
+      argument is checked here, naming a bad one; an injected value only where
+      it is concrete: a non-finite one traced under ``jit`` makes the update
+      non-finite, which ``optax.apply_if_finite`` chained *after* the optimizer
+      skips (see the API reference's *Checked hyperparameters*).
     rules: which leaf gets which norm, radius, lr multiplier, decay and view: a
       :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
       ``[(regex, Group), ...]`` list or a callable ``(path, leaf) -> Group``;
@@ -82,8 +88,8 @@ def scion(
       still runs at the ``polar``'s dtype. ``None``: float32. Static: under
       ``optax.inject_hyperparams`` name it in ``static_args``. Off a mesh it
       changes nothing (see :func:`~optax_lmo.scale_by_norm`).
-    keep_prob: update each spectral leaf with this probability per step
-      (Drop-Muon, :func:`~optax_lmo.contrib.drop_leaves`): a dropped leaf neither moves
+    keep_prob: update each spectral leaf with this probability, in ``(0, 1]``, per
+      step (Drop-Muon, :func:`~optax_lmo.contrib.drop_leaves`): a dropped leaf neither moves
       nor pays for its polar factor, and its momentum keeps accumulating. A
       group's ``keep_prob`` overrides it. ``None`` (the default): every leaf
       every step. Sampled leaves are batched apart from the others: on one
@@ -113,6 +119,7 @@ def scion(
     Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs,
     ICML 2025, arXiv:2502.07529.
   """
+  checks.hyperparams("scion", learning_rate=learning_rate, beta=beta, keep_prob=keep_prob)
   return lmo_chain.uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
                clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
                exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed)
@@ -143,7 +150,8 @@ def unconstrained_scion(
   and learning rate ``mu gamma``.
 
   Args:
-    learning_rate: ``gamma``, a float or an optax schedule.
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule;
+      checked as in :func:`scion`.
     rules: routing, as in :func:`scion`.
     beta: momentum (decay of the running average); 0 disables it.
     nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
@@ -165,6 +173,8 @@ def unconstrained_scion(
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
+  checks.hyperparams("unconstrained_scion", learning_rate=learning_rate, beta=beta,
+                     weight_decay=weight_decay, keep_prob=keep_prob)
   return lmo_chain.uscg(
       learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
       decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
@@ -203,7 +213,8 @@ def muon(
   ``norm=None`` go to ``optax.adamw`` with their own learning rate, betas and decay.
 
   Args:
-    learning_rate: learning rate (or schedule) of the LMO group.
+    learning_rate: learning rate (or schedule) of the LMO group; checked as in
+      :func:`scion`.
     beta: momentum, the decay of the running average.
     nesterov: Nesterov momentum.
     bias_correction: Adam-style bias correction of the momentum, as
@@ -236,9 +247,12 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  lmo_chain.check_args("muon", learning_rate, beta, keep_prob, exchange_dtype)
-  if adam_learning_rate is not None:
-    lmo_chain.check_lr(adam_learning_rate, "muon (AdamW group)")
+  checks.hyperparams(
+      "muon", learning_rate=learning_rate, beta=beta, weight_decay=weight_decay,
+      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay, keep_prob=keep_prob,
+  )
+  exchange_lib.check_dtype(exchange_dtype, "muon")
   adam_tx = transforms.with_float32_state(optax.adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,
@@ -288,7 +302,8 @@ def polargrad(
   RowNorm, vectors BiasRMS, hidden matrices Spectral).
 
   Args:
-    learning_rate: ``gamma``, a float or an optax schedule.
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule;
+      checked as in :func:`scion`.
     rules: routing, as in :func:`scion` (radii are ignored).
     beta: momentum (decay of the running average); 0 disables it.
     nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
@@ -314,6 +329,8 @@ def polargrad(
     Lau, Long, Su, PolarGrad: A class of matrix-gradient optimizers from a
     unifying preconditioning perspective, arXiv:2505.21799, 2025.
   """
+  checks.hyperparams("polargrad", learning_rate=learning_rate, beta=beta,
+                     weight_decay=weight_decay)
   return lmo_chain.uscg(learning_rate, rules, name="polargrad", beta=beta, nesterov=nesterov,
                decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype,
                distribute=distribute, exchange_dtype=exchange_dtype, steepest=True)
@@ -332,7 +349,8 @@ def sign_descent(
     W \leftarrow W - \gamma_t\,(\mathrm{sign}(d) + \mu W)
 
   Args:
-    learning_rate: ``gamma``, a float or an optax schedule.
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule;
+      checked as in :func:`scion`.
     beta: momentum (decay of the running average); 0 disables it.
     weight_decay: ``mu``.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
@@ -361,7 +379,8 @@ def normalized_sgd(
   r"""Normalized SGD: uSCG with the Frobenius LMO ``g / ||g||_F`` on every leaf.
 
   Args:
-    learning_rate: ``gamma``, a float or an optax schedule.
+    learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule;
+      checked as in :func:`scion`.
     beta: momentum (decay of the running average); 0 disables it.
     weight_decay: ``mu``.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
@@ -382,6 +401,7 @@ def normalized_sgd(
 
 def _every_leaf(norm, name, learning_rate, *, beta, weight_decay, mu_dtype):
   """uSCG with one norm on every leaf (sign descent, normalized SGD)."""
+  checks.hyperparams(name, learning_rate=learning_rate, beta=beta, weight_decay=weight_decay)
   group = rules_lib.Group(norm, role="any", evidence=name)
   return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: group),
                         name=name, beta=beta, nesterov=False, decay=weight_decay, clip=False,

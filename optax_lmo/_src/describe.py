@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import sys
 from typing import Any
 
 import jax
@@ -61,19 +62,26 @@ class Description:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def describe(tx_or_rules: Any, params: Any) -> Description:
+def describe(tx_or_rules: Any, params: Any = None) -> Description:
   """One row per leaf: path, shape, matrix view, norm, radius, lr multiplier, decay, state dtype.
 
   Reads the routing from the optimizer itself: works on any optax chain,
   wrapper (``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...) or
   partition that contains an optimizer of this library (``jax.eval_shape`` of
-  its ``init``: nothing is computed). Leaves that no routed transformation
-  handles show the fallback (``AdamW`` in :func:`~optax_lmo.muon`) or ``-``.
+  its ``init``: nothing is computed), and on anything that holds such an
+  optimizer's state as ``opt_state`` (an ``nnx.Optimizer``, a Flax
+  ``TrainState``): ``ol.describe(optimizer)``. Leaves that no routed
+  transformation handles show the fallback (``AdamW`` in
+  :func:`~optax_lmo.muon`) or ``-``.
 
   Args:
     tx_or_rules: an optimizer (any ``optax.GradientTransformation`` containing
-      one of ours), or a :class:`~optax_lmo.Rules` (or a rule list).
-    params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``).
+      one of ours), an object with its state as ``opt_state`` (``nnx.Optimizer``),
+      or a :class:`~optax_lmo.Rules` (or a rule list).
+    params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``); for NNX
+      ``nnx.state(model, nnx.Param)``, not the model (a model, or a state with
+      batch statistics or RNG counters, is refused, saying so). ``None`` (only
+      with an ``opt_state``): the leaves that state was initialized with.
 
   Returns:
     A :class:`Description`: ``print(d)`` gives the text table, a notebook shows
@@ -86,32 +94,79 @@ def describe(tx_or_rules: Any, params: Any) -> Description:
     >>> d[0]["norm"], d[0]["view"], d[0]["radius"]
     ('Spectral', '4x8', 1.0)
   """
-  flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  if hasattr(tx_or_rules, "init") and hasattr(tx_or_rules, "update"):
-    state = jax.eval_shape(tx_or_rules.init, params)
-    routings = [
-        s.routing for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, RouteState))
-        if isinstance(s, RouteState)
-    ]
-    if not routings:
-      raise ValueError(
-          "describe() found no optax_lmo optimizer in this transformation (no state of"
-          " ol.route / scion / muon / ...); pass the optimizer that contains one, or Rules."
+  if params is not None:
+    _refuse_non_params(params)
+  if hasattr(tx_or_rules, "opt_state"):  # nnx.Optimizer, TrainState: the state is at hand
+    routings = _routings(tx_or_rules.opt_state)
+  elif hasattr(tx_or_rules, "init") and hasattr(tx_or_rules, "update"):
+    if params is None:
+      raise TypeError(
+          "describe() needs the parameters with an optimizer: ol.describe(tx, params) (for"
+          " NNX, params = nnx.state(model, nnx.Param), or pass the nnx.Optimizer alone)."
       )
+    routings = _routings(jax.eval_shape(tx_or_rules.init, params))
   else:
+    if params is None:
+      raise TypeError("describe() needs the parameters with rules: ol.describe(rules, params).")
     rules = rules_lib.as_rules(tx_or_rules)
     routings = [Routing(rules.plan(params), "rules", None, None, None)]
   by_path: dict[str, tuple[Routing, rules_lib.Group | None]] = {}
+  seen: dict[str, tuple] = {}  # path -> (shape, dtype), from the routings' own plans
   for routing in routings:
-    for path, g in zip(routing.plan.paths, routing.plan.groups, strict=True):
+    plan = routing.plan
+    for path, g, shape, dtype in zip(plan.paths, plan.groups, plan.shapes, routing.dtypes,
+                                     strict=True):
       by_path.setdefault(path, (routing, g))
+      seen.setdefault(path, (shape, dtype))
+  if params is None:
+    leaves = [(path, shape, dtype) for path, (shape, dtype) in seen.items()]
+  else:
+    leaves = [
+        (spec_lib.path_str(kp), tuple(np.shape(x)), getattr(x, "dtype", None))
+        for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
   rows = []
-  for key_path, leaf in flat:
-    path = spec_lib.path_str(key_path)
-    shape = tuple(np.shape(leaf))
+  for path, shape, dtype in leaves:
     routing, g = by_path.get(path, (None, None))
-    rows.append(_row(path, shape, getattr(leaf, "dtype", None), routing, g))
+    rows.append(_row(path, shape, dtype, routing, g))
   return Description(rows)
+
+
+def _routings(state) -> list[Routing]:
+  routings = [
+      s.routing for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, RouteState))
+      if isinstance(s, RouteState)
+  ]
+  if not routings:
+    raise ValueError(
+        "describe() found no optax_lmo optimizer in this transformation (no state of"
+        " ol.route / scion / muon / ...); pass the optimizer that contains one, or Rules."
+    )
+  return routings
+
+
+def _refuse_non_params(params) -> None:
+  """Raises for an NNX model, or NNX variables that are not parameters, saying what to pass."""
+  nnx = sys.modules.get("flax.nnx")  # an NNX object exists only once flax.nnx is imported
+  if nnx is None:
+    return
+  fix = ("pass nnx.state(model, nnx.Param), the tree that nnx.Optimizer(model, tx,"
+         " wrt=nnx.Param) gives tx.init (or pass the nnx.Optimizer alone)")
+  if isinstance(params, nnx.Module):
+    raise TypeError(f"describe() takes the parameters, not the model {type(params).__name__}: "
+                    f"{fix}.")
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  others = [
+      (spec_lib.path_str(kp), type(v).__name__)
+      for kp, v in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_var)[0]
+      if is_var(v) and not isinstance(v, nnx.Param)
+  ]
+  if others:
+    more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+    raise ValueError(
+        f"{others[0][0]}: a {others[0][1]}, not a parameter{more}. An optimizer updates only"
+        f" the parameters: {fix}."
+    )
 
 
 def _row(path, shape, dtype, routing: Routing | None, g) -> dict:

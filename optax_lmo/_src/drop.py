@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lmo._src import checks
 from optax_lmo._src.transforms import PerLeaf, per_leaf
 
 
@@ -50,7 +51,7 @@ def drop_leaves(
 
   Args:
     inner: the optimizer whose updates are sampled.
-    keep_prob: one probability for every leaf, or a pytree of them matched to
+    keep_prob: one probability in ``(0, 1]`` for every leaf, or a pytree of them matched to
       the parameters by path (``None``: the leaf is always updated). May be
       traced (``optax.inject_hyperparams``); a traced probability draws even
       where its value is 1, so its leaves take the sampled path of
@@ -62,15 +63,13 @@ def drop_leaves(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.contrib.drop_leaves(optax.sgd(1.0), {"a": 0.0, "b": None})
+    >>> tx = ol.contrib.drop_leaves(optax.sgd(1.0), {"a": 1e-9, "b": None})
     >>> g = {"a": jnp.ones(2), "b": jnp.ones(2)}
     >>> u, _ = tx.update(g, tx.init(g))
-    >>> u["a"].tolist(), u["b"].tolist()
+    >>> u["a"].tolist(), u["b"].tolist()  # "a" almost never moves, "b" always
     ([0.0, 0.0], [-1.0, -1.0])
   """
-  for p in jax.tree.leaves(keep_prob):
-    if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
-      raise ValueError(f"drop_leaves: keep_prob must be in [0, 1], got {p}.")
+  checks.per_leaf("drop_leaves", "keep_prob", keep_prob)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

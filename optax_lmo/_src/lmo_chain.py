@@ -1,4 +1,4 @@
-"""The LMO template as one chain, and the argument checks the optimizers share.
+"""The LMO template as one chain, from which the optimizers in ``alias.py`` are built.
 
 ``template`` chains momentum -> the LMO of each leaf's norm -> its radius ->
 decay -> its learning-rate multiplier -> the learning rate, from a resolved
@@ -15,11 +15,6 @@ from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.route import route
-
-
-def check_lr(learning_rate, what: str):
-  if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
-    raise ValueError(f"{what}: learning_rate must be >= 0, got {learning_rate}.")
 
 
 def template(
@@ -69,7 +64,7 @@ def template(
 
 def uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_dtype,
           distribute, exchange_dtype=None, keep_prob=None, seed=0, steepest=False):
-  check_args(name, learning_rate, beta, keep_prob, exchange_dtype)
+  exchange_lib.check_dtype(exchange_dtype, name)
   build = lambda plan: template(
       learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=False, decay=decay,
       clip=clip, mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
@@ -77,16 +72,3 @@ def uscg(learning_rate, rules, *, name, beta, nesterov, decay, clip, polar, mu_d
   )
   return route(rules, build, name=name, polar=polar, mu_dtype=mu_dtype, decay=decay,
                keep_prob=keep_prob)
-
-
-def check_args(name: str, learning_rate, beta, keep_prob, exchange_dtype) -> None:
-  """Refuses, naming the optimizer ``name``, arguments every LMO optimizer shares."""
-  check_lr(learning_rate, name)
-  exchange_lib.check_dtype(exchange_dtype, name)
-  momentum_lib.check_beta(beta, name)
-  check_keep(keep_prob, name)
-
-
-def check_keep(keep_prob, what: str):
-  if isinstance(keep_prob, (int, float)) and not 0.0 < keep_prob <= 1.0:  # None: off
-    raise ValueError(f"{what}: keep_prob must be in (0, 1], got {keep_prob}.")

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lmo._src import checks
+
 
 class MomentumState(NamedTuple):
   """State of :func:`momentum`."""
@@ -27,15 +29,6 @@ def state_dtype(dtype, mu_dtype=None):
   if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
     return jnp.dtype(jnp.float32)
   return dtype
-
-
-def check_beta(beta, what: str = "momentum") -> None:
-  """Raises for a Python-number ``beta`` outside ``[0, 1)`` (traced values pass)."""
-  if isinstance(beta, (int, float)) and not 0.0 <= float(beta) < 1.0:
-    raise ValueError(
-        f"{what}: beta must be in [0, 1) (the decay of the running average, as in optax;"
-        f" beta=0.9 keeps 90% of it), got {beta}."
-    )
 
 
 def momentum(
@@ -78,7 +71,7 @@ def momentum(
     >>> u.tolist()
     [0.75]
   """
-  check_beta(beta)
+  checks.hyperparams("momentum", beta=beta)
 
   def init_fn(params):
     return MomentumState(

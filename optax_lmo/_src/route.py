@@ -4,9 +4,12 @@
 it resolves the :class:`~optax_lmo.Rules` against the parameters into a
 :class:`~optax_lmo._src.rules.Plan` (each leaf's group), raises for a leaf that
 cannot be routed (naming it and the fix), and builds the inner transformation
-from the plan: plain pytrees of norms, radii and decays. The plan also travels
-in the state as static metadata, which is how :func:`~optax_lmo.describe` finds
-it inside any optax chain or wrapper.
+from the plan: plain pytrees of norms, radii and decays. At each ``update``
+trace it compares the gradient (and parameter) tree with the one ``init`` saw,
+and names the first leaf that is missing, extra or of another shape. The plan
+also travels in the state as static metadata, which is how
+:func:`~optax_lmo.describe` finds it inside any optax chain or wrapper (or an
+``nnx.Optimizer``'s ``opt_state``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_lmo._src import rules as rules_lib
+from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.polar import Polar
 
 
@@ -39,11 +44,13 @@ class Routing:
       it is an injected (traced) value.
     keep_prob: the optimizer's keep probability for spectral leaves: a number,
       ``None`` (no sampling) or ``"injected"``.
+    dtypes: each leaf's dtype at ``init`` (``None`` where it has none), in plan order.
   """
 
   def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
-               keep_prob: Any = None):
+               keep_prob: Any = None, dtypes: tuple | None = None):
     self.plan = plan
+    self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
     self.name = name
     self.fallback = fallback
     self.mu_dtype = mu_dtype
@@ -127,10 +134,16 @@ def route(
   def init_fn(params):
     plan = plan_of(params)
     _check(plan, params, name, needs_norm)
-    return RouteState(build(plan).init(params), Routing(plan, name, fallback, mu_dtype, decay,
-                                                           keep_prob))
+    dtypes = tuple(getattr(x, "dtype", None) for x in jax.tree.leaves(params))
+    routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes)
+    return RouteState(build(plan).init(params), routing)
 
   def update_fn(updates, state, params=None, **extra_args):
+    # At trace time (shapes are static): a gradient unlike the parameters is named here,
+    # not by a broadcasting error deep in the chain.
+    _match(state.routing.plan, updates, name, "gradient")
+    if params is not None:
+      _match(state.routing.plan, params, name, "parameter passed to update")
     tx = optax.with_extra_args_support(build(plan_of(updates)))
     updates, inner = tx.update(updates, state.inner, params, **extra_args)
     return updates, RouteState(inner, state.routing)
@@ -154,4 +167,40 @@ def _check(plan: rules_lib.Plan, params, name: str, needs_norm: bool) -> None:
       raise TypeError(
           f"{path}: {name} needs floating-point parameters, got dtype {dtype}. Exclude this"
           " leaf from the optimizer (optax.partition / nnx.Optimizer(wrt=nnx.Param))."
+      )
+
+
+def _match(plan: rules_lib.Plan, tree, name: str, what: str) -> None:
+  """Raises, naming the first leaf that differs, when ``tree`` is not shaped like ``init``'s."""
+  leaves, treedef = jax.tree.flatten(tree)
+  shapes = tuple(tuple(np.shape(x)) for x in leaves)
+  if treedef == plan.treedef and shapes == plan.shapes:
+    return  # the common case, without building path strings
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  paths = tuple(spec_lib.path_str(p) for p, _ in flat)
+  if paths != plan.paths:  # containers may differ (an nnx.State of Variables vs plain arrays)
+    known, given = set(plan.paths), set(paths)
+    missing = [p for p in plan.paths if p not in given]
+    extra = [p for p in paths if p not in known]
+    if missing:
+      raise ValueError(
+          f"{missing[0]}: the {what} has no leaf for this parameter ({name} was initialized"
+          f" with {len(plan.paths)} leaves, the {what} has {len(paths)}). Pass a tree with the"
+          " structure of the parameters given to init (or init with the parameters you train)."
+      )
+    if extra:
+      raise ValueError(
+          f"{extra[0]}: the {what} has a leaf that the parameters given to {name}'s init did"
+          " not have. Pass a tree with their structure (or init with the parameters you train)."
+      )
+    i = next(i for i, (p, q) in enumerate(zip(paths, plan.paths, strict=True)) if p != q)
+    raise ValueError(
+        f"{paths[i]}: the {what}'s leaves come in another order than the parameters given to"
+        f" {name}'s init (where they have {plan.paths[i]}); pass a tree with their structure."
+    )
+  for path, got, want in zip(plan.paths, shapes, plan.shapes, strict=True):
+    if got != want:
+      raise ValueError(
+          f"{path}: {what} shape {got} does not match the parameter's {want} (the shape"
+          f" {name} was initialized with). A transposed leaf, or a tree from another model?"
       )

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from optax_lmo._src import checks
 from optax_lmo._src import conv as conv_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import spec as spec_lib
@@ -62,12 +63,8 @@ class Group:
   def __post_init__(self):
     if self.norm is not None and not isinstance(self.norm, norms_lib.Norm):
       raise TypeError(f"Group.norm must be an optax_lmo.norms.Norm or None, got {self.norm!r}.")
-    for name in ("radius", "lr_mult", "decay"):
-      v = getattr(self, name)
-      if isinstance(v, (int, float)) and not (np.isfinite(v) and v >= 0):
-        raise ValueError(f"Group.{name} must be a finite number >= 0, got {v}.")
-    if isinstance(self.keep_prob, (int, float)) and not 0.0 <= self.keep_prob <= 1.0:
-      raise ValueError(f"Group.keep_prob must be in [0, 1], got {self.keep_prob}.")
+    checks.hyperparams("Group", radius=self.radius, lr_mult=self.lr_mult, decay=self.decay,
+                       keep_prob=self.keep_prob)
 
 
 RuleList = Sequence[tuple[str, Group]]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_lmo._src import checks
 from optax_lmo._src import exchange as exchange_lib
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.norms import Norm, Sign, Spectral
@@ -133,6 +134,7 @@ def scale_by_norm(
   """
 
   wire = exchange_lib.check_dtype(exchange_dtype, "scale_by_norm")
+  checks.per_leaf("scale_by_norm", "dual_clip", dual_clip)
 
   def init_fn(params):
     del params
@@ -259,6 +261,7 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
     >>> u["a"].tolist(), u["b"].tolist()
     ([2.0, 2.0], [1.0, 1.0])
   """
+  checks.per_leaf("scale_by_radius", "radius", radius)
 
   def init_fn(params):
     del params
@@ -300,6 +303,7 @@ def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
     >>> u.tolist()
     [1.0, 1.0]
   """
+  checks.per_leaf("add_constrained_decay", "weight_decay", weight_decay)
 
   def init_fn(params):
     del params
