@@ -15,7 +15,8 @@ from optax_lmo import norms
 
 OPTIMIZERS = [ol.scion, ol.unconstrained_scion, ol.muon, ol.contrib.polargrad, ol.sign_descent,
               ol.normalized_sgd]
-WITH_DECAY = [ol.unconstrained_scion, ol.muon, ol.contrib.polargrad, ol.sign_descent, ol.normalized_sgd]
+WITH_DECAY = [ol.unconstrained_scion, ol.muon, ol.contrib.polargrad, ol.sign_descent,
+              ol.normalized_sgd]
 NON_FINITE = [float("inf"), float("nan"), -1.0, np.float32("nan"), np.array(np.inf),
               jnp.array(jnp.nan), jnp.array([0.1, jnp.inf])]
 
