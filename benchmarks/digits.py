@@ -7,8 +7,9 @@ second with stride 2, then a dense head). Each is trained with
 
 * ``ol.scion(lr, beta=0.9, rules=ol.infer_rules(apply, params, x))`` at the
   default radii of ``infer_rules`` (the 3x3 convolutions at ``hidden_radius``
-  times 9 taps), from ``ol.init_params`` (the geometry-consistent init: every
-  matrix on its norm sphere);
+  times 9 taps), from ``ol.init_params`` (``--scion-init unit``, its default:
+  every matrix inside its ball at a radius-independent norm; ``radius``: on its
+  norm sphere; ``flax``: Flax's own init);
 * ``optax.adamw(lr)`` (optax defaults, weight decay 1e-4) from the Flax init;
 
 for ``--steps`` (300) steps of batch ``--batch`` (128), each optimizer on its own
@@ -92,8 +93,8 @@ def run(model_name: str, opt: str, seed: int, args, data, radii: dict) -> list[f
   params = model.init(key_init, xtr[:1])["params"]
   apply = lambda p, x: model.apply({"params": p}, x)
   rules = ol.infer_rules(apply, params, xtr[:1], output_norm=args.output_norm, **radii)
-  if opt == "scion" and args.scion_init == "scion":
-    params = ol.init_params(rules, params, key_scion)
+  if opt == "scion" and args.scion_init != "flax":
+    params = ol.init_params(rules, params, key_scion, scale=args.scion_init)
   idx = jax.random.randint(key_data, (args.steps, args.batch), 0, len(ytr))
   xtr, ytr, xte, yte = map(jnp.asarray, (xtr, ytr, xte, yte))
 
@@ -121,8 +122,9 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--seeds", type=int, default=2)
-  parser.add_argument("--scion-init", choices=("scion", "flax"), default="scion",
-                      help="Scion's initial parameters: ol.init_params (scion) or the Flax init")
+  parser.add_argument("--scion-init", choices=("unit", "radius", "flax"), default="unit",
+                      help="Scion's initial parameters: ol.init_params at scale 'unit' (its"
+                      " default) or 'radius', or the Flax init")
   parser.add_argument("--output-norm", choices=("rownorm", "sign"), default="rownorm")
   parser.add_argument("--radii", default="",
                       help="override infer_rules radii, e.g. 'hidden_radius=3,output_radius=10'")

@@ -325,6 +325,12 @@ def adaptive_batch() -> str | None:
           f"loss, {d['target']:.4f}; {d['device']}; `{d['command']}`.\n\n")
   return head + _table(["run", "tokens to target", "optimizer steps to target",
                         "final val loss", "optimizer steps", "mean batch (micro-batches)"], rows)
+def _digits_init(init: str) -> str:
+  return {"flax": "the Flax init", "unit": "`ol.init_params`",
+          "radius": "`ol.init_params(..., scale=\"radius\")`"}.get(
+              init, "`ol.init_params` (on each norm sphere)")  # recorded before 0.2.0: "scion"
+
+
 def digits() -> str | None:
   d = _load("digits.json")
   if d is None:
@@ -341,7 +347,7 @@ def digits() -> str | None:
   head = (f"Test accuracy (%) on scikit-learn's 8x8 digits (20% held out), {d['steps']} steps "
           f"of batch {d['batch']}, mean of {d['seeds']} seeds, each optimizer at the best of "
           f"its own learning-rate grid; Scion with `ol.infer_rules` at {radii} from "
-          f"`ol.init_params`, AdamW from the Flax init; {d['device']}; `{d['command']}`.\n\n")
+          f"{_digits_init(d['scion_init'])}, AdamW from the Flax init; {d['device']}; `{d['command']}`.\n\n")
   table = _table(["model", "optimizer", "best lr", "test acc", "test acc per lr"], rows)
   gaps = d["adamw_minus_scion_points"]
   foot = "\n\nTarget: Scion within 0.5 points of AdamW: " + "; ".join(
