@@ -347,7 +347,8 @@ def digits() -> str | None:
   head = (f"Test accuracy (%) on scikit-learn's 8x8 digits (20% held out), {d['steps']} steps "
           f"of batch {d['batch']}, mean of {d['seeds']} seeds, each optimizer at the best of "
           f"its own learning-rate grid; Scion with `ol.infer_rules` at {radii} from "
-          f"{_digits_init(d['scion_init'])}, AdamW from the Flax init; {d['device']}; `{d['command']}`.\n\n")
+          f"{_digits_init(d['scion_init'])}, AdamW from the Flax init; {d['device']};"
+          f" `{d['command']}`.\n\n")
   table = _table(["model", "optimizer", "best lr", "test acc", "test acc per lr"], rows)
   gaps = d["adamw_minus_scion_points"]
   foot = "\n\nTarget: Scion within 0.5 points of AdamW: " + "; ".join(
