@@ -6,7 +6,7 @@ The GPT example (``examples.gpt.train``) at the ``cpu`` shape of
 the recorded results. Each stage starts from the best run of the stages before
 it and changes one thing:
 
-1. ``diagonal``: constrained Scion from ``ol.init_params`` (the unit init) along
+1. ``diagonal``: constrained Scion from ``ol.init_params`` (the RMS-preserving init) along
    ``lr x radius = 2^-8 x 6`` (the step length fixed, the decay ``lr`` moving):
    hidden radius 6, 12, 24, 48 (head radius 10/3 of it), extended past an edge
    that wins;
@@ -50,7 +50,7 @@ from examples.gpt import train as train_lib
 
 SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,
              eval_batches=16)
-START = dict(optimizer="scion", init="unit", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
+START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
 STAGES = ("diagonal", "lr", "init", "schedule", "hybrid", "short", "seed")
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal

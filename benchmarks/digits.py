@@ -7,8 +7,8 @@ second with stride 2, then a dense head). Each is trained with
 
 * ``ol.scion(lr, beta=0.9, rules=ol.infer_rules(apply, params, x))`` at the
   default radii of ``infer_rules`` (the 3x3 convolutions at ``hidden_radius``
-  times 9 taps), from ``ol.init_params`` (``--scion-init unit``, its default:
-  every matrix inside its ball at a radius-independent norm; ``radius``: on its
+  times 9 taps), from ``ol.init_params`` (``--scion-init rms``, its default:
+  every matrix inside its ball, RMS-preserving; ``radius``: on its
   norm sphere; ``flax``: Flax's own init);
 * ``optax.adamw(lr)`` (optax defaults, weight decay 1e-4) from the Flax init;
 
@@ -122,8 +122,8 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--seeds", type=int, default=2)
-  parser.add_argument("--scion-init", choices=("unit", "radius", "flax"), default="unit",
-                      help="Scion's initial parameters: ol.init_params at scale 'unit' (its"
+  parser.add_argument("--scion-init", choices=("rms", "radius", "flax"), default="rms",
+                      help="Scion's initial parameters: ol.init_params at scale 'rms' (its"
                       " default) or 'radius', or the Flax init")
   parser.add_argument("--output-norm", choices=("rownorm", "sign"), default="rownorm")
   parser.add_argument("--radii", default="",

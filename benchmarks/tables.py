@@ -326,7 +326,7 @@ def adaptive_batch() -> str | None:
   return head + _table(["run", "tokens to target", "optimizer steps to target",
                         "final val loss", "optimizer steps", "mean batch (micro-batches)"], rows)
 def _digits_init(init: str) -> str:
-  return {"flax": "the Flax init", "unit": "`ol.init_params`",
+  return {"flax": "the Flax init", "rms": "`ol.init_params`",
           "radius": "`ol.init_params(..., scale=\"radius\")`"}.get(
               init, "`ol.init_params` (on each norm sphere)")  # recorded before 0.2.0: "scion"
 

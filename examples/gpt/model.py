@@ -32,7 +32,7 @@ from flax import nnx
 import optax_lmo
 from optax_lmo import norms
 
-INITS = ("scion", "unit", "standard")
+INITS = ("scion", "rms", "standard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class GPTConfig:
   heads: int = 4  # attention heads; must divide width
   rotary: bool = True  # rotary position embedding (True) or a learned table pos_embed (False)
   scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
-  init: str = "scion"  # "scion": norm's init x radius; "unit": ol.init_params; "standard": Flax
+  init: str = "scion"  # "scion": norm's init x radius; "rms": ol.init_params; "standard": Flax
   embed_radius: float = 1.0  # radius of the embedding ball (scion init)
   hidden_radius: float = 3.0  # radius of the hidden-matrix ball (scion init)
   output_radius: float = 10.0  # radius of the output-head ball (scion init)
@@ -140,7 +140,7 @@ class GPT(nnx.Module):
     self.head = nnx.Linear(d, cfg.vocab_size, use_bias=False, dtype=dt, rngs=rngs)
     if cfg.init == "scion":
       scion_init(self, cfg, rngs.params())
-    elif cfg.init == "unit":  # the library's init: inside each ball, independent of the radius
+    elif cfg.init == "rms":  # the library's init: inside each ball, independent of the radius
       params = nnx.state(self, nnx.Param)
       nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params()))
 

@@ -54,8 +54,8 @@ class TrainConfig:
 
   preset: str | None = flag(None, "a named configuration; explicit flags override it", ("demo",))
   optimizer: str = flag("scion", "optax_muon is optax.contrib.muon, the peer baseline", OPTIMIZERS)
-  init: str | None = flag(None, "scion: norm's init x radius; unit: ol.init_params (inside the"
-                          " ball, independent of the radius); standard: Flax's; unset: scion"
+  init: str | None = flag(None, "scion: norm's init x radius; rms: ol.init_params (inside the"
+                          " ball, RMS-preserving at any radius); standard: Flax's; unset: scion"
                           " for the Scions, else standard", model_lib.INITS)
   lr: float | None = flag(None, "peak learning rate; unset: the optimizer's (listed below)")
   adam_lr: float = flag(3e-3, "AdamW learning rate of the non-matrix leaves (muon, optax_muon)")

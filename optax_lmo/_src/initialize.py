@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import spec as spec_lib
 
-SCALES = ("unit", "radius")
+SCALES = ("rms", "radius")
 
 
-def init_params(rules, params, key: jax.Array, *, scale: str = "unit", keep_gains: bool = True):
+def init_params(rules, params, key: jax.Array, *, scale: str = "rms", keep_gains: bool = True):
   r"""Re-initializes every leaf with its group's norm initializer, inside its ball.
 
   Each matrix of a leaf (per its group's view) is drawn with its norm's shape
@@ -21,30 +21,29 @@ def init_params(rules, params, key: jax.Array, *, scale: str = "unit", keep_gain
   for RowNorm, random signs for Sign; zeros for BiasRMS) at the norm
 
   .. math::
-    \|W\| = \min(\rho, u), \qquad u = \begin{cases}
-      \sqrt{k_h k_w} & \text{SpectralConv (the RMS-preserving kernel)} \\
-      1 & \text{otherwise}
-    \end{cases}
+    \|W\| = \min(\rho,\ u), \qquad
+    u:\ \text{the norm at which } W \text{ keeps the RMS of its input}
 
-  with ``scale="unit"`` (the default), whatever the radius ``rho``: a hidden
-  matrix maps inputs of RMS 1 to outputs of RMS 1 (as Flax's default
-  initializers do on average), an embedding row has RMS 1, and an output head
-  (RowNorm or Sign) starts with logits of RMS about ``1/sqrt(d_in)``, so the
-  first loss sits near the uniform-prediction loss ``ln V`` at any radius.
-  The constraint only asks ``||W|| <= rho``; constrained Scion then moves each
-  leaf toward its radius at the rate of the learning rate.
+  with ``scale="rms"`` (the default), whatever the radius ``rho``: a dense or
+  convolution kernel, an output head included, maps inputs of RMS 1 to outputs
+  of RMS 1 on average (``||W||_F = sqrt(d_out)`` for its matrix view, as Flax's
+  default initializers do in expectation), and an embedding row has RMS 1
+  (``u = 1`` for ColNorm). So a model starts where it would from Flax's init
+  (first loss near ``ln V`` plus half a nat for a head on normalized features)
+  at any radius. The constraint only asks ``||W|| <= rho``; constrained Scion
+  then moves each leaf toward its radius at the rate of the learning rate.
 
   ``scale="radius"`` draws every matrix on its ball's boundary, ``||W|| == rho``
-  (the point constrained Scion keeps it at). The first logits then grow with
-  the output radius: about 7 nats at radius 20 for a character model, hundreds
-  at 3000.
+  (the point constrained Scion keeps it at; the reference code's init). The
+  first logits then grow with the output radius: about 7 nats at radius 20 for
+  a character model, hundreds at 3000.
 
   Args:
     rules: :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
       rule list or a callable; ``None`` uses :func:`~optax_lmo.default_rules`.
     params: the parameter pytree (Flax linen params, an NNX ``nnx.State``, ...).
     key: a PRNG key; each leaf gets its own fold of it.
-    scale: ``"unit"`` (the norm ``min(rho, u)`` above) or ``"radius"`` (``rho``).
+    scale: ``"rms"`` (the norm ``min(rho, u)`` above) or ``"radius"`` (``rho``).
     keep_gains: leave leaves whose group has ``role="gain"`` (normalization
       scales, which multiply activations) unchanged instead of zeroing them.
 
@@ -76,18 +75,24 @@ def init_params(rules, params, key: jax.Array, *, scale: str = "unit", keep_gain
     if g is None or g.norm is None or (keep_gains and g.role == "gain"):
       out.append(leaf)
       continue
-    shape = tuple(np.shape(leaf))
-    norm = g.radius if scale == "radius" else min(g.radius, unit_norm(g, shape))
-    new = norm * g.norm.init(k, shape, spec=g.spec)
-    out.append(new.astype(leaf.dtype))
+    unit = g.norm.init(k, tuple(np.shape(leaf)), spec=g.spec)  # norm 1 per matrix
+    norm = g.radius if scale == "radius" else jnp.minimum(g.radius, rms_norm(g, unit))
+    out.append((norm * unit).astype(leaf.dtype))
   return treedef.unflatten(out)
 
 
-def unit_norm(group, shape) -> float:
-  """``u`` of :func:`init_params`: ``sqrt(taps)`` for a SpectralConv kernel, else 1."""
-  from optax_lmo._src.conv import SpectralConv  # noqa: PLC0415 (conv imports norms)
+def rms_norm(group, unit: jax.Array) -> jax.Array:
+  """``u`` of :func:`init_params` for a leaf ``unit`` of norm 1 in ``group``'s norm.
 
-  if not isinstance(group.norm, SpectralConv) or not group.norm.scaled:
-    return 1.0
-  _, taps, _ = group.norm._layout(shape, group.spec, "")
-  return math.sqrt(taps)
+  ``sqrt(d_out) / ||W||_F`` per matrix of the view (averaged over the leaf's
+  matrices): the factor that gives ``unit`` an average RMS gain of 1. ColNorm
+  (embedding rows, read by one-hot inputs) and BiasRMS: 1; Frobenius (the whole
+  leaf): ``sqrt`` of its last axis.
+  """
+  if isinstance(group.norm, (norms_lib.ColNorm, norms_lib.BiasRMS)):
+    return jnp.float32(1.0)
+  if isinstance(group.norm, norms_lib.Frobenius):  # one matrix of the whole leaf; d_out: last axis
+    return jnp.float32(np.sqrt(unit.shape[-1]) if unit.ndim >= 2 else 1.0)
+  st = group.norm.to_stack(unit, group.spec)
+  sq = st.per_view(jnp.sum(jnp.square(st.matrices), axis=(-2, -1))).sum(-1)  # ||.||_F^2 per view
+  return jnp.sqrt(st.matrices.shape[-1] / jnp.mean(sq))
