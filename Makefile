@@ -45,16 +45,15 @@ test-min: $(MIN_STAMP)
 	$(call run_pytest,$(MIN_PY))
 
 # dist/: the sdist and the wheel (built from the sdist). The wheel goes into a fresh venv with
-# only its core dependencies; scripts/smoke_wheel.py runs from a temporary directory, so it
-# imports the installed package, not this checkout.
+# only its core dependencies; scripts/smoke_wheel.py runs from inside that venv, without
+# PYTHONPATH, so it imports the installed package, not this checkout (it checks).
 wheel-smoke: $(STAMP)
 	rm -rf dist $(WHEEL_VENV)
 	$(PY) -m build --outdir dist .
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip
 	$(WHEEL_VENV)/bin/python -m pip install -q dist/*.whl
-	cd "$$(mktemp -d)" && env -u PYTHONPATH $(CURDIR)/$(WHEEL_VENV)/bin/python \
-	  $(CURDIR)/scripts/smoke_wheel.py
+	cd $(WHEEL_VENV) && env -u PYTHONPATH bin/python $(CURDIR)/scripts/smoke_wheel.py
 
 demo: $(STAMP)
 	$(PY) -m examples.gpt.train --preset demo

@@ -2,8 +2,8 @@
 
 ``make wheel-smoke`` builds the wheel, installs it with only the core dependencies
 (jax, jaxlib, optax, chex) into a fresh virtual environment and runs this file
-from outside the repository, so it checks the package as ``pip install optax-lmo``
-delivers it, not the source tree.
+with that environment's Python, so it checks the package as ``pip install
+optax-lmo`` delivers it; it fails if ``optax_lmo`` comes from anywhere else.
 """
 
 from __future__ import annotations

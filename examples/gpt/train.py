@@ -10,7 +10,9 @@ Writes ``log.jsonl`` (train losses; validation losses and matrix norms),
 ``describe.txt`` (what the optimizer does to each parameter), ``loss.png`` and
 ``ckpt/`` (orbax) to ``--workdir``. The same command again resumes from the
 latest checkpoint and refuses one written by other flags; a ``--preset`` run
-starts over (replacing its checkpoints) unless ``--resume`` is given.
+starts over (replacing its checkpoints) unless ``--resume`` is given. A training
+loss that turns non-finite stops the run with one ``error:`` line (exit status
+1) before anything of that step is saved.
 """
 
 from __future__ import annotations
