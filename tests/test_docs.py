@@ -39,3 +39,9 @@ def test_sphinx_build_has_no_warnings(tmp_path):
   assert result.returncode == 0, result.stderr[-4000:]
   for page in ("index", "quickstart", "porting", "routing", "radii", "api"):
     assert (tmp_path / "html" / f"{page}.html").exists(), page
+  # The quickstart shows the notebook's saved outputs: the figure, the describe table, the text.
+  quickstart = (tmp_path / "html" / "quickstart.html").read_text(encoding="utf-8")
+  images = re.findall(r'<img [^>]*src="(_images/[^"]+\.png)"', quickstart)
+  assert images and all((tmp_path / "html" / src).stat().st_size > 0 for src in images)
+  assert "<table" in quickstart and "hidden" in quickstart  # ol.describe's _repr_html_
+  assert "parameters equal after a step: True" in quickstart

@@ -8,6 +8,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -283,6 +284,7 @@ BAD_FLAGS = [
     (["--drop", "--depth", "1"], "--drop freezes the blocks below a cutoff: it needs --depth >= 2"),
     (["--drop", "--adaptive-batch", "0.5"], "--drop and --adaptive-batch do not combine"),
     (["--drop", "yes"], "unrecognized arguments: yes"),
+    (["--seq", "1000000"], "pydoc_data.topics: 465048 characters, too few: --seq 1000000 needs"),
 ]
 
 
@@ -312,6 +314,87 @@ def test_main_writes_the_summary_to_stdout_and_the_progress_bar_to_stderr(tmp_pa
   out, err = capsys.readouterr()
   assert "scion: 2 steps (fresh)" in out and "final validation loss" in out
   assert "2/2" in err and "2/2" not in out  # tqdm's counter
+
+
+def _exits_2_with_one_error_line(capsys, argv) -> str:
+  with pytest.raises(SystemExit) as exit_:
+    train_lib.main(argv)
+  assert exit_.value.code == 2
+  out, err = capsys.readouterr()
+  assert out == "" and "Traceback" not in err
+  errors = [line for line in err.splitlines() if "error:" in line]
+  assert len(errors) == 1 and errors[0].startswith("python -m examples.gpt.train: error: ")
+  return errors[0]
+
+
+def test_too_short_data_file_says_how_many_characters_it_needs(tmp_path, capsys):
+  six = tmp_path / "six.txt"
+  six.write_text("hello\n")
+  line = _exits_2_with_one_error_line(capsys, ["--data", str(six)])  # --seq 128
+  need = data_lib.min_chars(seq=128, val_frac=0.1)
+  assert f"--data {six}: 6 characters, too few: --seq 128 needs {need}" in line, line
+  line = _exits_2_with_one_error_line(capsys, ["--data", str(six), "--seq", "16"])
+  assert "6 characters, too few: at least 1000 to train on; use a text of at least 1000" in line
+  short = tmp_path / "short.txt"
+  short.write_text("abcdefghij" * 300)  # 3000 characters: 300 of validation at --val-frac 0.1
+  need = data_lib.min_chars(seq=500, val_frac=0.1)
+  line = _exits_2_with_one_error_line(capsys, ["--data", str(short), "--seq", "500"])
+  assert f"3000 characters, too few: --seq 500 needs {need}, so that the validation split" in line
+  assert "a smaller --seq or a larger --val-frac" in line, line
+  line = _exits_2_with_one_error_line(capsys, ["--data", str(short), "--seq", "500",
+                                               "--val-frac", "0.9"])
+  assert "so that the train split (all but --val-frac 0.9) holds --seq + 2" in line, line
+  binary = tmp_path / "binary.txt"
+  binary.write_bytes(b"\xff\xfe" * 1000)
+  assert "not UTF-8 text" in _exits_2_with_one_error_line(capsys, ["--data", str(binary)])
+
+
+@pytest.mark.parametrize("seq, val_frac", [(16, 0.1), (64, 0.1), (500, 0.1), (500, 0.5),
+                                           (300, 0.9), (999, 0.3)])
+def test_min_chars_is_the_fewest_characters_the_batches_take(seq, val_frac):
+  """At min_chars both splits give a batch; one character fewer, one split is too short."""
+  need = data_lib.min_chars(seq=seq, val_frac=val_frac)
+
+  def batches(n):
+    data = data_lib.build("".join(chr(97 + i % 26) for i in range(n)), val_frac=val_frac)
+    data_lib.train_batch(data, seed=0, step=0, batch=2, seq=seq)
+    next(data_lib.val_batches(data, batch=2, seq=seq, max_batches=1))
+
+  batches(need)
+  if need > data_lib.MIN_CHARS:
+    with pytest.raises(ValueError, match="is shorter than seq="):
+      batches(need - 1)
+  else:
+    assert need == data_lib.MIN_CHARS
+
+
+NAN_RUN = ["--steps", "20", "--width", "16", "--depth", "1", "--heads", "2", "--batch", "4",
+           "--seq", "16", "--eval-batches", "1", "--log-every", "10", "--ckpt-every", "1",
+           "--no-plot", "--no-progress"]
+
+
+@pytest.mark.parametrize("lr, what", [("1e9", "the training loss is"),
+                                      ("1e300", "the update made the parameters non-finite")])
+def test_non_finite_run_stops_with_one_error_and_saves_no_non_finite_checkpoint(
+    tmp_path, capsys, lr, what):
+  """1e9: the loss turns nan a step after a finite (huge) update; 1e300 is inf in float32."""
+  with pytest.raises(SystemExit) as exit_:
+    train_lib.main([*NAN_RUN, "--lr", lr, "--workdir", str(tmp_path)])
+  message = str(exit_.value.code)  # SystemExit(str): printed to stderr, exit status 1
+  assert message.startswith("error: step ") and "\n" not in message, message
+  assert what in message and f"Lower --lr (it was {float(lr):g})" in message, message
+  bad = int(message.split()[2].rstrip(":"))
+  assert bad < 20  # stopped early, not after 20 steps of nan
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "ckpt"))
+  assert all(s < bad for s in saved), (saved, bad)
+  last = f"the last checkpoint, step {saved[-1]}, kept" if saved else "no checkpoint saved"
+  assert last in message, message
+  if saved:  # what was saved is finite
+    manager = ocp.CheckpointManager(tmp_path / "ckpt")
+    state = manager.restore(saved[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    assert all(np.isfinite(v).all() for v in state["state"].values())
+  assert "Traceback" not in capsys.readouterr().err
 
 
 def test_optimizers_build_for_the_model():

@@ -421,3 +421,72 @@ def test_muon_matches_optax_contrib_muon_trajectory():
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b),
                             strict=True):
       _close(x, y, f"{jax.tree_util.keystr(path)}, step {t + 1}")
+
+
+def _flat_tree(key):
+  """The tree of the porting page's example: an AdamW embedding, a stacked kernel, a head."""
+  ks = jax.random.split(key, 3)
+  return {"embed": jax.random.normal(ks[0], (64, 32)) * 0.1,
+          "stack": jax.random.normal(ks[1], (3, 32, 48)) * 0.1,
+          "head": jax.random.normal(ks[2], (32, 64)) * 0.1}
+
+
+def _ported_with_rules(rules, *, weight_decay=0.0, polar=JORDAN):
+  return ol.muon(0.02, beta=0.95, nesterov=True, bias_correction=True, adam_nesterov=True,
+                 adam_eps=1e-8, weight_decay=weight_decay, rules=rules, polar=polar)
+
+
+def _dims_and_mask():
+  dims = {"embed": None, "stack": optax.contrib.MuonDimensionNumbers(1, 2),
+          "head": optax.contrib.MuonDimensionNumbers()}
+  peer = optax.contrib.muon(0.02, weight_decay=0.1, muon_weight_dimension_numbers=dims,
+                            weight_decay_mask={"embed": False, "stack": True, "head": False})
+  spectral = norms.Spectral(input_layer=True)
+  rules = ol.Rules([
+      (r"^embed$", ol.Group(None)),
+      (r"^stack$", ol.Group(spectral, spec=ol.MatrixSpec(fan_in=(1,), fan_out=(2,)))),
+      (r"^head$", ol.Group(spectral, decay=0.0)),
+  ])
+  return peer, _ported_with_rules(rules, weight_decay=0.1)
+
+
+def _consistent_rms():
+  rms = lambda path, x: (ol.Group(norms.Spectral(scaled=False), radius=0.2 * max(x.shape) ** 0.5)
+                         if x.ndim == 2 else ol.Group(None))
+  return (optax.contrib.muon(0.02, consistent_rms=0.2),
+          _ported_with_rules(ol.Rules((), fallback=rms)))
+
+
+DION = ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+        (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012))  # optax's "dion" preset
+
+
+def _dion():
+  spectral = ol.Group(norms.Spectral(input_layer=True))
+  every_matrix = ol.Rules((), fallback=lambda path, x: spectral if x.ndim == 2 else ol.Group(None))
+  return (optax.contrib.muon(0.02, ns_coeffs="dion"),
+          _ported_with_rules(every_matrix, polar=ol.Polar("newton_schulz", DION)))
+
+
+def _adaptive():
+  rules = ol.Rules([(r".", ol.Group(norms.Spectral(scaled=False)))])
+  return (optax.contrib.muon(0.02, beta=0.0, nesterov=False, adaptive=True),
+          ol.polargrad(0.02, beta=0.0, rules=rules, polar=JORDAN))
+
+
+@pytest.mark.parametrize("make, tree", [
+    (_dims_and_mask, "flat"), (_consistent_rms, "gpt"), (_dion, "gpt"), (_adaptive, "square"),
+], ids=["dimension_numbers_and_weight_decay_mask", "consistent_rms", "dion", "adaptive"])
+def test_muon_options_match_optax_contrib_muon(make, tree):
+  """The rows of the porting table for optax.contrib.muon's options, four steps each."""
+  params = {"flat": lambda: _flat_tree(jax.random.key(0)),
+            "gpt": lambda: _gpt_tree(jax.random.key(0)),
+            "square": lambda: {"w": jax.random.normal(jax.random.key(0), (16, 16)) * 0.1}}[tree]()
+  grads = [jax.tree.map(lambda p, i=i: jax.random.normal(jax.random.key(10 + i), p.shape), params)
+           for i in range(4)]
+  peer, ours = make()
+  for t, (a, b) in enumerate(zip(_run(ours, params, grads), _run(peer, params, grads),
+                                 strict=True)):
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b),
+                            strict=True):
+      _close(x, y, f"{jax.tree_util.keystr(path)}, step {t + 1}")

@@ -60,10 +60,50 @@ def build(text: str, source: str = "text", *, val_frac: float = 0.1) -> Dataset:
   return Dataset(vocab, ids_N[:-n_val], ids_N[-n_val:], source, digest)
 
 
+MIN_CHARS = 1000  # less is too little text to train on
+
+
+def min_chars(*, seq: int, val_frac: float) -> int:
+  """The fewest characters whose splits fit :func:`train_batch` and :func:`val_batches`.
+
+  The train split must hold a window of ``seq + 2`` tokens, the validation split
+  (the last ``val_frac``, rounded as :func:`build` rounds it) one of ``seq + 1``;
+  and never fewer than ``MIN_CHARS``.
+  """
+
+  def fits(n: int) -> bool:
+    n_val = int(round(n * val_frac))
+    return n_val >= seq + 1 and n - n_val >= seq + 2
+
+  lo, hi = 1, int((seq + 2) / min(val_frac, 1 - val_frac)) + 2  # fits(hi): both splits >= seq + 2
+  while lo < hi:  # both splits only grow with n: bisect for the first n that fits
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+  return max(lo, MIN_CHARS)
+
+
+def check_length(n_chars: int, source: str, *, seq: int, val_frac: float) -> None:
+  """Raises ``ValueError`` saying how many characters ``seq`` and ``val_frac`` need, and the fix."""
+  need = min_chars(seq=seq, val_frac=val_frac)
+  if n_chars >= need:
+    return
+  if need == MIN_CHARS:
+    why, fix = f"at least {MIN_CHARS} to train on", f"use a text of at least {MIN_CHARS} characters"
+  elif int(round((need - 1) * val_frac)) < seq + 1:  # the validation split is what binds
+    why = (f"--seq {seq} needs {need}, so that the validation split (the last --val-frac"
+           f" {val_frac}) holds --seq + 1")
+    fix = "use a longer text, a smaller --seq or a larger --val-frac"
+  else:
+    why = (f"--seq {seq} needs {need}, so that the train split (all but --val-frac {val_frac})"
+           f" holds --seq + 2")
+    fix = "use a longer text, a smaller --seq or a smaller --val-frac"
+  raise ValueError(f"{source}: {n_chars} characters, too few: {why}; {fix}.")
+
+
 def load(path: str | None = None, *, val_frac: float = 0.1) -> Dataset:
   """:func:`load_text` then :func:`build`."""
   text, source = load_text(path)
-  if len(text) < 1000:
+  if len(text) < MIN_CHARS:
     raise ValueError(f"{source}: {len(text)} characters is too little text to train on.")
   return build(text, source, val_frac=val_frac)
 
@@ -106,5 +146,6 @@ def unigram_entropy(ids_N: np.ndarray, vocab_size: int) -> float:
 
 
 __all__ = [
-    "Dataset", "build", "load", "load_text", "train_batch", "val_batches", "unigram_entropy",
+    "MIN_CHARS", "Dataset", "build", "check_length", "load", "load_text", "min_chars",
+    "train_batch", "val_batches", "unigram_entropy",
 ]

@@ -10,7 +10,9 @@ Writes ``log.jsonl`` (train losses; validation losses and matrix norms),
 ``describe.txt`` (what the optimizer does to each parameter), ``loss.png`` and
 ``ckpt/`` (orbax) to ``--workdir``. The same command again resumes from the
 latest checkpoint and refuses one written by other flags; a ``--preset`` run
-starts over (replacing its checkpoints) unless ``--resume`` is given.
+starts over (replacing its checkpoints) unless ``--resume`` is given. A training
+loss that turns non-finite stops the run with one ``error:`` line (exit status
+1) before anything of that step is saved.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -145,6 +148,12 @@ def validate(cfg: TrainConfig) -> None:
     raise ValueError("--drop and --adaptive-batch do not combine (one mask per micro-batch).")
   if cfg.data is not None and not os.path.isfile(cfg.data):
     raise ValueError(f"--data {cfg.data}: no such file.")
+  try:
+    text, source = data_lib.load_text(cfg.data)
+  except UnicodeDecodeError as e:
+    raise ValueError(f"--data {cfg.data}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+  where = source if cfg.data is None else f"--data {source}"
+  data_lib.check_length(len(text), where, seq=cfg.seq, val_frac=cfg.val_frac)
   if cfg.process_id >= cfg.num_processes:
     raise ValueError(f"--process-id must be < --num-processes {cfg.num_processes}.")
   if cfg.num_processes > 1 and cfg.coordinator is None:
@@ -203,6 +212,29 @@ def eval_step(model, x_BxL, y_BxL):
   return loss_fn(mesh_lib.gathered(model), x_BxL, y_BxL)
 
 
+class DivergedError(RuntimeError):
+  """The training loss, or the parameters about to be saved, stopped being finite."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jax.tree.reduce(lambda a, x: a & jnp.isfinite(x).all(), tree, jnp.bool_(True))
+
+
+def diverged(cfg: TrainConfig, step: int, what: str, last: int | None) -> DivergedError:
+  """The one-line error: the step, what is not finite, the checkpoint kept, the fix."""
+  kept = "no checkpoint saved" if last is None else f"the last checkpoint, step {last}, kept"
+  return DivergedError(f"step {step}: {what}; the run diverged and stops ({kept}). Lower --lr"
+                       f" (it was {cfg.lr:g}).")
+
+
+def check_finite(cfg: TrainConfig, losses: list[tuple[int, Any]], last: int | None) -> None:
+  """Raises :class:`DivergedError` at the first non-finite loss of ``[(step, loss), ...]``."""
+  for step, loss in losses:
+    if not math.isfinite(loss := float(loss)):
+      raise diverged(cfg, step, f"the training loss is {loss}", last)
+
+
 def resume_config(cfg: TrainConfig, data: data_lib.Dataset) -> dict:
   """What a checkpoint must agree on to be resumed: what is computed, not the bookkeeping."""
   out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL}
@@ -213,8 +245,10 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
   """Trains (or resumes) the run ``cfg`` describes; returns its summary.
 
   ``on_eval(step, val_loss, model)`` runs after each evaluation. Raises
-  ``ValueError`` for an invalid ``cfg`` and ``checkpoint.CheckpointError`` for a
-  checkpoint of other flags, or a corrupt one. The summary: ``step`` (the last
+  ``ValueError`` for an invalid ``cfg``, ``checkpoint.CheckpointError`` for a
+  checkpoint of other flags, or a corrupt one, and :class:`DivergedError` when
+  the training loss is not finite (checked at each log and before each save, so
+  no checkpoint holds non-finite parameters). The summary: ``step`` (the last
   done), ``val_loss``, ``unigram`` (train-split character entropy, nats),
   ``output_norm``, ``params`` (numpy, by path), ``resumed_from``, ``workdir``,
   ``plot`` and ``checkpoint``.
@@ -279,6 +313,7 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
     lr_at = make_schedule(cfg, cfg.lr)
     stop = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     step, tokens, t_mark = start, 0, time.perf_counter()
+    unchecked = []  # (step, loss on device) not yet read: the host waits only where it reads
     if start == 0:
       evaluate(0)
     with tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead),
@@ -290,7 +325,13 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
         loss = step_fn(model, optimizer, mesh_lib.put_batch(x_BxL, mesh),
                        mesh_lib.put_batch(y_BxL, mesh), *cut)
         step, tokens = step + 1, tokens + x_BxL.size
+        unchecked.append((step, loss))
         bar.update(1)
+        # Before this step is logged, evaluated or saved:
+        if step == stop or any(step % n == 0 for n in (cfg.log_every, cfg.eval_every,
+                                                       cfg.ckpt_every)):
+          check_finite(cfg, unchecked, ckpt.latest_step())
+          unchecked.clear()
         if step % cfg.log_every == 0 or step == stop:
           loss_f, tps = float(loss), tokens / (time.perf_counter() - t_mark)  # waits for the step
           extra = {} if cfg.adaptive_batch is None else adaptive_stats(optimizer)
@@ -300,6 +341,9 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
         if step % cfg.eval_every == 0 or step == cfg.steps:
           evaluate(step)
         if step % cfg.ckpt_every == 0 or step == stop:
+          if not _all_finite(nnx.state(model, nnx.Param)):  # this step's update: no loss yet
+            raise diverged(cfg, step, f"the update made the parameters non-finite (the loss was"
+                           f" {float(loss):.4g})", ckpt.latest_step())
           ckpt.save(step, state(step))
         if step % cfg.log_every == 0:  # throughput leaves out compiles, evaluations and saves
           tokens, t_mark = 0, time.perf_counter()
@@ -322,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
   cfg, t0 = parse_args(argv), time.perf_counter()
   try:
     out = train(cfg)
-  except ckpt_lib.CheckpointError as e:
+  except (ckpt_lib.CheckpointError, DivergedError) as e:
     raise SystemExit(f"error: {e}") from None
   if mesh_lib.is_lead():
     print(report.summary(cfg.optimizer, out, time.perf_counter() - t0))
