@@ -471,7 +471,7 @@ def _dion():
 def _adaptive():
   rules = ol.Rules([(r".", ol.Group(norms.Spectral(scaled=False)))])
   return (optax.contrib.muon(0.02, beta=0.0, nesterov=False, adaptive=True),
-          ol.polargrad(0.02, beta=0.0, rules=rules, polar=JORDAN))
+          ol.contrib.polargrad(0.02, beta=0.0, rules=rules, polar=JORDAN))
 
 
 @pytest.mark.parametrize("make, tree", [
