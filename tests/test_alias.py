@@ -7,7 +7,6 @@ import optax
 import pytest
 
 import optax_lmo as ol
-from examples.gpt.model import gpt_rules
 from optax_lmo import norms
 
 SVD = ol.Polar(method="svd")
@@ -318,19 +317,3 @@ def test_ndim3_without_spec_is_an_error_naming_the_leaf():
   for i in range(2):  # per stacked matrix: each one's LMO, never across the stack
     expected = -0.1 * np_lmo("fc/kernel", g["blocks"]["kernel"][i])
     np.testing.assert_allclose(u["blocks"]["kernel"][i], expected, atol=1e-5)
-
-
-def test_gpt_rules_route_the_example_names():
-  params = _gpt_tree(jax.random.key(0))
-  params["blocks"]["0"]["attn"]["qkv"]["bias"] = jnp.zeros(96)
-  rows = {r["path"]: r for r in ol.describe(gpt_rules(), params)}
-  assert rows["embed/embedding"]["norm"] == "ColNorm"
-  assert rows["head/kernel"]["norm"] == "RowNorm" and rows["head/kernel"]["radius"] == 10.0
-  assert rows["blocks/0/attn/qkv/kernel"]["norm"] == "Spectral"
-  assert rows["blocks/0/attn/qkv/bias"]["norm"] == "BiasRMS"
-  assert rows["final_norm/scale"]["norm"] == "BiasRMS"
-  assert rows["blocks/0/attn/qkv/kernel"]["radius"] == 3.0
-  assert len(rows) == len(jax.tree.leaves(params))
-  sign = {r["path"]: r for r in ol.describe(gpt_rules(output_norm="sign"), params)}
-  assert sign["head/kernel"]["norm"] == "Sign" and sign["head/kernel"]["radius"] == 10.0
-  assert sign["embed/embedding"]["norm"] == "ColNorm"

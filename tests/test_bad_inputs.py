@@ -7,7 +7,6 @@ import optax
 import pytest
 
 import optax_lmo as ol
-from examples.gpt.model import gpt_rules
 from optax_lmo import norms
 
 SVD = ol.Polar(method="svd")
@@ -318,7 +317,7 @@ def test_momentum_beta_zero_is_valid():
 
 def test_unknown_output_norm_name():
   with pytest.raises(ValueError, match="output_norm must be 'rownorm' or 'sign'"):
-    gpt_rules(output_norm="l1")
+    ol.default_rules(output_norm="l1")
 
 
 def test_group_with_non_norm():

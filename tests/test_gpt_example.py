@@ -185,6 +185,16 @@ def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
   ck.close()
 
 
+def test_gpt_rules_radii_and_head_norm():
+  rules, sign = gpt_rules(), gpt_rules(output_norm="sign")
+  assert rules.group_for("head/kernel", None).radius == 10.0
+  assert rules.group_for("blocks/0/attn/qkv/kernel", None).radius == 3.0
+  assert isinstance(rules.group_for("blocks/0/attn/qkv/bias", None).norm, ol.norms.BiasRMS)
+  assert isinstance(sign.group_for("head/kernel", None).norm, ol.norms.Sign)
+  with pytest.raises(ValueError, match="output_norm must be 'rownorm' or 'sign'"):
+    gpt_rules(output_norm="l1")
+
+
 def test_parameter_names_match_gpt_rules():
   cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
