@@ -522,3 +522,24 @@ def test_unset_flags_take_the_optimizers_defaults_and_set_ones_are_kept(optimize
               decay_frac=0.1)
   assert train_lib.resolve(train_lib.make_config(optimizer=optimizer, **mine)) == (
       train_lib.make_config(optimizer=optimizer, **mine))
+
+
+@pytest.mark.parametrize("hidden,output", [(6.0, 20.0), (48.0, 160.0)])
+def test_rms_init_keeps_the_gains_and_starts_near_flax_init(hidden, output):
+  """``--init rms`` (ol.init_params) leaves the RMSNorm scales at 1 and starts within half a
+  nat of Flax's init at any radius; the scion init (on the ball's boundary) does not."""
+  def first_loss(init):
+    cfg = model_lib.GPTConfig(vocab_size=40, seq_len=16, width=32, depth=2, heads=2, init=init,
+                              hidden_radius=hidden, output_radius=output)
+    model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 40)
+    return model, float(train_lib.loss_fn(model, tokens[:, :-1], tokens[:, 1:]))
+
+  model, rms = first_loss("rms")
+  _, flax = first_loss("standard")
+  _, boundary = first_loss("scion")
+  for path, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
+    if ckpt_lib.leaf_name(path).endswith("scale"):
+      np.testing.assert_array_equal(x, np.ones_like(x))
+  assert abs(rms - flax) < 0.5, (rms, flax)
+  assert boundary > flax + 1.0, (boundary, flax)

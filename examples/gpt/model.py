@@ -185,7 +185,8 @@ def gpt_rules(
                                                role="embedding")),
           (r"(^|/)head/kernel$", g(head, output_radius, lo, role="output")),
           (r"(^|/)kernel$", g(norms.Spectral(), hidden_radius, lh, role="hidden")),
-          (r"(^|/)(scale|bias)$", g(norms.BiasRMS(), bias_radius, lh, role="vector")),
+          (r"(^|/)scale$", g(norms.BiasRMS(), bias_radius, lh, role="gain")),
+          (r"(^|/)bias$", g(norms.BiasRMS(), bias_radius, lh, role="vector")),
       ),
       strict=True,
   )

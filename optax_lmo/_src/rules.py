@@ -218,9 +218,9 @@ _PATCH = re.compile(r"(^|/)patch_embed\w*(/|$)")
 
 
 def _named_role(path: str, ndim: int) -> str:
-  """The role a leaf's name suggests: vector, input, output, embedding or hidden."""
-  if ndim <= 1:
-    return "vector"
+  """The role a leaf's name suggests: gain, vector, input, output, embedding or hidden."""
+  if ndim <= 1:  # a normalization layer's `scale` multiplies activations: a gain
+    return "gain" if path.rsplit("/", 1)[-1] == "scale" else "vector"
   if _PATCH.search(path):
     return "input"
   if _HEAD.search(path):
