@@ -111,7 +111,8 @@ def test_a_transformer_starts_near_flax_init_at_any_radius(hidden, output):
 def test_normalization_scales_are_kept_by_name_rules_too():
   """A LayerNorm/RMSNorm ``scale`` named as Flax names it is a gain under ``default_rules``
   (zeroing it would silence the layer); a bias starts at zero."""
-  params = {"ln": {"scale": jnp.ones(8), "bias": jnp.full(8, 3.0)}, "dense": {"kernel": jnp.ones((8, 8))}}
+  params = {"ln": {"scale": jnp.ones(8), "bias": jnp.full(8, 3.0)},
+            "dense": {"kernel": jnp.ones((8, 8))}, "head": {"kernel": jnp.ones((8, 2))}}
   new = ol.init_params(ol.default_rules(), params, jax.random.key(0))
   np.testing.assert_array_equal(new["ln"]["scale"], np.ones(8))
   np.testing.assert_array_equal(new["ln"]["bias"], np.zeros(8))

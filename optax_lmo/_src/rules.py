@@ -289,7 +289,7 @@ def default_rules(
     nd = np.ndim(leaf)
     role = _named_role(path, nd)
     g = functools.partial(Group, role=role, evidence="name rule")
-    if role == "vector":
+    if role in ("vector", "gain"):
       return g(norms_lib.BiasRMS(), radius=bias_radius)
     if role == "input" and nd == 4:  # (kh, kw, c_in, c_out): the radius counts the taps,
       taps = int(np.prod(np.shape(leaf)[:2]))  # as in infer_rules
