@@ -33,7 +33,8 @@ class Routing:
   Not part of the state's structure: any two compare equal, so a state built
   from a placeholder (``optax.tree.map_params``) or a checkpoint template
   matches the live one. The computation never reads it (it re-resolves the
-  rules, cached per tree structure).
+  rules, cached per tree structure); ``update`` only checks the updates' leaves
+  and shapes against its plan, when ``init`` saw real arrays.
 
   Attributes:
     plan: the :class:`~optax_lmo._src.rules.Plan` resolved at ``init``.
@@ -136,14 +137,19 @@ def route(
     _check(plan, params, name, needs_norm)
     dtypes = tuple(getattr(x, "dtype", None) for x in jax.tree.leaves(params))
     routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes)
+    # A placeholder (optax.tree.map_params inits on one placeholder node, with no leaves)
+    # has no shapes to check updates against.
+    leaves = jax.tree.leaves(params)
+    routing.checks_shapes = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
     return RouteState(build(plan).init(params), routing)
 
   def update_fn(updates, state, params=None, **extra_args):
     # At trace time (shapes are static): a gradient unlike the parameters is named here,
     # not by a broadcasting error deep in the chain.
-    _match(state.routing.plan, updates, name, "gradient")
-    if params is not None:
-      _match(state.routing.plan, params, name, "parameter passed to update")
+    if getattr(state.routing, "checks_shapes", False):
+      _match(state.routing.plan, updates, name, "gradient")
+      if params is not None:
+        _match(state.routing.plan, params, name, "parameter passed to update")
     tx = optax.with_extra_args_support(build(plan_of(updates)))
     updates, inner = tx.update(updates, state.inner, params, **extra_args)
     return updates, RouteState(inner, state.routing)
