@@ -22,8 +22,9 @@ def test_api_page_documents_every_public_name():
       module = m.group(1)
     elif m := re.match(r"\.\. (?:auto\w+|py:\w+):: (\S+)", line):
       documented.add(f"{module}.{m.group(1)}")
-  public = {f"optax_lmo.{n}" for n in optax_lmo.__all__ if n != "norms"}
+  public = {f"optax_lmo.{n}" for n in optax_lmo.__all__ if n not in ("norms", "contrib")}
   public |= {f"optax_lmo.norms.{n}" for n in optax_lmo.norms.__all__}
+  public |= {f"optax_lmo.contrib.{n}" for n in optax_lmo.contrib.__all__}
   assert not public - documented, f"docs/api.rst lacks {sorted(public - documented)}"
 
 

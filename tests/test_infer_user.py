@@ -232,7 +232,8 @@ def test_depthwise_and_grouped_convs_are_routed_per_group():
   views = {r["path"]: r["view"] for r in ol.describe(rules, params)}
   assert views["depthwise/kernel"] == "16x9x1" and views["grouped/kernel"] == "4x4x8"
   dw = rules.group_for("depthwise/kernel", None)
-  norm = jax.jit(lambda k: dw.norm.norm(ol.init_params(rules, params, k)["depthwise"]["kernel"]))
+  norm = jax.jit(lambda k: dw.norm.norm(
+      ol.init_params(rules, params, k, scale="radius")["depthwise"]["kernel"]))
   np.testing.assert_allclose(norm(jax.random.key(1)), np.full(16, 27.0), rtol=1e-5)
 
 

@@ -36,7 +36,7 @@ DEFAULT_LR = {"scion": 2**-8, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw
 DEFAULT_RADII = {"scion": (6.0, 20.0)}  # (hidden, output); the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 LIBRARY_RADII = (3.0, 10.0)  # gpt_rules()'s
-STANDARD_INIT = ("adamw", "optax_muon", "muon")  # from Flax's init; the Scions: scion's
+STANDARD_INIT = ("adamw", "optax_muon", "muon", "scion_hybrid")  # Flax's init; the Scions: scion's
 
 
 def resolve(cfg):
