@@ -12,14 +12,15 @@ it and changes one thing:
    that wins;
 2. ``lr``: at the best radius, the learning rate x1/4, x1/2 and x2 (the step and
    the decay together), extended past an edge that wins;
-3. ``init``: the best run from Flax's init and from the init on the ball's
-   boundary (``--init scion``);
-4. ``schedule``: the decay over 100% and 30% of the steps (against 50%);
-5. ``hybrid``: Scion's constraint on the hidden matrices only, AdamW (3e-3) on
-   the embedding, head and gains, on a 4-point learning-rate grid;
-6. ``short``: the best run with a schedule 0.70x as long (the target, checked
+3. ``seed``: the best Scion, AdamW's and optax's Muon's best again at seed 1;
+4. ``short``: the best run with a schedule 0.70x as long (the target, checked
    directly: a curve read mid-run has not had its decay);
-7. ``seed``: the best Scion, AdamW's and optax's Muon's best again at seed 1.
+5. ``init``: the best run from Flax's init and from the init on the ball's
+   boundary (``--init scion``);
+6. ``schedule``: the decay over 100% and 30% of the steps (against 50%);
+7. ``hybrid``: Scion's constraint on the hidden matrices only, AdamW (3e-3) on
+   the embedding, head and gains (from Flax's init), on a 4-point
+   learning-rate grid around the best Scion rate.
 
 AdamW's and optax's Muon's grids (seed 0) are those of
 ``benchmarks/results/convergence.json``: the same shape, data, evaluations and
@@ -52,7 +53,7 @@ SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_ev
              eval_batches=16)
 START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
-STAGES = ("diagonal", "lr", "init", "schedule", "hybrid", "short", "seed")
+STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid")
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
 MAX_EXTEND = 2  # points past a grid's winning edge
 
@@ -131,17 +132,14 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   if any(key(p) not in runs for p in lrs):
     return stages
   best = _best(runs, lrs)
-  stages["init"] = [{**best, "init": "standard"}, {**best, "init": "scion"}]
-  stages["schedule"] = [{**best, "decay_frac": 1.0}, {**best, "decay_frac": 0.3}]
-  if any(key(p) not in runs for p in stages["init"] + stages["schedule"]):
-    return stages
-  best = _best(runs, lrs + stages["init"] + stages["schedule"])
-  hybrid = {**best, "optimizer": "scion_hybrid"}
-  stages["hybrid"] = _grid(runs, [{**hybrid, "lr": best["lr"] * f} for f in (0.5, 1.0, 2.0, 4.0)],
-                           lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
-  stages["short"] = [{**best, "steps": round(0.7 * SHAPE["steps"])}]
   stages["seed"] = [{**best, "seed": 1}, {"optimizer": "adamw", "lr": 1.5e-3, "seed": 1},
                     {"optimizer": "optax_muon", "lr": 0.01, "seed": 1}]
+  stages["short"] = [{**best, "steps": round(0.7 * SHAPE["steps"])}]
+  stages["init"] = [{**best, "init": "standard"}, {**best, "init": "scion"}]
+  stages["schedule"] = [{**best, "decay_frac": 1.0}, {**best, "decay_frac": 0.3}]
+  hybrid = {**best, "optimizer": "scion_hybrid", "init": "standard"}
+  stages["hybrid"] = _grid(runs, [{**hybrid, "lr": best["lr"] * f} for f in (0.5, 1.0, 2.0, 4.0)],
+                           lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
   return stages
 
 
