@@ -56,7 +56,7 @@ wheel-smoke: $(STAMP)
 	cd $(WHEEL_VENV) && env -u PYTHONPATH bin/python $(CURDIR)/scripts/smoke_wheel.py
 
 demo: $(STAMP)
-	$(PY) -m examples.gpt.train --preset demo
+	$(PY) -m examples.quickstart_gpt
 
 # The API reference and guides (docs/), warnings as errors; the notebook is not re-executed:
 # the docs show the outputs saved in it.

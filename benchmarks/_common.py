@@ -25,7 +25,7 @@ from optax_lmo._src import polar as polar_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-# What the example trainer defaulted to when the recorded GPT runs of drop, adaptive_batch and
+# What the GPT trainer defaulted to when the recorded GPT runs of drop, adaptive_batch and
 # lr_transfer were made (the library's radii, decay over 30%); for scion it now
 # defaults to the best of benchmarks/convergence.py (radii 6 and 20, decay over 50%, lr 2^-8).
 # Pinned so that those reproduce.
@@ -127,11 +127,11 @@ def crossing(curve, target: float) -> float | None:
 
 
 def train_logged(cfg) -> tuple[dict, list[dict], float]:
-  """Trains the example GPT run ``cfg``; its summary, ``log.jsonl`` records and seconds.
+  """Trains the GPT trainer run ``cfg``; its summary, ``log.jsonl`` records and seconds.
 
   The run's workdir is deleted afterwards.
   """
-  from examples.gpt import train as train_lib  # the GPT benchmarks only
+  from benchmarks.gpt import train as train_lib  # the GPT benchmarks only
 
   t0 = time.perf_counter()
   out = train_lib.train(cfg)

@@ -1,6 +1,6 @@
 """Scion's ablation: what each difference from the best Muon run costs, in steps to AdamW's best.
 
-The GPT example (``examples.gpt.train``) at the ``cpu`` shape of
+The GPT trainer (``benchmarks.gpt.train``) at the ``cpu`` shape of
 ``benchmarks/convergence.py`` (4 layers, width 128, 4 heads, context 128, batch
 16, 1000 steps, evaluations every 50 steps on 16 batches), tinyshakespeare in
 the recorded results. Each stage starts from the best run of the stages before
@@ -46,8 +46,8 @@ import jax
 import optax
 
 from benchmarks import _common
-from examples.gpt import optim
-from examples.gpt import train as train_lib
+from benchmarks.gpt import optim
+from benchmarks.gpt import train as train_lib
 
 SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,
              eval_batches=16)

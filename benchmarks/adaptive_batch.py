@@ -1,6 +1,6 @@
 """Adaptive batch size by the norm test against fixed batches: tokens and optimizer steps to a loss.
 
-Runs of the example GPT (``examples.gpt.train``, ``scion``, ``REDUCED`` sizes,
+Runs of the GPT trainer (``benchmarks.gpt.train``, ``scion``, ``REDUCED`` sizes,
 a few minutes on 2 busy CPU cores), all on the same token budget
 (``--micro-batches`` micro-batches of ``--micro`` sequences):
 
@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from benchmarks import _common
-from examples.gpt import train as train_lib
+from benchmarks.gpt import train as train_lib
 
 REDUCED = dict(width=128, depth=4, heads=4, seq=64, eval_batches=8, optimizer="scion",
                lr=_common.RECORDED_SCION_LR, **_common.RECORDED_SETTINGS)

@@ -1,6 +1,6 @@
 """Steps and wall-clock to tuned AdamW's validation loss: Scion, unconstrained Scion, two Muons.
 
-The GPT example (``examples.gpt.train``) on a character corpus, every optimizer
+The GPT trainer (``benchmarks.gpt.train``) on a character corpus, every optimizer
 with the same tuning budget:
 
 * a grid of ``--points`` (4) learning rates, powers of 2 around its center in
@@ -68,9 +68,9 @@ import optax
 from flax import nnx
 
 from benchmarks import _common
-from examples.gpt import data as data_lib
-from examples.gpt import model as model_lib
-from examples.gpt import train as train_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import train as train_lib
 
 PRESETS = {
     "cpu": dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,

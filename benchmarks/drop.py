@@ -2,7 +2,7 @@
 
 Three measurements in one process on one device, and one on a mesh:
 
-* ``update``: ``ol.scion``'s update alone on the example GPT's parameter tree
+* ``update``: ``ol.scion``'s update alone on the GPT trainer's parameter tree
   at ``keep_prob=0.5`` (each spectral matrix updated with probability 1/2, the
   skipped ones skip Newton–Schulz) against ``keep_prob=1``; medians of
   ``--reps`` interleaved rounds of ``--calls`` calls (the draws change every
@@ -52,9 +52,9 @@ from flax import nnx
 
 import optax_lmo as ol
 from benchmarks import _common
-from examples.gpt import data as data_lib
-from examples.gpt import model as model_lib
-from examples.gpt import train as train_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import train as train_lib
 
 PARTS = ("update", "step", "to_target", "mesh_update")
 MESH_DEVICES = 8
@@ -131,7 +131,7 @@ def mesh_worker(args, vocab: int) -> dict:
   """``scion`` updates at keep_prob 0.5 and 1 on an 8-device mesh, in process CPU time."""
   from jax.sharding import AxisType, NamedSharding
 
-  from examples.gpt import mesh as mesh_lib
+  from benchmarks.gpt import mesh as mesh_lib
 
   assert jax.device_count() == MESH_DEVICES, jax.devices()
   gcfg = model_lib.GPTConfig(vocab_size=vocab, seq_len=args.seq, width=args.width,

@@ -1,7 +1,7 @@
 """Does the best learning rate transfer across width and depth? Scion against AdamW on a char GPT.
 
 Mirrors the shallow-nanoGPT width-transfer experiment of LIONS-EPFL/scion
-(shakespeare_char, 122 iterations): the character GPT of ``examples/gpt`` is
+(shakespeare_char, 122 iterations): the character GPT of ``benchmarks/gpt`` is
 trained on tinyshakespeare for a fixed number of steps at every learning rate
 of a powers-of-2 grid, in two sweeps,
 
@@ -73,9 +73,9 @@ from flax import nnx
 
 import optax_lmo as ol
 from benchmarks import _common
-from examples.gpt import data as data_lib
-from examples.gpt import model as model_lib
-from examples.gpt import train as train_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import train as train_lib
 
 OPTIMIZERS = {"scion": "scion", "unconstrained_scion": "scion", "adamw": "standard"}  # -> init
 AXES = ("width", "depth")  # the two sweeps: the size that varies in each

@@ -1,6 +1,6 @@
 """Does constrained Scion keep the demo GPT finite and every leaf inside its norm ball?
 
-Trains the example GPT (``examples/gpt``, the ``--preset demo`` model: width
+Trains the GPT trainer (``benchmarks/gpt``, the ``--preset demo`` model: width
 128, depth 4, batch 32, seq 64) with its default optimizer, constrained
 ``scion`` at the trainer's defaults for it (radii 6 and 20, ``lr = 2^-8``, the
 decay over the last 50% of the steps), for ``--steps`` (3000) steps, and at
@@ -23,7 +23,7 @@ finite too.
 Prints a table (one row per leaf: its norm, radius, largest ``||W||`` over the
 run, its ratio to ``rho`` and the ratio at the end) and writes
 ``benchmarks/results/stability.json``. The checks are
-``examples.gpt.monitor.BallCheck``, called at every evaluation of the run.
+``benchmarks.gpt.monitor.BallCheck``, called at every evaluation of the run.
 
 Usage, from the repository root::
 
@@ -46,9 +46,9 @@ import time
 import jax
 
 from benchmarks import _common
-from examples.gpt import model as model_lib
-from examples.gpt import monitor
-from examples.gpt import train as train_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import monitor
+from benchmarks.gpt import train as train_lib
 
 
 def run(cfg: train_lib.TrainConfig, *, tol: float = 1e-3, verbose: bool = False) -> dict:

@@ -1,6 +1,6 @@
-"""What an optimizer adds to a full training step of the example GPT: AdamW, Scion, Muon, optax's.
+"""What an optimizer adds to a full training step of the GPT trainer: AdamW, Scion, Muon, optax's.
 
-Builds the example GPT (``examples/gpt``) once per optimizer, in one process,
+Builds the GPT trainer (``benchmarks/gpt``) once per optimizer, in one process,
 compiles everything, then times in rounds; in each round every measurement runs
 once, in turn, so load from other processes hits all of them alike. Medians
 over ``--reps`` rounds after ``--warmup`` untimed calls. Per optimizer:
@@ -16,7 +16,7 @@ fused step, to compare with ``update``. Each call is timed in wall seconds and
 in process CPU seconds (all threads); on a machine shared with other jobs the
 CPU seconds move much less with their load.
 
-The optimizers are those of ``examples/gpt/train.py`` with its defaults:
+The optimizers are those of ``benchmarks/gpt/train.py`` with its defaults:
 ``adamw``; ``scion`` (Scion: spectral LMO on the 4 x depth hidden matrices,
 ColNorm embedding, RowNorm head, BiasRMS gains); ``muon`` (ours: spectral LMO
 on the hidden matrices, AdamW on the rest); ``optax_muon``
@@ -51,9 +51,9 @@ from flax import nnx
 
 import optax_lmo as ol
 from benchmarks import _common
-from examples.gpt import data as data_lib
-from examples.gpt import model as model_lib
-from examples.gpt import train as train_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import train as train_lib
 from optax_lmo._src import polar as polar_lib
 
 OPTIMIZERS = ("adamw", "scion", "muon", "optax_muon")

@@ -227,7 +227,7 @@ def step_overhead() -> str | None:
   for name, r in d["optimizers"].items():
     rows.append([name, f"{r['step_s']:.2f}", f"{r['step_over_adamw']:.3f}",
                  f"{r['step_cpu_over_adamw']:.3f}", f"{r['update_s']:.3f}"])
-  head = (f"Full training step (forward, backward, update in one jit) of the example GPT, "
+  head = (f"Full training step (forward, backward, update in one jit) of the GPT trainer, "
           f"width {c['width']}, depth {c['depth']}, seq {c['seq']}, batch {c['batch']} "
           f"({c['n_params'] / 1e6:.1f}M params), medians of {c['reps']} interleaved rounds, "
           f"{d['device']} ({d['cpu_count']} cores, load average {d['load_average_1m']:.1f}); "
@@ -319,7 +319,7 @@ def adaptive_batch() -> str | None:
                  "-" if r["opt_steps_to_target"] is None else f"{r['opt_steps_to_target']:.0f}",
                  f"{r['final_val_loss']:.4f}", r["opt_steps_total"],
                  f"{r['mean_batch_micro']:.2f}"])
-  head = (f"`scion` on the example GPT, width {c['width']}, depth {c['depth']}, micro-batch "
+  head = (f"`scion` on the GPT trainer, width {c['width']}, depth {c['depth']}, micro-batch "
           f"{c['micro']}x{c['seq']} tokens, budget {c['micro_batches']} micro-batches for every "
           f"run, at most {c['max_micro_batches']} per step; target: the worst final validation "
           f"loss, {d['target']:.4f}; {d['device']}; `{d['command']}`.\n\n")
@@ -418,7 +418,7 @@ def _gpu_step(d: dict) -> str:
            else f"{r['step_over_adamw']:.3f}", f"{r['update_s'] * 1e3:.1f}"]
           for n, r in d["optimizers"].items()]
   f = d["flops"]
-  return (f"Training step of the example GPT, width {c['width']}, depth {c['depth']}, heads "
+  return (f"Training step of the GPT trainer, width {c['width']}, depth {c['depth']}, heads "
           f"{c['heads']}, context {c['seq']}, batch {c['batch']} ({c['n_params'] / 1e6:.1f}M "
           f"params, float32), medians of {c['reps']} interleaved rounds; forward and backward "
           f"alone {d['fwd_bwd_s'] * 1e3:.1f} ms ({f['fwd_bwd_fraction_of_matmul']:.0%} of the "
@@ -471,9 +471,25 @@ def gpu() -> str:
   return "\n\n".join(out)
 
 
+def ablation() -> str | None:
+  """``benchmarks/ablation.py``'s table (it writes ``results/ablation.md`` beside its JSON)."""
+  d = _load("ablation.json")
+  path = os.path.join(RESULTS, "ablation.md")
+  if d is None or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    table = f.read().strip()
+  c = d["config"]
+  return (f"Constrained Scion, one change at a time from the RMS-preserving init on the cpu shape "
+          f"(width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} tokens per step, "
+          f"{c['steps']} steps on {os.path.basename(c['data'] or 'pydoc_data')}); each stage "
+          f"starts from the best run before it; steps to AdamW's best final loss as a multiple "
+          f"of AdamW's; {d['machine']['device']}; `{d['command']}`.\n\n{table}")
+
+
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
-            "stability": stability, "digits": digits, "drop": drop,
+            "stability": stability, "digits": digits, "drop": drop, "ablation": ablation,
             "adaptive_batch": adaptive_batch, "gpu": gpu}
 
 

@@ -1,1 +1,1 @@
-"""Examples for optax_lmo (run as modules, e.g. ``python -m examples.gpt.train``)."""
+"""Examples for optax_lmo (run as modules, e.g. ``python -m examples.quickstart_gpt``)."""

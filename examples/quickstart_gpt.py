@@ -6,8 +6,8 @@
 A Flax NNX transformer on a text file (default: the Python help topics that ship
 with Python, so no download), routed by ``ol.infer_rules`` from its own
 computation, initialized by ``ol.init_params`` and trained by ``ol.scion``. Prints
-the routing table and the validation loss, and writes ``quickstart_loss.png``.
-The full trainer (checkpoints, meshes, other optimizers) is ``examples/gpt``.
+the routing table and the validation loss, and writes ``runs/quickstart_loss.png``.
+The full trainer (checkpoints, meshes, other optimizers) is ``benchmarks/gpt``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import time
 
 import jax
@@ -41,7 +42,7 @@ class Config:
   decay_frac: float = 0.5  # the last fraction of the steps decays the lr linearly to 0
   eval_every: int = 100  # steps between validation losses
   seed: int = 0  # initialization and batch order
-  plot: str = "quickstart_loss.png"  # where the loss curve goes ("": nowhere)
+  plot: str = "runs/quickstart_loss.png"  # where the loss curve goes ("": nowhere)
 
 
 # -- data: characters of a text file, random windows -------------------------------------
@@ -156,6 +157,7 @@ def main(cfg: Config) -> float:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.plot)), exist_ok=True)
     steps, train_losses, val_losses = zip(*curve, strict=True)
     plt.figure(figsize=(6, 4))
     plt.plot(steps, train_losses, label="train")

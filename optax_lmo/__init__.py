@@ -72,7 +72,7 @@ def __getattr__(name: str):
                    " 0.2.0; the old name goes in 0.3.0).", DeprecationWarning, stacklevel=2)
     return getattr(contrib, name)
   if name == "gpt_rules":
-    raise AttributeError("optax_lmo.gpt_rules moved to the GPT example (examples/gpt/model.py,"
+    raise AttributeError("optax_lmo.gpt_rules moved to the GPT trainer (benchmarks/gpt/model.py,"
                          " gpt_rules) in 0.2.0; for your own model use"
                          " ol.infer_rules(model, *example_inputs).")
   if name in ("Plan", "Description"):

@@ -54,7 +54,7 @@ two_processes() {
   local pids=() status=0 port=$(( PORT + ${#RUNS[@]} ))
   RUNS+=("$port")
   for id in 0 1; do
-    XLA_FLAGS= timeout 600 "$PY" -m examples.gpt.train "${GPT[@]}" "$@" \
+    XLA_FLAGS= timeout 600 "$PY" -m benchmarks.gpt.train "${GPT[@]}" "$@" \
       --coordinator "127.0.0.1:$port" --num-processes 2 --process-id "$id" \
       > "$LOGS/gpt2x4.$port.$id.log" 2>&1 &
     pids+=($!)
@@ -75,7 +75,7 @@ two_processes --workdir "$LOGS/2x4" --stop-after "$HALF"
 two_processes --workdir "$LOGS/2x4"
 quiet "$LOGS/gpt2x4.$(( PORT + 1 )).0.log" | tail -6
 echo "GPT example, 1 process x 8 devices"
-if ! XLA_FLAGS=--xla_force_host_platform_device_count=8 timeout 600 "$PY" -m examples.gpt.train \
+if ! XLA_FLAGS=--xla_force_host_platform_device_count=8 timeout 600 "$PY" -m benchmarks.gpt.train \
     "${GPT[@]}" --workdir "$LOGS/1x8" > "$LOGS/gpt1x8.log" 2>&1; then
   quiet "$LOGS/gpt1x8.log" | tail -20
   echo "multiprocess check FAILED: GPT example on 1 process x 8 devices" >&2

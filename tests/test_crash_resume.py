@@ -1,6 +1,6 @@
 """Crash safety of the GPT example: SIGKILL it at random points, restart, same bits at the end.
 
-The example runs as a subprocess (``python -m examples.gpt.train`` with tiny
+The example runs as a subprocess (``python -m benchmarks.gpt.train`` with tiny
 flags) and is killed with SIGKILL, then restarted with the same command, again
 and again: at seeded random steps, during start-up (imports, compilation,
 restore) and while a checkpoint is being written (orbax's
@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from examples.gpt import checkpoint as ckpt_lib
+from benchmarks.gpt import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, CKPT_EVERY = 36, 3
@@ -113,7 +113,7 @@ def _restore_raw(ckpt_dir: str, step: int) -> dict[str, np.ndarray]:
 def test_sigkill_and_restart_ends_bitwise_identical(tmp_path):
   rng = random.Random(int(os.environ.get("CRASH_SEED", "0")))
   workdir, ckpt_dir = str(tmp_path / "crashy"), str(tmp_path / "crashy" / "ckpt")
-  cmd = [sys.executable, "-m", "examples.gpt.train", *FLAGS, "--workdir", workdir]
+  cmd = [sys.executable, "-m", "benchmarks.gpt.train", *FLAGS, "--workdir", workdir]
   env = _env(str(tmp_path / "jax_cache"))
   # The uninterrupted reference, first (it fills the compilation cache). It saves only at the
   # end: checkpointing is bookkeeping and must not change the computation either.

@@ -13,12 +13,12 @@ import pytest
 from flax import nnx
 
 import optax_lmo as ol
-from examples.gpt import checkpoint as ckpt_lib
-from examples.gpt import data as data_lib
-from examples.gpt import model as model_lib
-from examples.gpt import progressive
-from examples.gpt import train as train_lib
-from examples.gpt.model import gpt_rules
+from benchmarks.gpt import checkpoint as ckpt_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import progressive
+from benchmarks.gpt import train as train_lib
+from benchmarks.gpt.model import gpt_rules
 
 # A failed tensorstore read (the corrupt-checkpoint test) leaves an orbax callback on a closed
 # event loop; whichever test is running when it is garbage-collected would report it.
@@ -306,7 +306,7 @@ def test_invalid_flag_exits_2_with_one_error_line(capsys, argv, message):
   out, err = capsys.readouterr()
   assert out == "" and "Traceback" not in err
   errors = [line for line in err.splitlines() if "error:" in line]
-  assert len(errors) == 1 and errors[0].startswith("python -m examples.gpt.train: error: ")
+  assert len(errors) == 1 and errors[0].startswith("python -m benchmarks.gpt.train: error: ")
   assert message in errors[0], errors[0]
 
 
@@ -333,7 +333,7 @@ def _exits_2_with_one_error_line(capsys, argv) -> str:
   out, err = capsys.readouterr()
   assert out == "" and "Traceback" not in err
   errors = [line for line in err.splitlines() if "error:" in line]
-  assert len(errors) == 1 and errors[0].startswith("python -m examples.gpt.train: error: ")
+  assert len(errors) == 1 and errors[0].startswith("python -m benchmarks.gpt.train: error: ")
   return errors[0]
 
 

@@ -109,7 +109,7 @@ def test_moved_names_warn_and_are_the_contrib_objects():
                for w in caught), name
   import pytest
 
-  with pytest.raises(AttributeError, match="examples/gpt/model.py"):
+  with pytest.raises(AttributeError, match="benchmarks/gpt/model.py"):
     ol.gpt_rules  # noqa: B018
   with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
     ol.nonexistent  # noqa: B018

@@ -9,7 +9,7 @@ from flax import linen as nn
 from flax import nnx
 
 import optax_lmo as ol
-from examples.gpt import model as gpt_model
+from benchmarks.gpt import model as gpt_model
 from optax_lmo import norms
 from optax_lmo._src.spec import path_str
 

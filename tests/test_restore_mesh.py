@@ -37,11 +37,11 @@ def _worker(tmp: str) -> dict:
   import numpy as np
   from flax import nnx
 
-  from examples.gpt import checkpoint as ckpt_lib
-  from examples.gpt import data as data_lib
-  from examples.gpt import mesh as mesh_lib
-  from examples.gpt import model as model_lib
-  from examples.gpt import train as train_lib
+  from benchmarks.gpt import checkpoint as ckpt_lib
+  from benchmarks.gpt import data as data_lib
+  from benchmarks.gpt import mesh as mesh_lib
+  from benchmarks.gpt import model as model_lib
+  from benchmarks.gpt import train as train_lib
 
   assert jax.device_count() == N_DEVICES, jax.devices()
   data = data_lib.load()

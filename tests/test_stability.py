@@ -1,4 +1,4 @@
-"""The ball check of the GPT example (``examples.gpt.monitor``): norms by hand, violations found,
+"""The ball check of the GPT example (``benchmarks.gpt.monitor``): norms by hand, violations found,
 and a short constrained Scion run that stays finite and inside its balls."""
 
 import math
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from examples.gpt import model as model_lib
-from examples.gpt import monitor
-from examples.gpt import train as train_lib
-from examples.gpt.model import gpt_rules
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import monitor
+from benchmarks.gpt import train as train_lib
+from benchmarks.gpt.model import gpt_rules
 
 RULES = gpt_rules(embed_radius=1.0, hidden_radius=3.0, output_radius=10.0)
 

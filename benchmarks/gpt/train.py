@@ -1,10 +1,10 @@
 """Train the character-level GPT with Scion (or Muon, AdamW, optax's Muon) on CPU or GPU.
 
-  python -m examples.gpt.train --preset demo          # what `make demo` runs
-  python -m examples.gpt.train --optimizer muon --steps 2000 --workdir runs/muon
-  python -m examples.gpt.train --help                 # every flag
+  python -m benchmarks.gpt.train --preset demo          # what `make demo` runs
+  python -m benchmarks.gpt.train --optimizer muon --steps 2000 --workdir runs/muon
+  python -m benchmarks.gpt.train --help                 # every flag
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
-    python -m examples.gpt.train --mesh data=2,fsdp=4   # sharded over 8 devices (see mesh.py)
+    python -m benchmarks.gpt.train --mesh data=2,fsdp=4   # sharded over 8 devices (see mesh.py)
 
 Writes ``log.jsonl`` (train losses; validation losses and matrix norms),
 ``describe.txt`` (what the optimizer does to each parameter), ``loss.png`` and
@@ -32,13 +32,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import optax_lmo as ol
-from examples.gpt import checkpoint as ckpt_lib
-from examples.gpt import data as data_lib
-from examples.gpt import flags, progressive, report
-from examples.gpt import mesh as mesh_lib
-from examples.gpt import model as model_lib
-from examples.gpt.flags import flag
-from examples.gpt.optim import (
+from benchmarks.gpt import checkpoint as ckpt_lib
+from benchmarks.gpt import data as data_lib
+from benchmarks.gpt import flags, progressive, report
+from benchmarks.gpt import mesh as mesh_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt.flags import flag
+from benchmarks.gpt.optim import (
   DEFAULT_LR,
   DEFAULT_RADII,
   LIBRARY_RADII,
@@ -167,7 +167,7 @@ def validate(cfg: TrainConfig) -> None:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
   """``TrainConfig`` from the command line; an invalid flag exits 2 with an ``error:`` line."""
   parser = flags.parser(
-      TrainConfig, prog="python -m examples.gpt.train",
+      TrainConfig, prog="python -m benchmarks.gpt.train",
       usage="%(prog)s [--preset demo] [--FLAG VALUE ...]", description=__doc__.split("\n\n")[0],
       epilog=f"Default learning rates: {DEFAULT_LR}. Default (hidden, output) radii:"
              f" {DEFAULT_RADII}, else {LIBRARY_RADII}. Presets: {PRESETS}.")

@@ -25,7 +25,7 @@ what is computed: losses agree with a single device to float tolerance
 
 Multi-process (one command per process, e.g. 2 processes x 4 CPU devices)::
 
-  python -m examples.gpt.train --mesh data=2,fsdp=4 \\
+  python -m benchmarks.gpt.train --mesh data=2,fsdp=4 \\
       --coordinator 127.0.0.1:8476 --num-processes 2 --process-id 0   # and --process-id 1
 
 :func:`init_distributed` runs ``jax.distributed.initialize`` (gloo collectives

@@ -4,7 +4,7 @@ Constrained Scion's update ``W <- (1 - gamma) W - gamma rho lmo(d)`` with
 ``||lmo(d)|| = 1`` and ``gamma <= 1`` keeps ``||W|| <= rho`` once inside, and the
 scion init starts every leaf on its sphere, so ``||W|| <= rho (1 + tol)`` must
 hold at every step up to rounding. :class:`BallCheck` is an ``on_eval``
-callback of :func:`examples.gpt.train.train` that checks it (with the norm and
+callback of :func:`benchmarks.gpt.train.train` that checks it (with the norm and
 radius the rules give each leaf) and that the loss and the weights are finite.
 """
 

@@ -21,9 +21,9 @@ import optax
 from flax import nnx
 
 import optax_lmo as ol
-from examples.gpt import checkpoint as ckpt_lib
-from examples.gpt import model as model_lib
-from examples.gpt import progressive
+from benchmarks.gpt import checkpoint as ckpt_lib
+from benchmarks.gpt import model as model_lib
+from benchmarks.gpt import progressive
 
 OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon", "scion_hybrid")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
