@@ -36,9 +36,9 @@ class Config:
   width: int = 128  # model width
   depth: int = 4  # transformer blocks
   heads: int = 4  # attention heads
-  lr: float = 2**-8  # Scion's peak learning rate (the step is lr x radius)
-  hidden_radius: float = 6.0  # norm-ball radius of the hidden matrices
-  output_radius: float = 20.0  # norm-ball radius of the output head
+  lr: float = 2**-10  # Scion's peak learning rate: the decay rate; lr x radius is the step
+  hidden_radius: float = 24.0  # norm-ball radius of the hidden matrices
+  output_radius: float = 80.0  # norm-ball radius of the output head
   decay_frac: float = 0.5  # the last fraction of the steps decays the lr linearly to 0
   eval_every: int = 100  # steps between validation losses
   seed: int = 0  # initialization and batch order
@@ -141,15 +141,19 @@ def main(cfg: Config) -> float:
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   print(ol.describe(tx, params))
 
-  curve, t0 = [], time.perf_counter()
+  def evaluate():
+    return float(np.mean([eval_step(model, x, y) for _, (x, y) in val_batches]))
+
+  curve, losses, t0 = [(0, math.nan, evaluate())], [], time.perf_counter()
+  print(f"step     0  val {curve[0][2]:.4f} (uniform: {math.log(len(vocab)):.4f})")
   for step in range(1, cfg.steps + 1):
-    loss = train_step(model, optimizer, *next(train))
+    losses.append(train_step(model, optimizer, *next(train)))
     if step % cfg.eval_every == 0 or step == cfg.steps:
-      val_loss = float(np.mean([eval_step(model, x, y) for _, (x, y) in val_batches]))
+      train_loss, val_loss, losses = float(np.mean(losses)), evaluate(), []  # train: the mean
       if not math.isfinite(val_loss):
         raise SystemExit(f"error: the validation loss is {val_loss} at step {step}; lower --lr.")
-      curve.append((step, float(loss), val_loss))
-      print(f"step {step:5d}  train {float(loss):.4f}  val {val_loss:.4f}"
+      curve.append((step, train_loss, val_loss))
+      print(f"step {step:5d}  train {train_loss:.4f}  val {val_loss:.4f}"
             f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
   if cfg.plot:
     import matplotlib
@@ -160,7 +164,7 @@ def main(cfg: Config) -> float:
     os.makedirs(os.path.dirname(os.path.abspath(cfg.plot)), exist_ok=True)
     steps, train_losses, val_losses = zip(*curve, strict=True)
     plt.figure(figsize=(6, 4))
-    plt.plot(steps, train_losses, label="train")
+    plt.plot(steps[1:], train_losses[1:], label="train (mean since the last point)")
     plt.plot(steps, val_losses, label="validation")
     plt.xlabel("step"), plt.ylabel("loss (nats per character)"), plt.legend()
     plt.title("optax_lmo.scion on a character-level GPT")
