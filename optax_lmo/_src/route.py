@@ -46,11 +46,14 @@ class Routing:
     keep_prob: the optimizer's keep probability for spectral leaves: a number,
       ``None`` (no sampling) or ``"injected"``.
     dtypes: each leaf's dtype at ``init`` (``None`` where it has none), in plan order.
+    checks_shapes: ``init`` saw real arrays, so ``update`` checks the updates'
+      leaves and shapes against the plan (not for a placeholder tree).
   """
 
   def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
-               keep_prob: Any = None, dtypes: tuple | None = None):
+               keep_prob: Any = None, dtypes: tuple | None = None, checks_shapes: bool = False):
     self.plan = plan
+    self.checks_shapes = checks_shapes
     self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
     self.name = name
     self.fallback = fallback
@@ -135,18 +138,18 @@ def route(
   def init_fn(params):
     plan = plan_of(params)
     _check(plan, params, name, needs_norm)
-    dtypes = tuple(getattr(x, "dtype", None) for x in jax.tree.leaves(params))
-    routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes)
+    leaves = jax.tree.leaves(params)
+    dtypes = tuple(getattr(x, "dtype", None) for x in leaves)
     # A placeholder (optax.tree.map_params inits on one placeholder node, with no leaves)
     # has no shapes to check updates against.
-    leaves = jax.tree.leaves(params)
-    routing.checks_shapes = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
+    real = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
+    routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes, real)
     return RouteState(build(plan).init(params), routing)
 
   def update_fn(updates, state, params=None, **extra_args):
     # At trace time (shapes are static): a gradient unlike the parameters is named here,
     # not by a broadcasting error deep in the chain.
-    if getattr(state.routing, "checks_shapes", False):
+    if state.routing.checks_shapes:
       _match(state.routing.plan, updates, name, "gradient")
       if params is not None:
         _match(state.routing.plan, params, name, "parameter passed to update")
