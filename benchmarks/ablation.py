@@ -157,28 +157,40 @@ def steps_to(curve, target: float) -> float | None:
 
 
 def summary(result: dict) -> list[dict]:
-  """One row per stage: its best run, its final loss and its steps to the target / AdamW's."""
+  """One row per run, stage by stage: its settings, final loss and steps to AdamW's best.
+
+  ``best`` marks each stage's lowest final loss; ``edge`` a grid's best that sits
+  on the grid's edge (a grid of the diagonal, the learning rate or the hybrid).
+  """
   runs = {key(r["settings"]): r for r in result["runs"]}
   base = result["baselines"]
   adam = min((b for b in base if b["optimizer"] == "adamw"), key=lambda b: b["val_loss"])
-  muon = min((b for b in base if b["optimizer"] == "optax_muon"), key=lambda b: b["val_loss"])
   target, adam_steps = adam["val_loss"], steps_to(adam["curve"], adam["val_loss"])
-  rows = [dict(stage="AdamW (convergence.json)", lr=adam["lr"], val_loss=adam["val_loss"],
-               ratio=1.0, n=sum(b["optimizer"] == "adamw" for b in base), edge=False),
-          dict(stage="optax Muon (convergence.json)", lr=muon["lr"], val_loss=muon["val_loss"],
-               ratio=_ratio(steps_to(muon["curve"], target), adam_steps),
-               n=sum(b["optimizer"] == "optax_muon" for b in base), edge=False)]
+  rows = []
+  for opt, label in (("adamw", "AdamW"), ("optax_muon", "optax Muon")):
+    grid = sorted((b for b in base if b["optimizer"] == opt), key=lambda b: b["lr"])
+    top = min(grid, key=lambda b: b["val_loss"])
+    for b in grid:
+      rows.append(dict(stage=f"{label} (convergence.json)", what={}, lr=b["lr"],
+                       val_loss=b["val_loss"], best=b is top,
+                       edge=b is top and b in (grid[0], grid[-1]),
+                       ratio=_ratio(steps_to(b["curve"], target), adam_steps)))
   for stage, points in plan(runs).items():
     done = [p for p in points if key(p) in runs]
-    if not done or stage == "seed":
+    if not done:
       continue
-    for p in done if stage in ("init", "schedule", "short") else [_best(runs, done)]:
+    top = _best(runs, done)
+    grid = stage in ("diagonal", "lr", "hybrid")
+    goal, base_steps = target, adam_steps
+    adam1 = next((runs[key(p)] for p in done if p["optimizer"] == "adamw"), None)
+    if stage == "seed" and adam1 is not None:  # each seed against its own AdamW
+      goal, base_steps = adam1["val_loss"], steps_to(adam1["curve"], adam1["val_loss"])
+    for p in done:
       r = runs[key(p)]
-      edge = stage not in ("init", "schedule", "short") and p in (points[0], points[-1])
-      what = {k: v for k, v in p.items() if k not in ("lr",)}
-      rows.append(dict(stage=stage, what=what, lr=p["lr"], val_loss=r["val_loss"],
-                       ratio=_ratio(steps_to(r["curve"], target), adam_steps), n=len(done),
-                       edge=edge))
+      rows.append(dict(stage=stage, what={k: v for k, v in p.items() if k != "lr"}, lr=p["lr"],
+                       val_loss=r["val_loss"], best=p is top,
+                       edge=grid and p is top and p in (points[0], points[-1]),
+                       ratio=_ratio(steps_to(r["curve"], goal), base_steps)))
   return rows
 
 
@@ -187,21 +199,23 @@ def _ratio(steps, adam_steps):
 
 
 def markdown(result: dict) -> str:
-  """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON)."""
-  lines = ["| stage | settings | best lr | runs | final val loss | steps to AdamW's best |",
-           "|---|---|---|---|---|---|"]
+  """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON).
+
+  Settings are those that differ from :data:`START` (radii always); bold: a stage's best.
+  """
+  lines = ["| stage | settings | lr | final val loss | steps to AdamW's best |",
+           "|---|---|---|---|---|"]
   for r in summary(result):
-    what = r.get("what")
-    desc = "" if what is None else ", ".join(
-        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in what.items()
-        if START.get(k) != v or k in ("hidden_radius", "output_radius"))
+    desc = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in r["what"].items()
+                     if START.get(k) != v or k in ("hidden_radius", "output_radius"))
     ratio = "not reached" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-    lr = f"{r['lr']:.3g}" + (" (grid edge)" if r["edge"] else "")
-    lines.append(f"| {r['stage']} | {desc} | {lr} | {r['n']} | {r['val_loss']:.4f} | {ratio} |")
-  seeds = [r for r in result["runs"] if r["settings"].get("seed") == 1]
-  if seeds:
-    lines += ["", "Seed 1: " + "; ".join(
-        f"{r['settings']['optimizer']} {r['val_loss']:.4f}" for r in seeds)]
+    loss = f"{r['val_loss']:.4f}" + (" (grid edge)" if r["edge"] else "")
+    if r["best"]:
+      loss, ratio = f"**{loss}**", f"**{ratio}**"
+    e = math.log2(r["lr"])
+    lr = f"2^{e:.0f}" if e == round(e) else f"{r['lr']:.3g}"
+    lines.append(f"| {r['stage']} | {desc} | {lr} | {loss} | {ratio} |")
   return "\n".join(lines) + "\n"
 
 
