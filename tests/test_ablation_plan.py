@@ -68,5 +68,5 @@ def test_summary_rows_name_each_stage_best():
   assert diag["what"]["hidden_radius"] == 24.0 and not diag["edge"]
   assert diag["ratio"] < 1.0  # reaches AdamW's 1.6 before AdamW's own last step
   table = ab.markdown(result)
-  assert table.count("\n| ") == len(rows) + 1  # the header's rule, then one line a run
+  assert table.count("\n| ") == len(rows)  # after the header and its rule, one line a run
   assert sum(r["stage"] == "seed" for r in rows) == 3
