@@ -65,7 +65,7 @@ def key(settings: dict) -> str:
 def run_one(settings: dict, args, root: str) -> dict:
   """Trains one run; its resolved settings, curve, final loss (NaN: diverged) and seconds."""
   cfg = train_lib.make_config(
-      **SHAPE, **settings, data=args.data, ckpt_every=10**6, keep_ckpts=1, resume=False,
+      **{**SHAPE, **settings}, data=args.data, ckpt_every=10**6, keep_ckpts=1, resume=False,
       progress=False, plot=False, workdir=os.path.join(root, f"run{abs(hash(key(settings)))}"))
   try:
     out, records, seconds = _common.train_logged(cfg)
