@@ -159,8 +159,8 @@ def steps_to(curve, target: float) -> float | None:
 def summary(result: dict) -> list[dict]:
   """One row per run, stage by stage: its settings, final loss and steps to AdamW's best.
 
-  ``best`` marks each stage's lowest final loss; ``edge`` a grid's best that sits
-  on the grid's edge (a grid of the diagonal, the learning rate or the hybrid).
+  ``best`` marks a grid's lowest final loss (the baselines', the diagonal's, the
+  learning rate's, the hybrid's); ``edge`` such a best on its grid's edge.
   """
   runs = {key(r["settings"]): r for r in result["runs"]}
   base = result["baselines"]
@@ -188,7 +188,7 @@ def summary(result: dict) -> list[dict]:
     for p in done:
       r = runs[key(p)]
       rows.append(dict(stage=stage, what={k: v for k, v in p.items() if k != "lr"}, lr=p["lr"],
-                       val_loss=r["val_loss"], best=p is top,
+                       val_loss=r["val_loss"], best=grid and p is top,
                        edge=grid and p is top and p in (points[0], points[-1]),
                        ratio=_ratio(steps_to(r["curve"], goal), base_steps)))
   return rows
@@ -201,7 +201,7 @@ def _ratio(steps, adam_steps):
 def markdown(result: dict) -> str:
   """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON).
 
-  Settings are those that differ from :data:`START` (radii always); bold: a stage's best.
+  Settings are those that differ from :data:`START` (radii always); bold: a grid's best.
   """
   lines = ["| stage | settings | lr | final val loss | steps to AdamW's best |",
            "|---|---|---|---|---|"]
