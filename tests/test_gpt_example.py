@@ -300,14 +300,8 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize("argv, message", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
 def test_invalid_flag_exits_2_with_one_error_line(capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_:
-    train_lib.main(argv)
-  assert exit_.value.code == 2
-  out, err = capsys.readouterr()
-  assert out == "" and "Traceback" not in err
-  errors = [line for line in err.splitlines() if "error:" in line]
-  assert len(errors) == 1 and errors[0].startswith("python -m benchmarks.gpt.train: error: ")
-  assert message in errors[0], errors[0]
+  error = _exits_2_with_one_error_line(capsys, argv)
+  assert message in error, error
 
 
 def test_validate_refuses_a_config_built_in_python():
