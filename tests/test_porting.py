@@ -464,7 +464,9 @@ DION = ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 
 def _dion():
   spectral = ol.Group(norms.Spectral(input_layer=True))
   every_matrix = ol.Rules((), fallback=lambda path, x: spectral if x.ndim == 2 else ol.Group(None))
-  return (optax.contrib.muon(0.02, ns_coeffs="dion"),
+  # optax 0.2.8 names these triples "dion"; 0.2.7 (our lower bound) takes only the triples.
+  named = tuple(int(v) for v in optax.__version__.split(".")[:3]) >= (0, 2, 8)
+  return (optax.contrib.muon(0.02, ns_coeffs="dion" if named else DION),
           _ported_with_rules(every_matrix, polar=ol.Polar("newton_schulz", DION)))
 
 
