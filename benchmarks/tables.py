@@ -1,8 +1,8 @@
-"""Markdown tables for the README from ``benchmarks/results/*.json``.
+"""Markdown tables for ``docs/benchmarks.md`` from ``benchmarks/results/*.json``.
 
   python -m benchmarks.tables          # prints every table whose JSON exists
 
-The README's benchmark section is this script's output, pasted: rerun it after
+``docs/benchmarks.md`` is this script's output, pasted: rerun it after
 a benchmark to keep the two in step.
 """
 
