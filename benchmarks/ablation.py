@@ -20,7 +20,11 @@ it and changes one thing:
 6. ``schedule``: the decay over 100% and 30% of the steps (against 50%);
 7. ``hybrid``: Scion's constraint on the hidden matrices only, AdamW (3e-3) on
    the embedding, head and gains (from Flax's init), on a 4-point
-   learning-rate grid around the best Scion rate.
+   learning-rate grid around the best Scion rate;
+8. ``head``: the head radius alone x1/2 and x2 (hidden radius and lr fixed);
+9. ``beta``: momentum 0.8 and 0.95 (against 0.9);
+10. ``warmup``: 50 steps of linear warmup (against none);
+11. ``embed``: the embedding radius 1/2 and 2 (against 1).
 
 AdamW's and optax's Muon's grids (seed 0) are those of
 ``benchmarks/results/convergence.json``: the same shape, data, evaluations and
@@ -53,7 +57,8 @@ SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_ev
              eval_batches=16)
 START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
-STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid")
+STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid", "head", "beta",
+          "warmup", "embed")
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
 MAX_EXTEND = 2  # points past a grid's winning edge
 
@@ -140,6 +145,10 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   hybrid = {**best, "optimizer": "scion_hybrid", "init": "standard"}
   stages["hybrid"] = _grid(runs, [{**hybrid, "lr": best["lr"] * f} for f in (0.5, 1.0, 2.0, 4.0)],
                            lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
+  stages["head"] = [{**best, "output_radius": best["output_radius"] * f} for f in (0.5, 2.0)]
+  stages["beta"] = [{**best, "beta": b} for b in (0.8, 0.95)]
+  stages["warmup"] = [{**best, "warmup": 50}]
+  stages["embed"] = [{**best, "embed_radius": r} for r in (0.5, 2.0)]
   return stages
 
 
