@@ -82,6 +82,28 @@ def test_route_runs_the_build_of_the_resolved_plan():
   assert rows["fc/bias"]["radius"] == 3.0
 
 
+def test_update_runs_on_the_plan_resolved_at_init():
+  seen = []
+  tx = ol.route(RULES, _build(seen), name="my_lmo", polar=SVD)
+  params = _params()
+  state = tx.init(params)
+  g = jax.tree.map(jnp.ones_like, params)
+  jax.jit(tx.update)(g, state, params)
+  assert len(seen) == 2 and seen[1] is seen[0] is state.routing.plan  # not resolved again
+
+
+def test_states_compare_equal_only_when_routed_alike():
+  tx = ol.scion(0.1, rules=RULES)
+  params = _params()
+  structure = lambda p: jax.tree.structure(tx.init(p))
+  assert structure(params) == structure(jax.tree.map(jnp.zeros_like, params))
+  wider = {**params, "fc": {"kernel": jnp.ones((8, 32)), "bias": jnp.ones(32)}}
+  assert structure(wider) != structure(params)  # another shape: another routing
+  other = ol.scion(0.1, rules=[(r"kernel$", ol.Group(norms.Spectral(), radius=9.0))] + RULES)
+  assert jax.tree.structure(other.init(params)) != structure(params)  # another radius
+  # A placeholder's state (optax.tree.map_params) lines up with any: its battery covers that.
+
+
 def test_route_errors_at_init_name_the_leaf_and_the_optimizer():
   params = {"w": jnp.ones((4, 4)), "step": jnp.arange(3), "gain": jnp.ones(4)}
   tx = ol.route([(r"^w$", ol.Group(norms.Spectral())), (r"step", ol.Group(norms.BiasRMS())),

@@ -27,7 +27,6 @@ import chex
 import optax
 
 from optax_lmo._src import checks, lmo_chain, transforms
-from optax_lmo._src import exchange as exchange_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.polar import Polar
@@ -119,10 +118,11 @@ def scion(
     Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs,
     ICML 2025, arXiv:2502.07529.
   """
-  checks.hyperparams("scion", learning_rate=learning_rate, beta=beta, keep_prob=keep_prob)
-  return lmo_chain.uscg(learning_rate, rules, name="scion", beta=beta, nesterov=nesterov, decay=1.0,
-               clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
-               exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed)
+  return lmo_chain.optimizer(lmo_chain.Options(
+      "scion", learning_rate, beta=beta, nesterov=nesterov, weight_decay=1.0,
+      clip_to_dual_norm=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
+      distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
+  ), rules)
 
 
 def unconstrained_scion(
@@ -173,13 +173,12 @@ def unconstrained_scion(
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
-  checks.hyperparams("unconstrained_scion", learning_rate=learning_rate, beta=beta,
-                     weight_decay=weight_decay, keep_prob=keep_prob)
-  return lmo_chain.uscg(
-      learning_rate, rules, name="unconstrained_scion", beta=beta, nesterov=nesterov,
-      decay=weight_decay, clip=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
-      distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
-  )
+  return lmo_chain.optimizer(lmo_chain.Options(
+      "unconstrained_scion", learning_rate, beta=beta, nesterov=nesterov,
+      weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
+      mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
+      keep_prob=keep_prob, seed=seed,
+  ), rules)
 
 
 def muon(
@@ -247,12 +246,13 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  checks.hyperparams(
-      "muon", learning_rate=learning_rate, beta=beta, weight_decay=weight_decay,
-      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1, adam_b2=adam_b2, adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay, keep_prob=keep_prob,
+  opts = lmo_chain.Options(
+      "muon", learning_rate, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
+      weight_decay=weight_decay, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
+      exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
   )
-  exchange_lib.check_dtype(exchange_dtype, "muon")
+  checks.hyperparams("muon", adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
+                     adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay)
   adam_tx = transforms.with_float32_state(optax.adamw(
       learning_rate if adam_learning_rate is None else adam_learning_rate,
       b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,
@@ -260,19 +260,13 @@ def muon(
   ))
 
   def build(plan):
-    lmo_tx = lmo_chain.template(
-        learning_rate, plan, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
-        decay=weight_decay, clip=False, mu_dtype=mu_dtype, distribute=distribute,
-        exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
-    )
     labels = plan.treedef.unflatten(
         ["adam" if g is None or g.norm is None else "lmo" for g in plan.groups]
     )
-    return optax.partition({"lmo": lmo_tx, "adam": adam_tx}, labels)
+    return optax.partition({"lmo": lmo_chain.chain(opts, plan), "adam": adam_tx}, labels)
 
   return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",
-               polar=polar, needs_norm=False, fallback="AdamW", mu_dtype=mu_dtype,
-               decay=weight_decay, keep_prob=keep_prob)
+               polar=polar, needs_norm=False, fallback="AdamW", options=opts)
 
 
 def polargrad(
@@ -286,6 +280,8 @@ def polargrad(
     mu_dtype: Any = None,
     distribute: bool | None = None,
     exchange_dtype: Any = None,
+    keep_prob: chex.Numeric | None = None,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
   r"""PolarGrad: steepest descent under each leaf's norm, the LMO scaled by the dual norm.
 
@@ -312,6 +308,7 @@ def polargrad(
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
     exchange_dtype: the dtype of that exchange, as in :func:`scion`.
+    keep_prob, seed: randomized updates of the spectral leaves, as in :func:`scion`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -329,11 +326,11 @@ def polargrad(
     Lau, Long, Su, PolarGrad: A class of matrix-gradient optimizers from a
     unifying preconditioning perspective, arXiv:2505.21799, 2025.
   """
-  checks.hyperparams("polargrad", learning_rate=learning_rate, beta=beta,
-                     weight_decay=weight_decay)
-  return lmo_chain.uscg(learning_rate, rules, name="polargrad", beta=beta, nesterov=nesterov,
-               decay=weight_decay, clip=False, polar=polar, mu_dtype=mu_dtype,
-               distribute=distribute, exchange_dtype=exchange_dtype, steepest=True)
+  return lmo_chain.optimizer(lmo_chain.Options(
+      "polargrad", learning_rate, beta=beta, nesterov=nesterov, weight_decay=weight_decay,
+      dual_scale=True, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
+      exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
+  ), rules)
 
 
 def sign_descent(
@@ -401,8 +398,7 @@ def normalized_sgd(
 
 def _every_leaf(norm, name, learning_rate, *, beta, weight_decay, mu_dtype):
   """uSCG with one norm on every leaf (sign descent, normalized SGD)."""
-  checks.hyperparams(name, learning_rate=learning_rate, beta=beta, weight_decay=weight_decay)
   group = rules_lib.Group(norm, role="any", evidence=name)
-  return lmo_chain.uscg(learning_rate, rules_lib.Rules((), fallback=lambda p, x: group),
-                        name=name, beta=beta, nesterov=False, decay=weight_decay, clip=False,
-                        polar=None, mu_dtype=mu_dtype, distribute=None)
+  opts = lmo_chain.Options(name, learning_rate, beta=beta, weight_decay=weight_decay,
+                           mu_dtype=mu_dtype)
+  return lmo_chain.optimizer(opts, rules_lib.Rules((), fallback=lambda p, x: group))

@@ -14,6 +14,7 @@ also travels in the state as static metadata, which is how
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -28,46 +29,68 @@ from optax_lmo._src.polar import Polar
 
 
 class Routing:
-  """Static metadata of a routed optimizer, read by :func:`~optax_lmo.describe`.
+  """Static metadata of a routed optimizer: the plan ``init`` resolved, read by ``update``.
 
-  Not part of the state's structure: any two compare equal, so a state built
-  from a placeholder (``optax.tree.map_params``) or a checkpoint template
-  matches the live one. The computation never reads it (it re-resolves the
-  rules, cached per tree structure); ``update`` only checks the updates' leaves
-  and shapes against its plan, when ``init`` saw real arrays.
+  Not part of the state's arrays: it is the aux data of :class:`RouteState`, so
+  it travels with the state through any optax chain or wrapper (and an
+  ``nnx.Optimizer``'s ``opt_state``), where :func:`~optax_lmo.describe` finds it.
+  ``update`` runs the chain on this plan (resolved once) and checks the updates'
+  leaves and shapes against it.
+
+  Two compare equal when they route the same leaves the same way (name,
+  fallback, paths, shapes, dtypes, groups). A routing resolved on a placeholder
+  (``optax.tree.map_params`` inits on one, with no leaves) equals any routing of
+  the same optimizer, so its state lines up with the live one.
 
   Attributes:
     plan: the :class:`~optax_lmo._src.rules.Plan` resolved at ``init``.
     name: the optimizer's name (``"scion"``, ``"muon"``, ...).
     fallback: what leaves without a norm get (e.g. ``"AdamW"``), or ``None``.
-    mu_dtype: the ``mu_dtype`` argument (``None``: follows the parameters).
-    decay: the optimizer's default decay as a Python number, or ``None`` when
-      it is an injected (traced) value.
-    keep_prob: the optimizer's keep probability for spectral leaves: a number,
-      ``None`` (no sampling) or ``"injected"``.
+    options: the optimizer's :class:`~optax_lmo._src.lmo_chain.Options`
+      (``None`` for a plain :func:`route`).
     dtypes: each leaf's dtype at ``init`` (``None`` where it has none), in plan order.
-    checks_shapes: ``init`` saw real arrays, so ``update`` checks the updates'
-      leaves and shapes against the plan (not for a placeholder tree).
+    checks_shapes: ``init`` saw real arrays (or their shapes), so ``update``
+      uses this plan and checks the updates against it; ``False`` for a placeholder.
   """
 
-  def __init__(self, plan, name: str, fallback: str | None, mu_dtype: Any, decay: Any,
-               keep_prob: Any = None, dtypes: tuple | None = None, checks_shapes: bool = False):
+  def __init__(self, plan, name: str, fallback: str | None = None, options: Any = None,
+               dtypes: tuple | None = None, checks_shapes: bool = False):
     self.plan = plan
-    self.checks_shapes = checks_shapes
-    self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
     self.name = name
     self.fallback = fallback
-    self.mu_dtype = mu_dtype
-    self.decay = decay if isinstance(decay, (int, float)) else None
-    # A number, None (no sampling) or "injected" (a traced value).
-    self.keep_prob = keep_prob if keep_prob is None or isinstance(keep_prob, (int, float)) \
-        else "injected"
+    self.options = options
+    self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
+    self.checks_shapes = checks_shapes
+    self._key = (name, fallback, plan.treedef, plan.paths, plan.shapes, self.dtypes,
+                 tuple(map(repr, plan.groups)))
+
+  @property
+  def mu_dtype(self) -> Any:
+    """The ``mu_dtype`` argument (``None``: follows the parameters)."""
+    return getattr(self.options, "mu_dtype", None)
+
+  @property
+  def decay(self) -> float | None:
+    """The optimizer's default decay as a Python number; ``None`` when injected (traced)."""
+    d = getattr(self.options, "weight_decay", None)
+    return d if isinstance(d, (int, float)) else None
+
+  @property
+  def keep_prob(self) -> Any:
+    """The keep probability of spectral leaves: a number, ``None`` or ``"injected"``."""
+    p = getattr(self.options, "keep_prob", None)
+    return p if p is None or isinstance(p, (int, float)) else "injected"
 
   def __eq__(self, other):
-    return isinstance(other, Routing)
+    if self is other:
+      return True
+    if not isinstance(other, Routing) or (self.name, self.fallback) != (other.name,
+                                                                         other.fallback):
+      return False
+    return not (self.checks_shapes and other.checks_shapes) or self._key == other._key
 
   def __hash__(self):
-    return hash(Routing)
+    return hash((Routing, self.name, self.fallback))
 
   def __repr__(self):
     return f"Routing({self.name}, {len(self.plan.paths)} leaves)"
@@ -103,9 +126,7 @@ def route(
     polar: Polar | None = None,
     needs_norm: bool = True,
     fallback: str | None = None,
-    mu_dtype: Any = None,
-    decay: Any = None,
-    keep_prob: Any = None,
+    options: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Resolves ``rules`` per tree and runs the transformation ``build(plan)``.
 
@@ -113,12 +134,14 @@ def route(
     rules: a :class:`~optax_lmo.Rules`, a ``[(regex, Group), ...]`` list, a
       callable ``(path, leaf) -> Group`` or ``None`` (:func:`~optax_lmo.default_rules`).
     build: ``plan -> GradientTransformation``; called at ``init`` and at every
-      ``update`` trace (so it may read injected hyperparameters).
+      ``update`` trace with the plan resolved at ``init`` (so it may read
+      injected hyperparameters).
     name: the optimizer's name, used in error messages and by ``describe``.
     polar: :class:`~optax_lmo.Polar` options put into every spectral norm of the plan.
     needs_norm: raise at ``init`` for a leaf whose group has no norm.
     fallback: what norm-less leaves get (shown by ``describe``).
-    mu_dtype, decay, keep_prob: shown by ``describe``.
+    options: the optimizer's settings (an ``Options`` of the built-in
+      optimizers), kept for ``describe`` (decay, keep probability, state dtype).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`RouteState`.
@@ -143,17 +166,24 @@ def route(
     # A placeholder (optax.tree.map_params inits on one placeholder node, with no leaves)
     # has no shapes to check updates against.
     real = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
-    routing = Routing(plan, name, fallback, mu_dtype, decay, keep_prob, dtypes, real)
+    routing = Routing(plan, name, fallback, options, dtypes, real)
     return RouteState(build(plan).init(params), routing)
 
   def update_fn(updates, state, params=None, **extra_args):
     # At trace time (shapes are static): a gradient unlike the parameters is named here,
     # not by a broadcasting error deep in the chain.
-    if state.routing.checks_shapes:
-      _match(state.routing.plan, updates, name, "gradient")
+    routing = state.routing
+    if routing.checks_shapes:  # the plan resolved at init serves every update
+      _match(routing.plan, updates, name, "gradient")
       if params is not None:
-        _match(state.routing.plan, params, name, "parameter passed to update")
-    tx = optax.with_extra_args_support(build(plan_of(updates)))
+        _match(routing.plan, params, name, "parameter passed to update")
+      plan = routing.plan
+      treedef = jax.tree.structure(updates)
+      if treedef != plan.treedef:  # same paths, other containers (nnx.State of Variables)
+        plan = dataclasses.replace(plan, treedef=treedef)
+    else:  # initialized on a placeholder: resolve for these updates
+      plan = plan_of(updates)
+    tx = optax.with_extra_args_support(build(plan))
     updates, inner = tx.update(updates, state.inner, params, **extra_args)
     return updates, RouteState(inner, state.routing)
 

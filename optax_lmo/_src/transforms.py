@@ -38,13 +38,16 @@ def per_leaf(x: PerLeaf, updates, *, kind: type | tuple = (), what: str = "value
   Raises:
     ValueError: a leaf of ``updates`` has no entry in ``x``.
   """
-  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
   if x is None:
-    return [None] * len(flat)
+    return [None] * len(jax.tree.leaves(updates))
   is_value = lambda y: y is None or (bool(kind) and isinstance(y, kind))
-  entries, treedef = jax.tree_util.tree_flatten_with_path(x, is_leaf=is_value)
+  values, treedef = jax.tree.flatten(x, is_leaf=is_value)
   if jax.tree_util.treedef_is_leaf(treedef):
-    return [x] * len(flat)
+    return [x] * len(jax.tree.leaves(updates))
+  if treedef == jax.tree.structure(updates):
+    return values  # built for this very tree (the plan's trees): no paths to match
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  entries = jax.tree_util.tree_flatten_with_path(x, is_leaf=is_value)[0]
   by_path = {spec_lib.path_str(p): v for p, v in entries}
   out = []
   for p, _ in flat:
