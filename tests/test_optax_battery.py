@@ -2,8 +2,8 @@
 
 The battery ships in the optax wheel. It is loaded from the installed optax and
 run unchanged except for the list of optimizers under test and the factory
-lookup, which point at ours. Deliberate differences (each in the README's
-"optax's battery" note, with its reason) live in the keyword arguments below:
+lookup, which point at ours. Deliberate differences (each in the optax battery
+row of docs/guarantees.md, with its reason) live in the keyword arguments below:
 
 - Constrained Scion keeps ``||W|| <= rho`` and, with a constant step, circles
   an interior optimum at a distance of about ``lr * rho``. The battery asks for
