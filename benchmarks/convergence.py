@@ -25,6 +25,12 @@ matrices, AdamW at 3e-3 on the embedding, head and gains, as optax's) the scion
 init and ``beta = 0.95``. The schedule is warmup-free, constant then linear
 decay to 0 over the last 30% of the steps; no weight decay; rotary positions.
 
+``--tuned`` (with ``--no-variants``; the accelerator run of ``benchmarks/gpu.sh``)
+sweeps instead the grids of :data:`TUNED`: AdamW, optax's Muon and Scion each at
+the best setting the ``cpu`` preset found, its learning rate in the middle of a
+3-point grid (``--points 3``); Scion from ``ol.init_params`` at radii 48 and 160
+with the decay over 50% of the steps.
+
 The target is AdamW's best final validation loss. For every run: the step at
 which its curve first reaches the target (linear between evaluations) and its
 ratio to the same step of AdamW's best run (its last, unless its curve dipped
@@ -92,9 +98,43 @@ GRID_CENTER = {"adamw": 3e-3, "scion": 2**-7, "optax_muon": 0.04, "unconstrained
                "muon": 0.04}
 
 
-def grid(optimizer: str, points: int) -> list[float]:
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """An optimizer's learning-rate grid and the settings every run on it shares."""
+
+  center: float  # the grid: powers of 2 times it, from 2^-2 up (``grid``)
+  init: str | None = None  # None: INIT[optimizer]
+  hidden_radius: float = 3.0
+  output_radius: float = 10.0
+  decay_frac: float = 0.3  # the share of the steps the learning rate decays over
+
+
+LIBRARY = {opt: Grid(center) for opt, center in GRID_CENTER.items()}  # the sweep's default
+# ``--tuned``: the best setting found on the cpu preset (results/convergence.json and
+# results/ablation.json) with ``--points 3`` putting its learning rate mid-grid: AdamW 7.5e-4,
+# 1.5e-3, 3e-3; optax's Muon 0.005, 0.01, 0.02; Scion from ``ol.init_params`` at hidden
+# radius 48 and output radius 160, the decay over 50% of the steps, 2^-12, 2^-11, 2^-10.
+TUNED = {"adamw": Grid(3e-3), "optax_muon": Grid(0.02),
+         "scion": Grid(2**-10, init="rms", hidden_radius=48.0, output_radius=160.0,
+                       decay_frac=0.5)}
+
+
+def grids(args) -> dict[str, Grid]:
+  """The grids of this sweep: :data:`TUNED` with ``--tuned``, else :data:`LIBRARY`."""
+  return TUNED if getattr(args, "tuned", False) else LIBRARY
+
+
+def grid(optimizer: str, points: int, centers: dict | None = None) -> list[float]:
   """``points`` powers of 2 times the grid's center, from ``2^-2`` up."""
-  return [GRID_CENTER[optimizer] * 2.0**k for k in range(-2, points - 2)]
+  center = (GRID_CENTER if centers is None else centers)[optimizer]
+  return [center * 2.0**k for k in range(-2, points - 2)]
+
+
+def grid_job(optimizer: str, lr: float, args) -> Job:
+  """A run on ``optimizer``'s grid at ``lr``, with the grid's settings."""
+  g = grids(args)[optimizer]
+  return Job(optimizer, optimizer, lr, args.steps, init=g.init, hidden_radius=g.hidden_radius,
+             output_radius=g.output_radius, decay_frac=g.decay_frac)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +185,8 @@ def step_times(args, data: data_lib.Dataset, optimizers, rounds: int, per_round:
   x, y = data_lib.train_batch(data, seed=args.seed, step=0, batch=args.batch, seq=args.seq)
   x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
   for opt in optimizers:
-    cfg = train_lib.resolve(train_config(Job(opt, opt, GRID_CENTER[opt], 10**6), args, "unused"))
+    job = dataclasses.replace(grid_job(opt, grids(args)[opt].center, args), steps=10**6)
+    cfg = train_lib.resolve(train_config(job, args, "unused"))
     gcfg = train_lib.model_config(cfg, data.vocab_size)
     model = model_lib.GPT(gcfg, rngs=nnx.Rngs(params=0))
     optimizer = nnx.Optimizer(model, train_lib.make_optimizer(cfg, gcfg), wrt=nnx.Param)
@@ -169,13 +210,14 @@ def best(runs: list[dict], **match) -> dict | None:
   return min(ok, key=lambda r: r["val_loss"]) if ok else None
 
 
-def extension(runs: list[dict], optimizer: str, points: int, extend: int) -> float | None:
+def extension(runs: list[dict], optimizer: str, points: int, extend: int,
+              centers: dict | None = None) -> float | None:
   """The next learning rate past the edge of the grid that holds ``optimizer``'s best run."""
   b = best(runs, label=optimizer)
   lrs = sorted(r["lr"] for r in runs if r["label"] == optimizer)
   if b is None or len(lrs) < points:
     return None
-  g = grid(optimizer, points)
+  g = grid(optimizer, points, centers)
   if b["lr"] == lrs[0] and lrs[0] > g[0] / 2**extend * 1.001:
     return lrs[0] / 2
   if b["lr"] == lrs[-1] and lrs[-1] < g[-1] * 2**extend / 1.001:
@@ -195,23 +237,25 @@ def next_job(runs: list[dict], args) -> Job | None:
   def todo(job: Job) -> bool:
     return json.dumps(job.key()) not in done
 
-  def grid_job(opt: str) -> Job | None:
-    for lr in grid(opt, args.points):
-      if todo(job := Job(opt, opt, lr, args.steps)):
+  centers = {o: g.center for o, g in grids(args).items()}
+
+  def next_on_grid(opt: str) -> Job | None:
+    for lr in grid(opt, args.points, centers):
+      if todo(job := grid_job(opt, lr, args)):
         return job
-    lr = extension(runs, opt, args.points, args.extend)
-    return None if lr is None else Job(opt, opt, lr, args.steps)
+    lr = extension(runs, opt, args.points, args.extend, centers)
+    return None if lr is None else grid_job(opt, lr, args)
 
   first = [o for o in ("adamw", "scion") if o in args.optimizers]
   rest = [o for o in args.optimizers if o not in first]
   for opt in first:
-    if job := grid_job(opt):
+    if job := next_on_grid(opt):
       return job
   for job in scion_variants(runs, args):
     if todo(job):
       return job
   for opt in rest:
-    if job := grid_job(opt):
+    if job := next_on_grid(opt):
       return job
   for job in scion_followups(runs, args) + scion_combined(runs, args) + muon_inits(runs, args):
     if todo(job):
@@ -437,6 +481,10 @@ def parse(argv):
   p.add_argument("--extend", type=int, default=2, help="grid points allowed past each edge")
   p.add_argument("--no-variants", dest="variants", action="store_false",
                  help="skip Scion's beta, hidden-radius and 0.67x-schedule runs")
+  p.add_argument("--tuned", action="store_true",
+                 help="each optimizer at the best setting found on the cpu preset (TUNED):"
+                 " adamw, optax_muon, scion only; with --points 3 the best lr is mid-grid;"
+                 " needs --no-variants")
   p.add_argument("--timing-rounds", type=int, default=7)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--resume", action="store_true",
@@ -450,6 +498,8 @@ def parse(argv):
       setattr(args, k, v)
   if args.points < 2 or "adamw" not in args.optimizers:
     p.error("--points must be >= 2 and --optimizers must include adamw (it sets the target)")
+  if args.tuned and (args.variants or not set(args.optimizers) <= set(TUNED)):
+    p.error(f"--tuned runs the grids only (add --no-variants) of {', '.join(TUNED)}")
   return args
 
 
@@ -484,6 +534,12 @@ def main(argv: list[str] | None = None) -> None:
                 variants=args.variants, seed=args.seed, grid_center=GRID_CENTER,
                 init=INIT, schedule="constant, then linear decay to 0 over the last 30%, "
                 "no warmup", weight_decay=0.0)
+  if args.tuned:  # recorded only then, so that the default sweep's config reads as before
+    config.update(grid_center={o: g.center for o, g in TUNED.items()},
+                  init={o: g.init or INIT[o] for o, g in TUNED.items()},
+                  schedule="constant, then linear decay to 0 over the last decay_frac of the"
+                  " steps (tuned), no warmup",
+                  tuned={o: dataclasses.asdict(g) for o, g in TUNED.items()})
   config = _common.portable(config)
   result = dict(benchmark="convergence", date=datetime.datetime.now(datetime.UTC).isoformat(),
                 command=_common.command("convergence", argv), config=config,
