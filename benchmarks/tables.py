@@ -9,6 +9,7 @@ a benchmark to keep the two in step.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -402,6 +403,19 @@ def _gpu_polar(d: dict) -> str:
                    [[name(c), c[2]] + [speed(c, s) for s in shapes] for c in configs])
   mm = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in d["matmul"]["flop_per_s"].items())
   bad = d.get("nonfinite", [])
+
+  def seconds(cfg, shape):
+    sel = sorted(r["median_s"] for r in rows if (r["impl"], r["method"], r["setting"]) == cfg
+                 and "x".join(map(str, r["shape"])) == shape)
+    return sel[len(sel) // 2]
+
+  def gram_over_standard(setting, shape):
+    return (seconds(("ours", "gram_newton_schulz", setting), shape)
+            / seconds(("ours", "newton_schulz", setting), shape))
+
+  gram = "; ".join(
+      f"{setting}: " + ", ".join(f"{sh} {gram_over_standard(setting, sh):.1f}x" for sh in shapes)
+      for setting in d["settings"] if ("ours", "gram_newton_schulz", setting) in configs)
   return (f"Polar factor of float32 `U diag(s) V^T` (singular values log-spaced over the "
           f"condition number), shapes {', '.join(shapes)}; {d['precision_note']}. "
           f"`{d['command']}`.\n\nRelative Frobenius error to the exact polar factor (float64 "
@@ -409,23 +423,39 @@ def _gpu_polar(d: dict) -> str:
           f"iteration in exact arithmetic:\n\n{acc}\n\nExact-arithmetic error per condition "
           f"number: {exact}. Non-finite results: {len(bad)}.\n\nMedian microseconds per call "
           f"(TFLOP/s executed) per shape; a {d['matmul']['size']}^2 matmul runs at {mm} "
-          f"TFLOP/s:\n\n{speed_t}")
+          f"TFLOP/s:\n\n{speed_t}\n\nOurs, Gram Newton–Schulz's time over the standard "
+          f"iteration's: {gram}.")
 
 
 def _gpu_step(d: dict) -> str:
-  c = d["config"]
+  c, f = d["config"], d["flops"]
+  chained = "chain" in c  # files written before the chained update timing have no "chain"
+  fb = d["fwd_bwd_s"]
   rows = [[n, f"{r['step_s'] * 1e3:.1f}", "-" if r["step_over_adamw"] is None
-           else f"{r['step_over_adamw']:.3f}", f"{r['update_s'] * 1e3:.1f}"]
+           else f"{r['step_over_adamw']:.2f}", f"{(r['step_s'] - fb) * 1e3:.1f}"]
+          + ([f"{r['update_s'] * 1e3:.2f}"] if chained else [])
           for n, r in d["optimizers"].items()]
-  f = d["flops"]
+  header = ["optimizer", "step (ms)", "step / adamw", "step - fwd_bwd (ms)"]
+  if chained:
+    header.append(f"update alone (ms, {c['chain']} chained in one jit)")
+    rate = (f"{f['fwd_bwd_fraction_of_matmul']:.0%} of a 1024^2 matmul's "
+            f"{f['matmul_flop_per_s'] / 1e12:.1f} TFLOP/s")
+    update = ""
+  else:
+    rate = f"{f['fwd_bwd_flop_per_s'] / 1e12:.1f} TFLOP/s"
+    adam = d["optimizers"].get("adamw")
+    update = (" Not shown: this file's `update_s`, one separately jitted call per update, "
+              "measured dispatch and transfer rather than the update"
+              + (f" (AdamW's read {adam['update_s'] * 1e3:.1f} ms, against "
+                 f"{(adam['step_s'] - fb) * 1e3:.1f} ms for its whole share of the step)"
+                 if adam else "") + "; the script now chains updates inside one jit.")
   return (f"Training step of the GPT trainer, width {c['width']}, depth {c['depth']}, heads "
           f"{c['heads']}, context {c['seq']}, batch {c['batch']} ({c['n_params'] / 1e6:.1f}M "
-          f"params, float32), medians of {c['reps']} interleaved rounds; forward and backward "
-          f"alone {d['fwd_bwd_s'] * 1e3:.1f} ms ({f['fwd_bwd_fraction_of_matmul']:.0%} of the "
-          f"1024^2 matmul rate, {f['matmul_flop_per_s'] / 1e12:.1f} TFLOP/s). Newton–Schulz "
-          f"FLOPs over a step's: ours {f['lmo_ours_over_fwd_bwd']:.1%}, optax "
-          f"{f['lmo_optax_over_fwd_bwd']:.1%}. `{d['command']}`.\n\n"
-          + _table(["optimizer", "step (ms)", "step / adamw", "update alone (ms)"], rows))
+          f"params, float32, {c['batch'] * c['seq']} tokens), medians of {c['reps']} "
+          f"interleaved rounds; forward and backward alone {fb * 1e3:.1f} ms ({rate}). "
+          f"Newton–Schulz FLOPs over a step's: ours {f['lmo_ours_over_fwd_bwd']:.1%}, optax "
+          f"{f['lmo_optax_over_fwd_bwd']:.1%}.{update} `{d['command']}`.\n\n"
+          + _table(header, rows))
 
 
 def _gpu_convergence(d: dict) -> str:
@@ -433,19 +463,45 @@ def _gpu_convergence(d: dict) -> str:
   rows = []
   for x in d.get("to_target", []):
     s = x["steps_to_target"]
-    rows.append([x["label"], f"{x['lr']:.3g}", x["steps"], f"{x['val_loss']:.4f}",
+    rows.append([x["label"], _lr(x["lr"]), x["steps"], f"{x['val_loss']:.4f}",
                  "not reached" if s is None else f"{s:.0f}",
                  "-" if s is None else f"{x['step_ratio']:.2f}",
                  "-" if s is None else f"{x['wall_ratio']:.2f}"])
   times = ", ".join(f"{k} {v['median_s'] * 1e3:.1f} ms" for k, v in d["step_time"].items())
-  cut = "" if d.get("complete") else " Cut at the time limit: the runs done so far."
-  return (f"AdamW against Scion, GPT width {c['width']}, depth {c['depth']}, heads "
+  if "tuned" in c:
+    settings = "; ".join(
+        f"{o} from the {c['init'][o]} init, radii {g['hidden_radius']:g} / "
+        f"{g['output_radius']:g}, decay over {g['decay_frac']:.0%}" if o == "scion"
+        else f"{o} from the {c['init'][o]} init, decay over {g['decay_frac']:.0%}"
+        for o, g in c["tuned"].items() if o in c["optimizers"])
+  else:
+    settings = ("hidden radius 3, output radius 10, the decay over 30% of the steps; init: "
+                + ", ".join(f"{o} {c['init'][o]}" for o in c["optimizers"]))
+  edge = [o for o, g in d.get("goal", {}).get("per_optimizer", {}).items()
+          if g["best_lr_at_grid_edge"]]
+  if d.get("goal", {}).get("adamw_best_lr_at_grid_edge"):
+    edge.insert(0, "adamw")
+  done = {(r["optimizer"], r["lr"]) for r in d["runs"]}
+  centers = c["grid_center"]
+  missing = [f"{o} {_lr(centers[o] * 2.0**k)}" for o in c["optimizers"]
+             for k in range(-2, c["points"] - 2) if (o, centers[o] * 2.0**k) not in done]
+  cut = "" if d.get("complete") else (
+      " Cut at the time limit: the runs done so far" + (f" (not run: {', '.join(missing)})"
+                                                        if missing else "") + ".")
+  edge_s = f" Best at the edge of the runs done: {', '.join(edge)}." if edge else ""
+  return (f"{', '.join(c['optimizers'])}; GPT width {c['width']}, depth {c['depth']}, heads "
           f"{c['heads']}, {c['batch']}x{c['seq']} tokens per step, {c['steps']} steps on "
-          f"{os.path.basename(c['data'])}, {c['points']} learning rates each; the target is "
-          f"AdamW's best final validation loss; median step time: {times}.{cut} "
-          f"`{d['command']}`.\n\n"
+          f"{os.path.basename(c['data'])}, {c['points']} learning rates each; {settings}. The "
+          f"target is AdamW's best final validation loss; median step time: {times}.{cut}"
+          f"{edge_s} `{d['command']}`.\n\n"
           + _table(["run", "lr", "steps", "final val loss", "steps to target", "x AdamW steps",
                     "x AdamW wall-clock"], rows))
+
+
+def _lr(lr: float) -> str:
+  """A learning rate: ``2^k`` when it is a power of 2, else 3 significant digits."""
+  k = math.log2(lr)
+  return f"2^{k:.0f}" if k == round(k) else f"{lr:.3g}"
 
 
 def gpu() -> str:
