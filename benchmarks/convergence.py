@@ -225,12 +225,117 @@ def extension(runs: list[dict], optimizer: str, points: int, extend: int,
   return None
 
 
+def _top_scion(runs: list[dict], args) -> dict | None:
+  """Scion's best full-length run with the default output radius and decay."""
+  return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+               and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3])
+
+
+def _winners(runs: list[dict], args) -> dict | None:
+  """:func:`_top_scion` with the output radius and the decay of the best follow-ups from it."""
+  top = _top_scion(runs, args)
+  if top is None:
+    return None
+  base = {k: top[k] for k in ("optimizer", "lr", "steps", "beta", "hidden_radius")}
+  mine = [r for r in runs if all(r[k] == v for k, v in base.items())]
+  return dict(top, output_radius=(best(mine, decay_frac=0.3) or top)["output_radius"],
+              decay_frac=(best(mine, output_radius=10.0) or top)["decay_frac"])
+
+
+# The runs each variant starts from (None: not there yet).
+STARTS = {
+    "grid": lambda runs, args: best(runs, label="scion"),  # the best of Scion's grid
+    "top": _top_scion,
+    "winners": _winners,
+    "best": lambda runs, args: best([r for r in runs if r["optimizer"] == "scion"
+                                     and r["steps"] == args.steps]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One Scion run: a start run (:data:`STARTS`) with some settings changed."""
+
+  label: str  # formatted with the start run's fields, e.g. "{hidden_radius:g}"
+  start: str  # a key of STARTS
+  keep: tuple[str, ...] = ()  # the start's settings it keeps; the others: Job's defaults
+  change: tuple = ()  # (field, value) pairs; a callable value maps the start's value
+  once: bool = False  # run once by its label, whatever its start becomes
+  new_setting: bool = False  # skipped where a run already has its settings (any label)
+
+  def job(self, start: dict, args) -> Job:
+    fields = {k: start[k] for k in ("lr", *self.keep)}
+    for k, v in self.change:
+      fields[k] = v(start[k]) if callable(v) else v
+    job = Job("", "scion", steps=fields.pop("steps", args.steps), **fields)
+    return dataclasses.replace(job, label=self.label.format(**dataclasses.asdict(job)))
+
+
+def _x(factor: float):
+  """A change that multiplies the start's value by ``factor``."""
+  return lambda v: factor * v
+
+
+_SCION_SETTINGS = ("beta", "hidden_radius")
+_ALL_SETTINGS = ("beta", "hidden_radius", "output_radius", "decay_frac")
+# Scion's variants: each stage runs once the one before it is done. The first two stages come
+# right after the AdamW and Scion grids, the rest after every grid.
+SCION_STAGES: tuple[tuple[bool, tuple[Variant, ...]], ...] = (  # (after the other grids, ...)
+    (False, (Variant("scion beta 0.5", "grid", change=(("beta", 0.5),)),
+             Variant("scion hidden radius x0.5", "grid", change=(("hidden_radius", 1.5),)),
+             Variant("scion hidden radius x2", "grid", change=(("hidden_radius", 6.0),)))),
+    (False, (Variant("scion@0.67", "top", keep=_SCION_SETTINGS, once=True,
+                     change=(("steps", lambda n: round(STEP_RATIO * n)),)),)),
+    (True, (Variant("scion hidden radius {hidden_radius:g}", "top", keep=("beta",),
+                    change=(("hidden_radius", _x(2)),), new_setting=True),
+            Variant("scion hidden radius {hidden_radius:g}, output radius 20", "top",
+                    keep=_SCION_SETTINGS, change=(("output_radius", 20.0),)),
+            Variant("scion hidden radius {hidden_radius:g}, output radius 5", "top",
+                    keep=_SCION_SETTINGS, change=(("output_radius", 5.0),)),
+            Variant("scion hidden radius {hidden_radius:g}, decay over 50%", "top",
+                    keep=_SCION_SETTINGS, change=(("decay_frac", 0.5),)))),
+    (True, (Variant("scion combined", "winners", keep=_ALL_SETTINGS, once=True),)),
+    (True, (Variant("scion decay over 100%", "best", keep=_ALL_SETTINGS, once=True,
+                    change=(("decay_frac", 1.0),)),
+            Variant("scion lr x2", "best", keep=_ALL_SETTINGS, once=True,
+                    change=(("lr", _x(2)),)))),
+)
+
+
+def _setting(run) -> tuple:
+  """What a run trains, its label aside."""
+  get = run.get if isinstance(run, dict) else lambda k: getattr(run, k)
+  return tuple(get(k) for k in ("optimizer", "lr", "steps", "beta", "hidden_radius",
+                                "output_radius", "decay_frac", "init"))
+
+
+def scion_stage(runs: list[dict], args, after_grids: bool) -> list[Job]:
+  """The runs of Scion's first stage (:data:`SCION_STAGES`) not done, if it is one of those
+  ``after_grids`` (or not); none while a start run is missing."""
+  if not args.variants:
+    return []
+  labels, keys = {r["label"] for r in runs}, {json.dumps(r["key"]) for r in runs}
+  settings = {_setting(r) for r in runs}
+  for after, stage in SCION_STAGES:
+    jobs = []
+    for v in stage:
+      start = STARTS[v.start](runs, args)
+      if start is None:
+        return []
+      job = v.job(start, args)
+      if not ((v.once and job.label in labels) or (v.new_setting and _setting(job) in settings)):
+        jobs.append(job)
+    if any(json.dumps(j.key()) not in keys for j in jobs):
+      return jobs if after == after_grids else []
+  return []
+
+
 def next_job(runs: list[dict], args) -> Job | None:
   """The next run of the sweep given those done, or ``None`` when it is complete.
 
   AdamW's grid and Scion's first, then Scion's variants (the answer to the goal
   and its diagnosis), then the other optimizers' grids, then follow-ups from
-  Scion's best run so far (:func:`scion_followups`).
+  Scion's best run so far (:data:`SCION_STAGES`), then our Muon from Flax's init.
   """
   done = {json.dumps(r["key"]) for r in runs}
 
@@ -251,13 +356,13 @@ def next_job(runs: list[dict], args) -> Job | None:
   for opt in first:
     if job := next_on_grid(opt):
       return job
-  for job in scion_variants(runs, args):
+  for job in scion_stage(runs, args, after_grids=False):
     if todo(job):
       return job
   for opt in rest:
     if job := next_on_grid(opt):
       return job
-  for job in scion_followups(runs, args) + scion_combined(runs, args) + muon_inits(runs, args):
+  for job in scion_stage(runs, args, after_grids=True) + muon_inits(runs, args):
     if todo(job):
       return job
   return None
@@ -280,79 +385,6 @@ def muon_inits(runs: list[dict], args) -> list[Job]:
   if edge is None or len(mine) - len(jobs) >= args.extend:
     return jobs
   return jobs + [dataclasses.replace(jobs[0], lr=edge)]
-
-
-def scion_followups(runs: list[dict], args) -> list[Job]:
-  """From Scion's best run so far: hidden radius x2 again, output radius x0.5 and x2, 50% decay."""
-  top = _top_scion(runs, args)
-  if top is None or not args.variants or scion_variants(runs, args):  # those first
-    return []
-  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
-  base = f"scion hidden radius {hidden:g}"
-  same = [r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-          and (r["lr"], r["beta"], r["hidden_radius"]) == (lr, beta, 2 * hidden)
-          and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3]
-  again = [] if same else [Job(f"scion hidden radius {2 * hidden:g}", "scion", lr, args.steps,
-                                   beta, 2 * hidden)]  # not when that radius was run already
-  return again + [
-          Job(f"{base}, output radius 20", "scion", lr, args.steps, beta, hidden,
-              output_radius=20.0),
-          Job(f"{base}, output radius 5", "scion", lr, args.steps, beta, hidden,
-              output_radius=5.0),
-          Job(f"{base}, decay over 50%", "scion", lr, args.steps, beta, hidden, decay_frac=0.5)]
-
-
-def scion_combined(runs: list[dict], args) -> list[Job]:
-  """The follow-ups' winning output radius and decay together; then, from the best Scion run,
-  the decay over all the steps and the learning rate doubled (each once)."""
-  top = _top_scion(runs, args)
-  if top is None or not args.variants or scion_variants(runs, args):
-    return []
-  done = {json.dumps(r["key"]) for r in runs}
-  if any(json.dumps(j.key()) not in done for j in scion_followups(runs, args)):
-    return []  # the follow-ups first
-  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
-  base = dict(optimizer="scion", lr=lr, steps=args.steps, beta=beta, hidden_radius=hidden)
-  mine = [r for r in runs if all(r[k] == v for k, v in base.items())]
-  out = best(mine, decay_frac=0.3) or top
-  decay = best(mine, output_radius=10.0) or top
-  jobs = []
-  if not any(r["label"] == "scion combined" for r in runs):
-    jobs.append(Job("scion combined", "scion", lr, args.steps, beta, hidden,
-                    output_radius=out["output_radius"], decay_frac=decay["decay_frac"]))
-    return jobs
-  b = best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps])
-  same = dict(optimizer="scion", steps=args.steps, beta=b["beta"],
-              hidden_radius=b["hidden_radius"], output_radius=b["output_radius"])
-  if not any(r["label"] == "scion decay over 100%" for r in runs):
-    jobs.append(Job("scion decay over 100%", lr=b["lr"], decay_frac=1.0, **same))
-  if not any(r["label"] == "scion lr x2" for r in runs):
-    jobs.append(Job("scion lr x2", lr=2 * b["lr"], decay_frac=b["decay_frac"], **same))
-  return jobs
-
-
-def _top_scion(runs: list[dict], args) -> dict | None:
-  """Scion's best full-length run with the default output radius and decay."""
-  return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-               and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3])
-
-
-def scion_variants(runs: list[dict], args) -> list[Job]:
-  """Scion at its best lr with beta 0.5, the hidden radius halved and doubled, then 0.67x."""
-  sc = best(runs, label="scion")
-  if sc is None or not args.variants:
-    return []
-  jobs = [Job("scion beta 0.5", "scion", sc["lr"], args.steps, beta=0.5),
-          Job("scion hidden radius x0.5", "scion", sc["lr"], args.steps, hidden_radius=1.5),
-          Job("scion hidden radius x2", "scion", sc["lr"], args.steps, hidden_radius=6.0)]
-  done = {json.dumps(r["key"]) for r in runs}
-  if any(json.dumps(j.key()) not in done for j in jobs):
-    return jobs
-  if any(r["label"] == "scion@0.67" for r in runs):
-    return []  # done once, at the best setting of the grid and the variants above
-  top = _top_scion(runs, args)
-  return [Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
-              top["hidden_radius"])]
 
 
 def summarize(result: dict) -> None:
