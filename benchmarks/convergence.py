@@ -25,6 +25,12 @@ matrices, AdamW at 3e-3 on the embedding, head and gains, as optax's) the scion
 init and ``beta = 0.95``. The schedule is warmup-free, constant then linear
 decay to 0 over the last 30% of the steps; no weight decay; rotary positions.
 
+``--tuned`` (with ``--no-variants``; the accelerator run of ``benchmarks/gpu.sh``)
+sweeps instead the grids of :data:`TUNED`: AdamW, optax's Muon and Scion each at
+the best setting the ``cpu`` preset found, its learning rate in the middle of a
+3-point grid (``--points 3``); Scion from ``ol.init_params`` at radii 48 and 160
+with the decay over 50% of the steps.
+
 The target is AdamW's best final validation loss. For every run: the step at
 which its curve first reaches the target (linear between evaluations) and its
 ratio to the same step of AdamW's best run (its last, unless its curve dipped
@@ -92,9 +98,43 @@ GRID_CENTER = {"adamw": 3e-3, "scion": 2**-7, "optax_muon": 0.04, "unconstrained
                "muon": 0.04}
 
 
-def grid(optimizer: str, points: int) -> list[float]:
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """An optimizer's learning-rate grid and the settings every run on it shares."""
+
+  center: float  # the grid: powers of 2 times it, from 2^-2 up (``grid``)
+  init: str | None = None  # None: INIT[optimizer]
+  hidden_radius: float = 3.0
+  output_radius: float = 10.0
+  decay_frac: float = 0.3  # the share of the steps the learning rate decays over
+
+
+LIBRARY = {opt: Grid(center) for opt, center in GRID_CENTER.items()}  # the sweep's default
+# ``--tuned``: the best setting found on the cpu preset (results/convergence.json and
+# results/ablation.json) with ``--points 3`` putting its learning rate mid-grid: AdamW 7.5e-4,
+# 1.5e-3, 3e-3; optax's Muon 0.005, 0.01, 0.02; Scion from ``ol.init_params`` at hidden
+# radius 48 and output radius 160, the decay over 50% of the steps, 2^-12, 2^-11, 2^-10.
+TUNED = {"adamw": Grid(3e-3), "optax_muon": Grid(0.02),
+         "scion": Grid(2**-10, init="rms", hidden_radius=48.0, output_radius=160.0,
+                       decay_frac=0.5)}
+
+
+def grids(args) -> dict[str, Grid]:
+  """The grids of this sweep: :data:`TUNED` with ``--tuned``, else :data:`LIBRARY`."""
+  return TUNED if getattr(args, "tuned", False) else LIBRARY
+
+
+def grid(optimizer: str, points: int, centers: dict | None = None) -> list[float]:
   """``points`` powers of 2 times the grid's center, from ``2^-2`` up."""
-  return [GRID_CENTER[optimizer] * 2.0**k for k in range(-2, points - 2)]
+  center = (GRID_CENTER if centers is None else centers)[optimizer]
+  return [center * 2.0**k for k in range(-2, points - 2)]
+
+
+def grid_job(optimizer: str, lr: float, args) -> Job:
+  """A run on ``optimizer``'s grid at ``lr``, with the grid's settings."""
+  g = grids(args)[optimizer]
+  return Job(optimizer, optimizer, lr, args.steps, init=g.init, hidden_radius=g.hidden_radius,
+             output_radius=g.output_radius, decay_frac=g.decay_frac)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +185,8 @@ def step_times(args, data: data_lib.Dataset, optimizers, rounds: int, per_round:
   x, y = data_lib.train_batch(data, seed=args.seed, step=0, batch=args.batch, seq=args.seq)
   x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
   for opt in optimizers:
-    cfg = train_lib.resolve(train_config(Job(opt, opt, GRID_CENTER[opt], 10**6), args, "unused"))
+    job = dataclasses.replace(grid_job(opt, grids(args)[opt].center, args), steps=10**6)
+    cfg = train_lib.resolve(train_config(job, args, "unused"))
     gcfg = train_lib.model_config(cfg, data.vocab_size)
     model = model_lib.GPT(gcfg, rngs=nnx.Rngs(params=0))
     optimizer = nnx.Optimizer(model, train_lib.make_optimizer(cfg, gcfg), wrt=nnx.Param)
@@ -169,13 +210,14 @@ def best(runs: list[dict], **match) -> dict | None:
   return min(ok, key=lambda r: r["val_loss"]) if ok else None
 
 
-def extension(runs: list[dict], optimizer: str, points: int, extend: int) -> float | None:
+def extension(runs: list[dict], optimizer: str, points: int, extend: int,
+              centers: dict | None = None) -> float | None:
   """The next learning rate past the edge of the grid that holds ``optimizer``'s best run."""
   b = best(runs, label=optimizer)
   lrs = sorted(r["lr"] for r in runs if r["label"] == optimizer)
   if b is None or len(lrs) < points:
     return None
-  g = grid(optimizer, points)
+  g = grid(optimizer, points, centers)
   if b["lr"] == lrs[0] and lrs[0] > g[0] / 2**extend * 1.001:
     return lrs[0] / 2
   if b["lr"] == lrs[-1] and lrs[-1] < g[-1] * 2**extend / 1.001:
@@ -183,37 +225,144 @@ def extension(runs: list[dict], optimizer: str, points: int, extend: int) -> flo
   return None
 
 
+def _top_scion(runs: list[dict], args) -> dict | None:
+  """Scion's best full-length run with the default output radius and decay."""
+  return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
+               and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3])
+
+
+def _winners(runs: list[dict], args) -> dict | None:
+  """:func:`_top_scion` with the output radius and the decay of the best follow-ups from it."""
+  top = _top_scion(runs, args)
+  if top is None:
+    return None
+  base = {k: top[k] for k in ("optimizer", "lr", "steps", "beta", "hidden_radius")}
+  mine = [r for r in runs if all(r[k] == v for k, v in base.items())]
+  return dict(top, output_radius=(best(mine, decay_frac=0.3) or top)["output_radius"],
+              decay_frac=(best(mine, output_radius=10.0) or top)["decay_frac"])
+
+
+# The runs each variant starts from (None: not there yet).
+STARTS = {
+    "grid": lambda runs, args: best(runs, label="scion"),  # the best of Scion's grid
+    "top": _top_scion,
+    "winners": _winners,
+    "best": lambda runs, args: best([r for r in runs if r["optimizer"] == "scion"
+                                     and r["steps"] == args.steps]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One Scion run: a start run (:data:`STARTS`) with some settings changed."""
+
+  label: str  # formatted with the start run's fields, e.g. "{hidden_radius:g}"
+  start: str  # a key of STARTS
+  keep: tuple[str, ...] = ()  # the start's settings it keeps; the others: Job's defaults
+  change: tuple = ()  # (field, value) pairs; a callable value maps the start's value
+  once: bool = False  # run once by its label, whatever its start becomes
+  new_setting: bool = False  # skipped where a run already has its settings (any label)
+
+  def job(self, start: dict, args) -> Job:
+    fields = {k: start[k] for k in ("lr", *self.keep)}
+    for k, v in self.change:
+      fields[k] = v(start[k]) if callable(v) else v
+    job = Job("", "scion", steps=fields.pop("steps", args.steps), **fields)
+    return dataclasses.replace(job, label=self.label.format(**dataclasses.asdict(job)))
+
+
+def _x(factor: float):
+  """A change that multiplies the start's value by ``factor``."""
+  return lambda v: factor * v
+
+
+_SCION_SETTINGS = ("beta", "hidden_radius")
+_ALL_SETTINGS = ("beta", "hidden_radius", "output_radius", "decay_frac")
+# Scion's variants: each stage runs once the one before it is done. The first two stages come
+# right after the AdamW and Scion grids, the rest after every grid.
+SCION_STAGES: tuple[tuple[bool, tuple[Variant, ...]], ...] = (  # (after the other grids, ...)
+    (False, (Variant("scion beta 0.5", "grid", change=(("beta", 0.5),)),
+             Variant("scion hidden radius x0.5", "grid", change=(("hidden_radius", 1.5),)),
+             Variant("scion hidden radius x2", "grid", change=(("hidden_radius", 6.0),)))),
+    (False, (Variant("scion@0.67", "top", keep=_SCION_SETTINGS, once=True,
+                     change=(("steps", lambda n: round(STEP_RATIO * n)),)),)),
+    (True, (Variant("scion hidden radius {hidden_radius:g}", "top", keep=("beta",),
+                    change=(("hidden_radius", _x(2)),), new_setting=True),
+            Variant("scion hidden radius {hidden_radius:g}, output radius 20", "top",
+                    keep=_SCION_SETTINGS, change=(("output_radius", 20.0),)),
+            Variant("scion hidden radius {hidden_radius:g}, output radius 5", "top",
+                    keep=_SCION_SETTINGS, change=(("output_radius", 5.0),)),
+            Variant("scion hidden radius {hidden_radius:g}, decay over 50%", "top",
+                    keep=_SCION_SETTINGS, change=(("decay_frac", 0.5),)))),
+    (True, (Variant("scion combined", "winners", keep=_ALL_SETTINGS, once=True),)),
+    (True, (Variant("scion decay over 100%", "best", keep=_ALL_SETTINGS, once=True,
+                    change=(("decay_frac", 1.0),)),
+            Variant("scion lr x2", "best", keep=_ALL_SETTINGS, once=True,
+                    change=(("lr", _x(2)),)))),
+)
+
+
+def _setting(run) -> tuple:
+  """What a run trains, its label aside."""
+  get = run.get if isinstance(run, dict) else lambda k: getattr(run, k)
+  return tuple(get(k) for k in ("optimizer", "lr", "steps", "beta", "hidden_radius",
+                                "output_radius", "decay_frac", "init"))
+
+
+def scion_stage(runs: list[dict], args, after_grids: bool) -> list[Job]:
+  """The runs of Scion's first stage (:data:`SCION_STAGES`) not done, if it is one of those
+  ``after_grids`` (or not); none while a start run is missing."""
+  if not args.variants:
+    return []
+  labels, keys = {r["label"] for r in runs}, {json.dumps(r["key"]) for r in runs}
+  settings = {_setting(r) for r in runs}
+  for after, stage in SCION_STAGES:
+    jobs = []
+    for v in stage:
+      start = STARTS[v.start](runs, args)
+      if start is None:
+        return []
+      job = v.job(start, args)
+      if not ((v.once and job.label in labels) or (v.new_setting and _setting(job) in settings)):
+        jobs.append(job)
+    if any(json.dumps(j.key()) not in keys for j in jobs):
+      return jobs if after == after_grids else []
+  return []
+
+
 def next_job(runs: list[dict], args) -> Job | None:
   """The next run of the sweep given those done, or ``None`` when it is complete.
 
   AdamW's grid and Scion's first, then Scion's variants (the answer to the goal
   and its diagnosis), then the other optimizers' grids, then follow-ups from
-  Scion's best run so far (:func:`scion_followups`).
+  Scion's best run so far (:data:`SCION_STAGES`), then our Muon from Flax's init.
   """
   done = {json.dumps(r["key"]) for r in runs}
 
   def todo(job: Job) -> bool:
     return json.dumps(job.key()) not in done
 
-  def grid_job(opt: str) -> Job | None:
-    for lr in grid(opt, args.points):
-      if todo(job := Job(opt, opt, lr, args.steps)):
+  centers = {o: g.center for o, g in grids(args).items()}
+
+  def next_on_grid(opt: str) -> Job | None:
+    for lr in grid(opt, args.points, centers):
+      if todo(job := grid_job(opt, lr, args)):
         return job
-    lr = extension(runs, opt, args.points, args.extend)
-    return None if lr is None else Job(opt, opt, lr, args.steps)
+    lr = extension(runs, opt, args.points, args.extend, centers)
+    return None if lr is None else grid_job(opt, lr, args)
 
   first = [o for o in ("adamw", "scion") if o in args.optimizers]
   rest = [o for o in args.optimizers if o not in first]
   for opt in first:
-    if job := grid_job(opt):
+    if job := next_on_grid(opt):
       return job
-  for job in scion_variants(runs, args):
+  for job in scion_stage(runs, args, after_grids=False):
     if todo(job):
       return job
   for opt in rest:
-    if job := grid_job(opt):
+    if job := next_on_grid(opt):
       return job
-  for job in scion_followups(runs, args) + scion_combined(runs, args) + muon_inits(runs, args):
+  for job in scion_stage(runs, args, after_grids=True) + muon_inits(runs, args):
     if todo(job):
       return job
   return None
@@ -236,79 +385,6 @@ def muon_inits(runs: list[dict], args) -> list[Job]:
   if edge is None or len(mine) - len(jobs) >= args.extend:
     return jobs
   return jobs + [dataclasses.replace(jobs[0], lr=edge)]
-
-
-def scion_followups(runs: list[dict], args) -> list[Job]:
-  """From Scion's best run so far: hidden radius x2 again, output radius x0.5 and x2, 50% decay."""
-  top = _top_scion(runs, args)
-  if top is None or not args.variants or scion_variants(runs, args):  # those first
-    return []
-  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
-  base = f"scion hidden radius {hidden:g}"
-  same = [r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-          and (r["lr"], r["beta"], r["hidden_radius"]) == (lr, beta, 2 * hidden)
-          and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3]
-  again = [] if same else [Job(f"scion hidden radius {2 * hidden:g}", "scion", lr, args.steps,
-                                   beta, 2 * hidden)]  # not when that radius was run already
-  return again + [
-          Job(f"{base}, output radius 20", "scion", lr, args.steps, beta, hidden,
-              output_radius=20.0),
-          Job(f"{base}, output radius 5", "scion", lr, args.steps, beta, hidden,
-              output_radius=5.0),
-          Job(f"{base}, decay over 50%", "scion", lr, args.steps, beta, hidden, decay_frac=0.5)]
-
-
-def scion_combined(runs: list[dict], args) -> list[Job]:
-  """The follow-ups' winning output radius and decay together; then, from the best Scion run,
-  the decay over all the steps and the learning rate doubled (each once)."""
-  top = _top_scion(runs, args)
-  if top is None or not args.variants or scion_variants(runs, args):
-    return []
-  done = {json.dumps(r["key"]) for r in runs}
-  if any(json.dumps(j.key()) not in done for j in scion_followups(runs, args)):
-    return []  # the follow-ups first
-  lr, beta, hidden = top["lr"], top["beta"], top["hidden_radius"]
-  base = dict(optimizer="scion", lr=lr, steps=args.steps, beta=beta, hidden_radius=hidden)
-  mine = [r for r in runs if all(r[k] == v for k, v in base.items())]
-  out = best(mine, decay_frac=0.3) or top
-  decay = best(mine, output_radius=10.0) or top
-  jobs = []
-  if not any(r["label"] == "scion combined" for r in runs):
-    jobs.append(Job("scion combined", "scion", lr, args.steps, beta, hidden,
-                    output_radius=out["output_radius"], decay_frac=decay["decay_frac"]))
-    return jobs
-  b = best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps])
-  same = dict(optimizer="scion", steps=args.steps, beta=b["beta"],
-              hidden_radius=b["hidden_radius"], output_radius=b["output_radius"])
-  if not any(r["label"] == "scion decay over 100%" for r in runs):
-    jobs.append(Job("scion decay over 100%", lr=b["lr"], decay_frac=1.0, **same))
-  if not any(r["label"] == "scion lr x2" for r in runs):
-    jobs.append(Job("scion lr x2", lr=2 * b["lr"], decay_frac=b["decay_frac"], **same))
-  return jobs
-
-
-def _top_scion(runs: list[dict], args) -> dict | None:
-  """Scion's best full-length run with the default output radius and decay."""
-  return best([r for r in runs if r["optimizer"] == "scion" and r["steps"] == args.steps
-               and r["output_radius"] == 10.0 and r["decay_frac"] == 0.3])
-
-
-def scion_variants(runs: list[dict], args) -> list[Job]:
-  """Scion at its best lr with beta 0.5, the hidden radius halved and doubled, then 0.67x."""
-  sc = best(runs, label="scion")
-  if sc is None or not args.variants:
-    return []
-  jobs = [Job("scion beta 0.5", "scion", sc["lr"], args.steps, beta=0.5),
-          Job("scion hidden radius x0.5", "scion", sc["lr"], args.steps, hidden_radius=1.5),
-          Job("scion hidden radius x2", "scion", sc["lr"], args.steps, hidden_radius=6.0)]
-  done = {json.dumps(r["key"]) for r in runs}
-  if any(json.dumps(j.key()) not in done for j in jobs):
-    return jobs
-  if any(r["label"] == "scion@0.67" for r in runs):
-    return []  # done once, at the best setting of the grid and the variants above
-  top = _top_scion(runs, args)
-  return [Job("scion@0.67", "scion", top["lr"], round(STEP_RATIO * args.steps), top["beta"],
-              top["hidden_radius"])]
 
 
 def summarize(result: dict) -> None:
@@ -437,6 +513,10 @@ def parse(argv):
   p.add_argument("--extend", type=int, default=2, help="grid points allowed past each edge")
   p.add_argument("--no-variants", dest="variants", action="store_false",
                  help="skip Scion's beta, hidden-radius and 0.67x-schedule runs")
+  p.add_argument("--tuned", action="store_true",
+                 help="each optimizer at the best setting found on the cpu preset (TUNED):"
+                 " adamw, optax_muon, scion only; with --points 3 the best lr is mid-grid;"
+                 " needs --no-variants")
   p.add_argument("--timing-rounds", type=int, default=7)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--resume", action="store_true",
@@ -450,6 +530,8 @@ def parse(argv):
       setattr(args, k, v)
   if args.points < 2 or "adamw" not in args.optimizers:
     p.error("--points must be >= 2 and --optimizers must include adamw (it sets the target)")
+  if args.tuned and (args.variants or not set(args.optimizers) <= set(TUNED)):
+    p.error(f"--tuned runs the grids only (add --no-variants) of {', '.join(TUNED)}")
   return args
 
 
@@ -484,6 +566,12 @@ def main(argv: list[str] | None = None) -> None:
                 variants=args.variants, seed=args.seed, grid_center=GRID_CENTER,
                 init=INIT, schedule="constant, then linear decay to 0 over the last 30%, "
                 "no warmup", weight_decay=0.0)
+  if args.tuned:  # recorded only then, so that the default sweep's config reads as before
+    config.update(grid_center={o: g.center for o, g in TUNED.items()},
+                  init={o: g.init or INIT[o] for o, g in TUNED.items()},
+                  schedule="constant, then linear decay to 0 over the last decay_frac of the"
+                  " steps (tuned), no warmup",
+                  tuned={o: dataclasses.asdict(g) for o, g in TUNED.items()})
   config = _common.portable(config)
   result = dict(benchmark="convergence", date=datetime.datetime.now(datetime.UTC).isoformat(),
                 command=_common.command("convergence", argv), config=config,

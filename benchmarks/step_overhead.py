@@ -7,8 +7,14 @@ over ``--reps`` rounds after ``--warmup`` untimed calls. Per optimizer:
 
 * ``step``: the example's ``train_step`` (one ``nnx.jit``: forward, backward,
   ``optimizer.update`` and the parameter write), on the same batch every time;
-* ``update``: ``optimizer.update(model, grads)`` alone on fixed gradients (its
-  own ``nnx.jit``): the optimizer's cost, parameter write included;
+* ``update``: ``optimizer.update(model, grads)`` alone on fixed gradients:
+  ``--chain`` updates chained in a ``lax.fori_loop`` inside one ``jax.jit``
+  whose parameters and optimizer state are donated (updated in place), timed
+  to the last result and divided by ``--chain``; so a call's dispatch and
+  Python cost (tens of milliseconds for a large model, more than AdamW's whole
+  update on a GPU) is shared by the chain instead of counted once per update.
+  Each iteration passes the gradients through ``lax.optimization_barrier``
+  with the state, so no gradient-only work is hoisted out of the loop;
 
 and once, optimizer-free, ``fwd_bwd``: loss and gradients, the part every
 step shares. ``step - fwd_bwd`` is then what the optimizer costs inside the
@@ -21,6 +27,16 @@ The optimizers are those of ``benchmarks/gpt/train.py`` with its defaults:
 ColNorm embedding, RowNorm head, BiasRMS gains); ``muon`` (ours: spectral LMO
 on the hidden matrices, AdamW on the rest); ``optax_muon``
 (``optax.contrib.muon`` with the same routing).
+
+The JSON, per optimizer (``optimizers.<name>``): ``step_s`` and ``update_s``
+(median wall seconds of one step, of one update), ``step_minus_fwd_bwd_s``,
+``step_over_adamw``, the same in process CPU seconds (``*_cpu_s``,
+``step_cpu_over_adamw``), every round's figures (``*_times_s``) and
+``compile_step_s``; ``config.chain`` is ``--chain``. Files written before the
+chained timing (``config`` without ``chain``) have ``update_s`` from one
+separately jitted call per update: on a GPU that is dispatch and transfer
+more than the update. ``flops.matmul_flop_per_s``: a 1024^2 float32 matmul,
+the best of rounds of 10 back-to-back calls.
 
 FLOPs (``flops`` in the JSON): the forward and backward matmuls, ``6 N T``
 (``N`` the matmul parameters, ``T`` tokens) plus causal-free attention
@@ -39,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import sys
 import time
@@ -70,10 +87,26 @@ def fwd_bwd(model, x_BxL, y_BxL):
   return nnx.value_and_grad(train_lib.loss_fn)(model, x_BxL, y_BxL)
 
 
-@nnx.jit
-def update_only(model, optimizer, grads):
-  """``optimizer.update`` on given gradients, parameter write included."""
-  optimizer.update(model, grads)
+def update_chain(model, optimizer, grads, n: int):
+  """``f(state) -> state``: ``n`` chained ``optimizer.update(model, grads)`` in one jit.
+
+  ``state`` is ``nnx.split((model, optimizer))``'s, donated: pass each call the
+  state the previous one returned. The first state is a copy, so ``model`` and
+  ``optimizer`` keep their own arrays.
+  """
+  graphdef, state = nnx.split((model, optimizer))
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def chain(state):
+    def body(_, state):
+      state, g = jax.lax.optimization_barrier((state, grads))  # g: loop-variant to XLA
+      m, o = nnx.merge(graphdef, state)
+      o.update(m, g)
+      return nnx.state((m, o))
+
+    return jax.lax.fori_loop(0, n, body, state)
+
+  return chain, jax.tree.map(jnp.copy, state)
 
 
 def _params(model) -> list:
@@ -135,11 +168,26 @@ def _timed(f, *args) -> float:
   return time.perf_counter() - t
 
 
-def matmul_rate(size: int = 1024, reps: int = 5) -> float:
+def _advance(chain, box: list):
+  """Runs ``chain`` on the state in ``box`` (donated) and keeps the state it returns."""
+  box[0] = chain(box[0])
+  return box[0]
+
+
+def matmul_rate(size: int = 1024, reps: int = 5, inner: int = 10) -> float:
+  """FLOP/s of a ``size``^2 float32 matmul: the best of ``reps`` rounds of ``inner`` calls."""
   a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
   f = jax.jit(lambda a: a @ a)
   jax.block_until_ready(f(a))
-  return 2 * size**3 / min(_timed(f, a) for _ in range(reps))
+
+  def round_s():
+    t = time.perf_counter()
+    for _ in range(inner):
+      y = f(a)
+    jax.block_until_ready(y)
+    return (time.perf_counter() - t) / inner
+
+  return 2 * size**3 / min(round_s() for _ in range(reps))
 
 
 def run(args) -> dict:
@@ -160,7 +208,9 @@ def run(args) -> dict:
     model, opt, _ = built[n]
     calls[f"step/{n}"] = lambda m=model, o=opt: (train_lib.train_step(m, o, x_BxL, y_BxL),
                                                  _params(m))
-    calls[f"update/{n}"] = lambda m=model, o=opt: (update_only(m, o, grads), _params(m))
+    chain, carry = update_chain(model, opt, grads, args.chain)
+    calls[f"update/{n}"] = functools.partial(_advance, chain, [carry])
+  per_call = {k: args.chain if k.startswith("update/") else 1 for k in calls}  # updates a call
   compile_s = {}
   for k, f in calls.items():  # compile, then warm up
     compile_s[k] = _timed(f)
@@ -174,8 +224,8 @@ def run(args) -> dict:
   for r in range(args.reps):
     for k, f in calls.items():
       c = time.process_time()
-      times[k].append(_timed(f))
-      cpu[k].append(time.process_time() - c)
+      times[k].append(_timed(f) / per_call[k])
+      cpu[k].append((time.process_time() - c) / per_call[k])
     mm.append(matmul_rate())
     print(f"  round {r + 1}/{args.reps}: " + ", ".join(
         f"{k} {v[-1]:.2f}s" for k, v in times.items()), file=sys.stderr, flush=True)
@@ -227,7 +277,8 @@ def run(args) -> dict:
   return {
       "config": {"width": args.width, "depth": args.depth, "heads": args.heads,
                  "seq": args.seq, "batch": args.batch, "vocab": data.vocab_size,
-                 "reps": args.reps, "warmup": args.warmup, "dtype": "float32",
+                 "reps": args.reps, "warmup": args.warmup, "chain": args.chain,
+                 "dtype": "float32",
                  "n_params": int(sum(x.size for x in jax.tree.leaves(
                      nnx.state(built[names[0]][0], nnx.Param))))},
       "fwd_bwd_s": med["fwd_bwd"], "fwd_bwd_cpu_s": med_cpu["fwd_bwd"],
@@ -288,6 +339,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--reps", type=int, default=5, help="timed rounds (medians reported)")
   p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+  p.add_argument("--chain", type=int, default=5,
+                 help="updates chained in one jitted call for the update-alone time")
   p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
   p.add_argument("--out", default=os.path.join(_common.RESULTS, "step_overhead.json"))
   args = p.parse_args(argv)

@@ -69,3 +69,35 @@ def test_lr_transfer_depth_sweep_alone_keeps_the_width_results(tmp_path):
   # --report reads both sections back, the width one from its old layout too.
   report = _run("benchmarks.lr_transfer", "--report", "--out", str(out))
   assert "== width sweep" in report and "== depth sweep" in report
+
+
+def test_step_overhead_update_chain_is_that_many_updates():
+  """The update-alone timing's jitted chain of n updates ends where n plain updates do, and
+  leaves the model and optimizer it was built from untouched (it donates a copy)."""
+  import argparse
+
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from benchmarks import step_overhead as so
+  from benchmarks.gpt import data as data_lib
+
+  args = argparse.Namespace(width=16, depth=1, heads=2, seq=8, batch=2)
+  data = data_lib.load(None)
+  x, y = (jax.numpy.asarray(a) for a in data_lib.train_batch(data, seed=0, step=0, batch=2,
+                                                               seq=8))
+  for name in ("adamw", "scion"):
+    model, opt, _ = so.build(name, args, data.vocab_size)
+    _, grads = so.fwd_bwd(model, x, y)
+    before = [np.asarray(p) for p in so._params(model)]
+    chain, state = so.update_chain(model, opt, grads, 3)
+    after_chain = nnx.merge(nnx.graphdef((model, opt)), chain(state))[0]
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, so._params(model),
+                                                                 strict=True))
+    for _ in range(3):
+      opt.update(model, grads)
+    for a, b, c in zip(before, so._params(after_chain), so._params(model), strict=True):
+      assert not np.array_equal(a, np.asarray(c)), name  # the updates moved the parameters
+      moved = np.abs(np.asarray(c) - a).max()
+      assert np.abs(np.asarray(b) - np.asarray(c)).max() <= 1e-2 * moved, name  # float32 noise

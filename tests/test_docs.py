@@ -48,3 +48,21 @@ def test_sphinx_build_has_no_warnings(tmp_path):
   assert images and all((tmp_path / "html" / src).stat().st_size > 0 for src in images)
   assert "<table" in quickstart and "hidden" in quickstart  # ol.describe's _repr_html_
   assert "parameters equal after a step: True" in quickstart
+
+
+def test_benchmark_page_blocks_match_the_results():
+  """Every marked block of docs/benchmarks.md is what benchmarks.tables renders from the JSON."""
+  from benchmarks import tables
+
+  page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+  blocks = tables.BLOCK.findall(page)
+  assert {b[1] for b in blocks} >= {"orthogonalize", "step_overhead", "convergence", "gpu"}
+  assert tables.refresh(page) == page, "run: python -m benchmarks.tables --write docs/benchmarks.md"
+
+
+def test_table_renders_one_cell_per_column():
+  from benchmarks.tables import Col, table
+
+  cols = (Col("name", lambda r: r["n"]), Col("x", lambda r: r.get("x"), "{:.2f}", "none"))
+  lines = table([{"n": "a", "x": 1.0}, {"n": "b"}], cols).splitlines()
+  assert lines == ["| name | x |", "|---|---|", "| a | 1.00 |", "| b | none |"]
