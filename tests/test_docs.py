@@ -38,7 +38,7 @@ def test_sphinx_build_has_no_warnings(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300,
   )
   assert result.returncode == 0, result.stderr[-4000:]
-  for page in ("index", "quickstart", "install", "models", "routing", "optimizers", "radii",
+  for page in ("index", "quickstart", "install", "models", "routing", "optimizers", "flow", "radii",
                "porting", "polar", "beyond", "sharding", "benchmarks", "guarantees", "limits",
                "api"):
     assert (tmp_path / "html" / f"{page}.html").exists(), page
@@ -66,3 +66,16 @@ def test_table_renders_one_cell_per_column():
   cols = (Col("name", lambda r: r["n"]), Col("x", lambda r: r.get("x"), "{:.2f}", "none"))
   lines = table([{"n": "a", "x": 1.0}, {"n": "b"}], cols).splitlines()
   assert lines == ["| name | x |", "|---|---|", "| a | 1.00 |", "| b | none |"]
+
+
+def test_flow_page_names_modules_that_exist_in_at_most_eight_steps():
+  """docs/flow.md's diagram: numbered steps 1..n (n <= 8), every module it names is in _src."""
+  page = (DOCS / "flow.md").read_text(encoding="utf-8")
+  diagram = page.split("```")[1]
+  steps = [int(m) for m in re.findall(r"^\s*(\d) ", diagram, flags=re.M)]
+  assert steps == list(range(1, len(steps) + 1)) and len(steps) <= 8
+  named = set(re.findall(r"\b([a-z_]+)\.py\b", page))
+  src = ROOT / "optax_lmo" / "_src"
+  assert named and all((src / f"{m}.py").exists() for m in named), named
+  headings = re.findall(r"^## (\d)\. ", page, flags=re.M)
+  assert [int(h) for h in headings] == steps  # one section per step
