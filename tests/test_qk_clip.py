@@ -179,6 +179,8 @@ def test_bad_tau_is_refused_at_construction(tau):
     (dict(heads_axis=2), r"blocks/0/attn/q_proj/kernel: heads_axis=2 is out of range"),
     (dict(key=r"(k|v)_proj/kernel$"), r"query matches 2 projection\(s\) and key 4"),
     (dict(key=r"q_proj/kernel$"), r"q_proj/kernel: matched by both query and key"),
+    (dict(query=(r"q_proj/kernel$", 0, 2), key=(r"k_proj/kernel$", 0, 1)),
+     r"query kernels span \[4\] along heads_axis and the key kernels \[8\]"),
 ])
 def test_bad_routing_is_refused_at_init_naming_the_leaf(kw, message):
   args = dict(query=r"q_proj/kernel$", key=r"k_proj/kernel$", heads=H) | kw

@@ -77,6 +77,11 @@ def _targets(tree, projections, heads: int | None, heads_axis: int) -> list[list
     raise ValueError(f"qk_clip: query matches {counts['query']} projection(s) and key"
                      f" {counts['key']}; every layer needs both (the matched paths:"
                      f" {[p for p, ts in zip(paths, out, strict=True) if ts]}).")
+  sizes = {r: {t.size for ts in out for t in ts if t.role == r} for r in ("query", "key")}
+  if sizes["query"] != sizes["key"]:
+    raise ValueError(f"qk_clip: the query kernels span {sorted(sizes['query'])} along heads_axis"
+                     f" and the key kernels {sorted(sizes['key'])}; each key head must match a"
+                     " query head (grouped-query attention is not supported).")
   return out
 
 
@@ -140,7 +145,7 @@ def qk_clip(
   Raises:
     ValueError: at construction, a ``tau`` that is not a finite number ``> 0``;
       at ``init``, a pattern that matches nothing, a heads axis that does not
-      split into the heads, or unequal numbers of query and key kernels; at
+      split into the heads, unequal numbers or sizes of query and key kernels; at
       ``update``, a matched leaf without a ``max_logits`` entry, an entry of
       another head count, or one that matches no leaf.
 
