@@ -155,10 +155,11 @@ def test_tau_can_be_injected():
     np.testing.assert_array_equal(b, a)
 
 
-def test_a_nan_logit_clips_nothing():
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_non_finite_logit_clips_nothing(value):
   params = make_params("separate")
   tx = optax.chain(optax.sgd(0.5), clip("separate", 1.0))
-  got = step(tx, params, max_logits={f"blocks/{i}": jnp.full(H, jnp.nan) for i in range(LAYERS)})
+  got = step(tx, params, max_logits={f"blocks/{i}": jnp.full(H, value) for i in range(LAYERS)})
   for a, b in zip(jax.tree.leaves(step(optax.sgd(0.5), params)), jax.tree.leaves(got),
                   strict=True):
     np.testing.assert_array_equal(b, a)

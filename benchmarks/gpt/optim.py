@@ -10,6 +10,10 @@ micro-batches seen) scales each update it emits. Every optimizer here is linear
 in its learning rate (the rate multiplies the whole update, decay included), so
 this is the schedule evaluated at the data seen rather than the optimizer steps
 taken, and the rate still decays to 0 at the end of the run.
+
+With ``--qk-clip TAU`` the optimizer is chained with ``optax_lmo.contrib.qk_clip``
+(``model.qk_clip``), and each step passes it the forward pass's per-head largest
+attention logits (``train.train_step_qk_clip``).
 """
 
 from __future__ import annotations

@@ -203,6 +203,7 @@ def qk_clip(
                            f" but max_logits[{layer!r}] has shape {s_max.shape}; check heads="
                            f" and heads_axis= (expected shape ({t.n_heads},)).")
         scale = jnp.sqrt(tau_ / jnp.maximum(s_max, tau_))  # exactly 1 where s_max <= tau
+        scale = jnp.where(jnp.isfinite(s_max), scale, 1.0)
         pieces += [jnp.ones(t.start - pos), jnp.repeat(scale, t.size // t.n_heads)]
         pos = t.start + t.size
       pieces.append(jnp.ones(p.shape[axis] - pos))
