@@ -62,8 +62,9 @@ __all__ = [
 ]
 
 # Names that left the top level in 0.2.0 (CHANGELOG.md): they still work, with a warning,
-# until 0.3.0.
-_MOVED = {name: "optax_lmo.contrib" for name in contrib.__all__}
+# until 0.3.0. Names that were never at the top level (new in contrib) are not among them.
+_NEW_IN_CONTRIB = frozenset({"qk_clip"})
+_MOVED = {name: "optax_lmo.contrib" for name in contrib.__all__ if name not in _NEW_IN_CONTRIB}
 
 
 def __getattr__(name: str):

@@ -1,5 +1,6 @@
 """Research extras and lower-level pieces: layer dropping, adaptive batch size, PolarGrad,
-norm-transfer fits, the Newton–Schulz coefficient registry, matrix views and diagnostics.
+norm-transfer fits, QK-clip, the Newton–Schulz coefficient registry, matrix views and
+diagnostics.
 
 Everything here is as tested as the top level; it is kept apart so that the top level stays
 the few names an optax user needs (the optimizers, the transforms, routing, ``norms``).
@@ -13,6 +14,7 @@ from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.drop import DropState, drop_leaves
 from optax_lmo._src.momentum import state_dtype
 from optax_lmo._src.polar import polar
+from optax_lmo._src.qk_clip import qk_clip
 from optax_lmo._src.schedules import (
     TransferFit,
     fit_transfer_exponents,
@@ -40,6 +42,7 @@ __all__ = [
     "optimal_lr",
     "polar",
     "polargrad",
+    "qk_clip",
     "state_dtype",
     "to_matrices",
     "transfer_batch",

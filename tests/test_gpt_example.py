@@ -294,6 +294,9 @@ BAD_FLAGS = [
     (["--drop", "--depth", "1"], "--drop freezes the blocks below a cutoff: it needs --depth >= 2"),
     (["--drop", "--adaptive-batch", "0.5"], "--drop and --adaptive-batch do not combine"),
     (["--drop", "yes"], "unrecognized arguments: yes"),
+    (["--qk-clip", "0"], "--qk-clip must be > 0"),
+    (["--qk-clip", "inf"], "--qk-clip must be a finite number"),
+    (["--qk-clip", "100", "--drop"], "--qk-clip does not combine with --drop or --adaptive-batch"),
     (["--seq", "1000000"], "pydoc_data.topics: 465048 characters, too few: --seq 1000000 needs"),
 ]
 
@@ -418,8 +421,8 @@ def test_batch_that_does_not_split_over_the_mesh_is_refused():
   train_lib.validate(train_lib.make_config(mesh="tp=8", batch=3))  # tp does not split the batch
 
 
-@pytest.mark.parametrize("flags", [dict(drop=True), dict(adaptive_batch=0.5, max_micro_batches=3)],
-                         ids=["drop", "adaptive_batch"])
+@pytest.mark.parametrize("flags", [dict(drop=True), dict(adaptive_batch=0.5, max_micro_batches=3),
+                                   dict(qk_clip=2.0)], ids=["drop", "adaptive_batch", "qk_clip"])
 def test_new_flags_train_and_resume_bitwise(tmp_path, flags):
   """A short run with the flag learns; stopped and resumed, it ends bit for bit where it would."""
   kw = dict(steps=12, eval_every=6, ckpt_every=6, log_every=1, **flags)
@@ -537,3 +540,42 @@ def test_rms_init_keeps_the_gains_and_starts_near_flax_init(hidden, output):
       np.testing.assert_array_equal(x, np.ones_like(x))
   assert abs(rms - flax) < 0.5, (rms, flax)
   assert boundary > flax + 1.0, (boundary, flax)
+
+
+def _max_logits(model: model_lib.GPT, x_BxL) -> np.ndarray:
+  """Every head's largest attention logit on ``x_BxL``, layer after layer."""
+  return np.concatenate([np.asarray(m) for m in model(x_BxL, max_logits=True)[1].values()])
+
+
+def test_max_logits_match_a_numpy_attention_and_leave_the_logits_alone():
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
+  model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
+  tokens = np.random.default_rng(0).integers(0, 11, (3, 8))
+  logits, found = model(tokens, max_logits=True)
+  assert list(found) == ["blocks/0/attn", "blocks/1/attn"]
+  np.testing.assert_allclose(logits, model(tokens), rtol=1e-5, atol=1e-5)  # the fused path
+  x_BxLxD = np.random.default_rng(1).standard_normal((3, 8, 16)).astype(np.float32)
+  attn = model.blocks[0].attn
+  _, max_H = attn(jnp.asarray(x_BxLxD), max_logits=True)
+  q, k, _ = np.split(x_BxLxD.astype(np.float64) @ np.asarray(attn.qkv.kernel[...]), 3, axis=-1)
+  q, k = q.reshape(3, 8, 2, 8), k.reshape(3, 8, 2, 8)
+  by_hand = np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(8)
+  by_hand = np.where(np.tril(np.ones((8, 8), bool)), by_hand, -np.inf).max(axis=(0, 2, 3))
+  np.testing.assert_allclose(max_H, by_hand, rtol=1e-5)
+
+
+def test_qk_clip_holds_the_attention_logits_near_tau(full_run, tmp_path):
+  """--qk-clip TAU: heads' largest logits start far above TAU and end near it; without, above."""
+  _, plain = full_run
+  data = data_lib.load(None)
+  x_BxL = data_lib.train_batch(data, seed=0, step=0, batch=8, seq=64)[0]
+  tau, seen = 2.0, {}
+  record = lambda step, _, model: seen.update({step: _max_logits(model, x_BxL)})
+  out = train_lib.train(_cfg(tmp_path, qk_clip=tau), on_eval=record)
+  assert out["step"] == 20 and out["val_loss"] < out["unigram"] - 0.1, out["val_loss"]
+  assert seen[0].min() > 4 * tau, seen[0]  # the init (the same as the plain run's)
+  assert seen[20].max() < 1.5 * tau, seen[20]
+  model = model_lib.GPT(train_lib.model_config(_cfg(tmp_path), data.vocab_size), rngs=nnx.Rngs(0))
+  nnx.update(model, jax.tree_util.tree_map_with_path(
+      lambda p, _: plain["params"][ckpt_lib.leaf_name(p)], nnx.state(model, nnx.Param)))
+  assert _max_logits(model, x_BxL).min() > 2 * tau  # the same 20 steps without the clip

@@ -100,7 +100,8 @@ def test_moved_names_warn_and_are_the_contrib_objects():
 
   import optax_lmo as ol
 
-  for name in ol.contrib.__all__:
+  assert set(ol._MOVED) == set(ol.contrib.__all__) - ol._NEW_IN_CONTRIB
+  for name in ol._MOVED:
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       old = getattr(ol, name)
@@ -111,5 +112,8 @@ def test_moved_names_warn_and_are_the_contrib_objects():
 
   with pytest.raises(AttributeError, match="benchmarks/gpt/model.py"):
     ol.gpt_rules  # noqa: B018
+  for name in ol._NEW_IN_CONTRIB:  # never at the top level: no old spelling to keep
+    with pytest.raises(AttributeError, match=f"no attribute '{name}'"):
+      getattr(ol, name)
   with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
     ol.nonexistent  # noqa: B018

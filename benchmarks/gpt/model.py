@@ -15,6 +15,8 @@ Parameter paths (what the rules match on)::
 
 Pre-norm blocks (RMSNorm), causal attention with rotary or learned positions, and
 a GELU MLP whose activation can be scaled by sqrt(2) to keep its variance [S].
+``GPT(tokens, max_logits=True)`` also returns each attention head's largest logit,
+which :func:`qk_clip` (``--qk-clip``) uses to cap them.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class Attention(nnx.Module):
     self.qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dt, rngs=rngs)
     self.out = nnx.Linear(d, d, use_bias=False, dtype=dt, rngs=rngs)
 
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, *, max_logits: bool = False):
+    """The attention output; with ``max_logits``, also each head's largest logit ``(H,)``."""
     b, l, d = x_BxLxD.shape
     h = self.heads
     qkv_BxLx3D = self.qkv(x_BxLxD)
@@ -94,8 +97,27 @@ class Attention(nnx.Module):
     )
     if self.rotary:
       q_BxLxHxK, k_BxLxHxK = _rotary(q_BxLxHxK), _rotary(k_BxLxHxK)
-    o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
-    return self.out(o_BxLxHxK.reshape(b, l, d))
+    if not max_logits:
+      o_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+      return self.out(o_BxLxHxK.reshape(b, l, d))
+    o_BxLxHxK, max_H = _attention_with_max_logits(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return self.out(o_BxLxHxK.reshape(b, l, d)), max_H
+
+
+def _attention_with_max_logits(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+  """Causal attention written out, and each head's largest logit (without gradient).
+
+  The attention as XLA's ``dot_product_attention`` computes it; the largest logit
+  ``q . k / sqrt(K)`` is over the batch, the queries and each query's unmasked keys.
+  """
+  l, k = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
+  logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
+                              preferred_element_type=jnp.float32) / math.sqrt(k)
+  causal_LxL = jnp.tril(jnp.ones((l, l), bool))
+  logits_BxHxLxL = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
+  max_H = jax.lax.stop_gradient(logits_BxHxLxL.max(axis=(0, 2, 3)))
+  probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxK.dtype)
+  return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxLxL, v_BxLxHxK), max_H
 
 
 class MLP(nnx.Module):
@@ -122,9 +144,13 @@ class Block(nnx.Module):
     self.norm2 = nnx.RMSNorm(d, dtype=dt, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    x_BxLxD = x_BxLxD + self.attn(self.norm1(x_BxLxD))
-    return x_BxLxD + self.mlp(self.norm2(x_BxLxD))
+  def __call__(self, x_BxLxD: jax.Array, *, max_logits: bool = False):
+    """The block's output; with ``max_logits``, also its heads' largest logits (``Attention``)."""
+    a = self.attn(self.norm1(x_BxLxD), max_logits=max_logits)
+    a_BxLxD, max_H = a if max_logits else (a, None)
+    x_BxLxD = x_BxLxD + a_BxLxD
+    x_BxLxD = x_BxLxD + self.mlp(self.norm2(x_BxLxD))
+    return (x_BxLxD, max_H) if max_logits else x_BxLxD
 
 
 class GPT(nnx.Module):
@@ -144,16 +170,25 @@ class GPT(nnx.Module):
       params = nnx.state(self, nnx.Param)
       nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params()))
 
-  def __call__(self, tokens_BxL: jax.Array, frozen_below: int = 0) -> jax.Array:
-    """Logits; no gradient reaches the blocks ``< frozen_below`` (nor, if > 0, the embeddings)."""
+  def __call__(self, tokens_BxL: jax.Array, frozen_below: int = 0, *, max_logits: bool = False):
+    """Logits; no gradient reaches the blocks ``< frozen_below`` (nor, if > 0, the embeddings).
+
+    With ``max_logits``: ``(logits, {"blocks/i/attn": (H,) largest attention logits})``, what
+    :func:`qk_clip` takes (the attention is then written out instead of fused).
+    """
     x_BxLxD = self.embed(tokens_BxL)
     if self.pos_embed is not None:
       x_BxLxD = x_BxLxD + self.pos_embed(jnp.arange(tokens_BxL.shape[1]))[None]
+    found = {}
     for i, block in enumerate(self.blocks):
       if i == frozen_below > 0:  # the backward pass stops here (progressive.py)
         x_BxLxD = jax.lax.stop_gradient(x_BxLxD)
-      x_BxLxD = block(x_BxLxD)
-    return self.head(self.final_norm(x_BxLxD)).astype(jnp.float32)
+      if max_logits:
+        x_BxLxD, found[f"blocks/{i}/attn"] = block(x_BxLxD, max_logits=True)
+      else:
+        x_BxLxD = block(x_BxLxD)
+    logits_BxLxV = self.head(self.final_norm(x_BxLxD)).astype(jnp.float32)
+    return (logits_BxLxV, found) if max_logits else logits_BxLxV
 
 
 def gpt_rules(
@@ -225,6 +260,16 @@ def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
     else:
       raise ValueError(f"{name}: scion_init has no initializer for this parameter.")
     var.set_value(new.astype(dtype))
+
+
+def qk_clip(cfg: GPTConfig, tau: float) -> optax.GradientTransformationExtraArgs:
+  """``ol.contrib.qk_clip`` for this model's fused ``[q | k | v]`` kernels (``--qk-clip``).
+
+  Chained after the optimizer; its ``update`` takes ``max_logits``, the second
+  output of ``GPT(..., max_logits=True)``.
+  """
+  return optax_lmo.contrib.qk_clip(tau, query=(r"(^|/)attn/qkv/kernel$", 0, 3),
+                                   key=(r"(^|/)attn/qkv/kernel$", 1, 3), heads=cfg.heads)
 
 
 def optax_muon_dims(params):

@@ -1,4 +1,4 @@
-"""The example's optimizers: defaults, schedules, and the --drop and --adaptive-batch wrappers.
+"""The example's optimizers: defaults, schedules, the --drop and --adaptive-batch wrappers, QK-clip.
 
 With ``--adaptive-batch ETA`` the optimizer is wrapped in
 ``optax_lmo.contrib.adaptive_batch``: every training step feeds it one micro-batch (the
@@ -10,6 +10,10 @@ micro-batches seen) scales each update it emits. Every optimizer here is linear
 in its learning rate (the rate multiplies the whole update, decay included), so
 this is the schedule evaluated at the data seen rather than the optimizer steps
 taken, and the rate still decays to 0 at the end of the run.
+
+With ``--qk-clip TAU`` the optimizer is chained with ``optax_lmo.contrib.qk_clip``
+(``model.qk_clip``), and each step passes it the forward pass's per-head largest
+attention logits (``train.train_step_qk_clip``).
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
 
 
 def make_optimizer(cfg, gcfg: model_lib.GPTConfig) -> optax.GradientTransformation:
-  """The ``--optimizer`` with its schedule and rules, wrapped for --drop or --adaptive-batch."""
+  """The ``--optimizer`` with its schedule and rules, wrapped for --drop or --adaptive-batch,
+  or chained with QK-clip (``--qk-clip``)."""
   cfg = resolve(cfg)
   if cfg.adaptive_batch is not None:  # constant inside; the schedule counts micro-batches
     inner = base_optimizer(cfg, gcfg, cfg.lr, cfg.adam_lr)
@@ -96,6 +101,8 @@ def make_optimizer(cfg, gcfg: model_lib.GPTConfig) -> optax.GradientTransformati
                                   max_micro_batches=cfg.max_micro_batches),
         optax.scale_by_schedule(make_schedule(cfg, 1.0)))
   tx = base_optimizer(cfg, gcfg, make_schedule(cfg, cfg.lr), make_schedule(cfg, cfg.adam_lr))
+  if cfg.qk_clip is not None:  # its update takes max_logits (train.train_step_qk_clip)
+    return optax.chain(tx, model_lib.qk_clip(gcfg, cfg.qk_clip))
   return progressive.freeze(tx) if cfg.drop else tx
 
 

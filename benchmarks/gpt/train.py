@@ -90,6 +90,9 @@ class TrainConfig:
   adaptive_batch: float | None = flag(None, "norm-test tolerance ETA: accumulate micro-batches"
                                       " of --batch until it passes; --steps counts micro-batches")
   max_micro_batches: int = flag(16, "--adaptive-batch: the most micro-batches per step")
+  qk_clip: float | None = flag(None, "QK-clip TAU (MuonClip): after each step, scale the query"
+                               " and key weights of every head whose largest attention logit"
+                               " exceeds TAU so that it is TAU (Kimi K2: 100)")
   eval_every: int = flag(100, "steps between validation evaluations (and one at the end)")
   eval_batches: int = flag(8, "validation batches per evaluation (fixed windows)")
   log_every: int = flag(10, "steps between train-loss records and progress-bar updates")
@@ -122,7 +125,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {  # what a number must b
                      "eval_batches", "log_every", "ckpt_every", "keep_ckpts", "num_processes",
                      "stop_after"), (lambda v: v >= 1, ">= 1")),
     **dict.fromkeys(("lr", "adam_lr", "embed_radius", "hidden_radius", "output_radius",
-                     "adaptive_batch"),
+                     "adaptive_batch", "qk_clip"),
                     (lambda v: v > 0, "> 0")),
     **dict.fromkeys(("weight_decay", "warmup", "seed", "process_id"), (lambda v: v >= 0, ">= 0")),
     "beta": (lambda v: 0 <= v < 1, "in [0, 1)"), "decay_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -146,6 +149,9 @@ def validate(cfg: TrainConfig) -> None:
     raise ValueError("--drop freezes the blocks below a cutoff: it needs --depth >= 2.")
   if cfg.drop and cfg.adaptive_batch is not None:
     raise ValueError("--drop and --adaptive-batch do not combine (one mask per micro-batch).")
+  if cfg.qk_clip is not None and (cfg.drop or cfg.adaptive_batch is not None):
+    raise ValueError("--qk-clip does not combine with --drop or --adaptive-batch (it clips"
+                     " after each optimizer step, from that step's forward pass).")
   if cfg.data is not None and not os.path.isfile(cfg.data):
     raise ValueError(f"--data {cfg.data}: no such file.")
   try:
@@ -204,6 +210,22 @@ def train_step(model, optimizer, x_BxL, y_BxL, cut=None):
     loss, grads = progressive.value_and_grad(loss_fn, mesh_lib.gathered(model), cut, x_BxL,
                                              y_BxL)
     optimizer.update(model, grads, cut=cut)
+  return loss
+
+
+def loss_and_max_logits(model: model_lib.GPT, x_BxL, y_BxL):
+  """:func:`loss_fn`, and each layer's per-head largest attention logits (``--qk-clip``)."""
+  logits_BxLxV, max_logits = model(x_BxL, max_logits=True)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, y_BxL).mean()
+  return loss, max_logits
+
+
+@nnx.jit
+def train_step_qk_clip(model, optimizer, x_BxL, y_BxL):
+  """One step of ``--qk-clip``: the optimizer (QK-clip chained last) gets the forward's logits."""
+  (loss, max_logits), grads = nnx.value_and_grad(loss_and_max_logits, has_aux=True)(
+      mesh_lib.gathered(model), x_BxL, y_BxL)
+  optimizer.update(model, grads, max_logits=max_logits)
   return loss
 
 
@@ -273,7 +295,8 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     model, optimizer = mesh_lib.create(create, mesh)  # one compiled call, laid out on the mesh
-    step_fn = mesh_lib.jit_step(train_step, model, optimizer, mesh, cfg.batch, extra=cfg.drop)
+    step_fn = mesh_lib.jit_step(train_step if cfg.qk_clip is None else train_step_qk_clip,
+                                model, optimizer, mesh, cfg.batch, extra=cfg.drop)
     params = nnx.state(model, nnx.Param)
     if lead and cfg.optimizer in ("scion", "unconstrained_scion", "muon"):
       with open(os.path.join(cfg.workdir, "describe.txt"), "w") as f:

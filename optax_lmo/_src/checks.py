@@ -7,7 +7,7 @@ Each numeric hyperparameter has one rule, looked up by its name:
   checked here);
 * ``beta``, ``adam_b1``, ``adam_b2``: in ``[0, 1)``;
 * ``keep_prob``: in ``(0, 1]``;
-* ``eta`` (a tolerance): a finite number ``> 0``;
+* ``eta`` (a tolerance), ``tau`` (a logit cap): a finite number ``> 0``;
 * anything else (``weight_decay``, ``radius``, ``lr_mult``, ``decay``,
   ``dual_clip``, ``adam_eps``, ...): a finite number ``>= 0``.
 
@@ -34,7 +34,7 @@ from optax_lmo._src import spec as spec_lib
 
 SCHEDULES = frozenset({"learning_rate", "adam_learning_rate"})  # may be callables
 UNIT = frozenset({"beta", "adam_b1", "adam_b2"})  # decays of running averages: [0, 1)
-POSITIVE = frozenset({"eta"})  # finite and > 0
+POSITIVE = frozenset({"eta", "tau"})  # finite and > 0
 OPTIONAL = frozenset({"adam_learning_rate", "keep_prob", "decay"})  # None has a meaning
 
 
