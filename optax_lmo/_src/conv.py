@@ -6,9 +6,7 @@ import dataclasses
 import math
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.norms import Spectral
@@ -84,6 +82,9 @@ class SpectralConv(Spectral):
 
   def view(self, shape, spec=None, path=""):
     where = f"{path}: " if path else ""
+    if spec is not None and spec.blocked:
+      raise ValueError(f"{where}SpectralConv takes no blocks in its MatrixSpec ({spec}); a"
+                       " grouped convolution's groups are SpectralConv(groups=G).")
     if spec is not None:
       view = spec.resolve(len(shape), path)
     elif len(shape) < 3:
@@ -128,8 +129,9 @@ class SpectralConv(Spectral):
     # (d_in = T c_in).
     weight = 1.0 if not self.scaled else (1.0 / taps if per_tap else 1.0 / math.sqrt(taps))
     return Stack(
-        spec_lib.merge_axes(_reshape(x, shape, split_layout), groups),
-        lambda m: _reshape(spec_lib.split_axes(m, shape, groups, split_layout), x.shape, layout),
+        spec_lib.merge_axes(spec_lib.reshape(x, shape, split_layout), groups),
+        lambda m: spec_lib.reshape(spec_lib.split_axes(m, shape, groups, split_layout), x.shape,
+                                   layout),
         spec_lib.batch_shape(shape, view),
         taps if per_tap else 1,
         weight,
@@ -142,15 +144,6 @@ class SpectralConv(Spectral):
     b, _, o = view.dims(shape)
     prefix = f"{b}x" if view.batch_axes(len(shape)) else ""
     return f"{prefix}{taps}x{shape[groups[1][0]]}x{o} per tap"
-
-
-def _reshape(x: jax.Array, shape: tuple[int, ...], layout: tuple | None) -> jax.Array:
-  """``x`` reshaped to ``shape``, laid out as ``layout`` on an ``Explicit`` mesh."""
-  if tuple(x.shape) == tuple(shape):
-    return x
-  if layout is None:
-    return x.reshape(shape)
-  return jax.lax.reshape(x, shape, out_sharding=PartitionSpec(*layout))
 
 
 __all__ = ["SpectralConv"]

@@ -62,6 +62,7 @@ class Norm:
       matrix norm on a leaf with ndim >= 3 and no spec.
     """
     if spec is not None:
+      spec.unblocked(shape, path)  # raises, naming the leaf, for blocks that do not fit
       return spec.resolve(len(shape), path)
     if self.needs_matrix:
       return spec_lib.default_spec(len(shape), path, what=repr(self))
@@ -80,10 +81,14 @@ class Norm:
     """
     x = jnp.asarray(x, jnp.float32)
     view = self.view(x.shape, spec, path)
-    groups, layout = view.groups(x.ndim), spec_lib.explicit_spec(x)
+    shape, cut = view.unblocked(x.shape, path)  # blocks (if any) become a batch axis
+    groups, layout, cut_layout = cut.groups(len(shape)), spec_lib.explicit_spec(x), \
+        spec_lib.cut_layout(x, view)
     return Stack(
-        spec_lib.merge_axes(x, groups),
-        lambda m: spec_lib.split_axes(m, x.shape, groups, layout),
+        spec_lib.merge_axes(spec_lib.pin_blocks(spec_lib.reshape(x, shape, cut_layout), view),
+                            groups),
+        lambda m: spec_lib.reshape(spec_lib.split_axes(m, shape, groups, cut_layout), x.shape,
+                                   layout),
         spec_lib.batch_shape(x.shape, view),
     )
 

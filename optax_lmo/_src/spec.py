@@ -19,11 +19,17 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class MatrixSpec:
-  """Which axes of a leaf are fan-in and which are fan-out.
+  """Which axes of a leaf are fan-in and which are fan-out, and into how many blocks each is cut.
 
-  Axes may be negative. Axes named in neither tuple are batch axes.
+  Axes may be negative. Axes named in neither tuple are batch axes. With
+  ``out_blocks=k`` the (single) fan-out axis is cut into ``k`` equal,
+  contiguous blocks, each its own matrix: a fused QKV kernel ``(d, 3d)`` as q, k
+  and v (``out_blocks=3``), a head-merged projection ``(d, h * d_head)`` as its
+  ``h`` heads, or pairs of heads (``out_blocks=h // 2``). ``in_blocks`` cuts the
+  fan-in axis the same way (an attention output projection ``(h * d_head, d)``
+  per head). The blocks are a batch axis of the view, just before the cut axis.
 
   Examples:
     >>> import optax_lmo as ol
@@ -31,14 +37,38 @@ class MatrixSpec:
     MatrixSpec(fan_in=(0,), fan_out=(1,))
     >>> ol.MatrixSpec(fan_in=(1,), fan_out=(2,))  # stacked layers (L, d_in, d_out)
     MatrixSpec(fan_in=(1,), fan_out=(2,))
+    >>> ol.MatrixSpec(out_blocks=3).describe((64, 192))  # fused QKV: q, k and v
+    '3x64x64 (fan-out in 3 blocks)'
   """
 
   fan_in: tuple[int, ...] = (0,)
   fan_out: tuple[int, ...] = (1,)
+  in_blocks: int = 1
+  out_blocks: int = 1
 
   def __post_init__(self):
     object.__setattr__(self, "fan_in", tuple(int(a) for a in _as_tuple(self.fan_in)))
     object.__setattr__(self, "fan_out", tuple(int(a) for a in _as_tuple(self.fan_out)))
+    for name in ("in_blocks", "out_blocks"):
+      k = getattr(self, name)
+      if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"MatrixSpec {name} must be an int >= 1, got {k!r}.")
+    for name, axes in (("in_blocks", self.fan_in), ("out_blocks", self.fan_out)):
+      if getattr(self, name) > 1 and len(axes) != 1:
+        side = "fan-in" if name == "in_blocks" else "fan-out"
+        raise ValueError(f"MatrixSpec {name}={getattr(self, name)} cuts one {side} axis into"
+                         f" blocks; got {side} axes {axes}. Merge them first (reshape the"
+                         " leaf) or name one axis.")
+
+  def __repr__(self):
+    blocks = "".join(f", {n}={getattr(self, n)}" for n in ("in_blocks", "out_blocks")
+                     if getattr(self, n) > 1)
+    return f"MatrixSpec(fan_in={self.fan_in}, fan_out={self.fan_out}{blocks})"
+
+  @property
+  def blocked(self) -> bool:
+    """Whether a fan-in or fan-out axis is cut into blocks."""
+    return self.in_blocks > 1 or self.out_blocks > 1
 
   def resolve(self, ndim: int, path: str = "") -> MatrixSpec:
     """Returns this spec with non-negative axes, checked against ``ndim``."""
@@ -51,7 +81,30 @@ class MatrixSpec:
     if len(set(axes)) != len(axes):
       raise ValueError(f"{where}{self} names an axis twice.")
     n_in = len(self.fan_in)
-    return MatrixSpec(tuple(axes[:n_in]), tuple(axes[n_in:]))
+    return MatrixSpec(tuple(axes[:n_in]), tuple(axes[n_in:]), self.in_blocks, self.out_blocks)
+
+  def unblocked(self, shape: Sequence[int], path: str = "") -> tuple[tuple[int, ...], MatrixSpec]:
+    """The leaf shape with each cut axis split into ``(blocks, size / blocks)``, and its view.
+
+    In that view the blocks are a batch axis; without blocks, ``shape`` and
+    this spec (resolved) come back unchanged.
+
+    Raises:
+      ValueError: a cut axis that the blocks do not divide (naming ``path``).
+    """
+    r, shape = self.resolve(len(shape), path), tuple(int(n) for n in shape)
+    fan_in, fan_out = list(r.fan_in), list(r.fan_out)
+    cuts = [(fan_in[0], r.in_blocks, "fan-in")] if r.in_blocks > 1 else []
+    cuts += [(fan_out[0], r.out_blocks, "fan-out")] if r.out_blocks > 1 else []
+    for a, k, side in sorted(cuts, reverse=True):  # the higher axis first: lower ones stay put
+      if shape[a] % k:
+        where = f"{path}: " if path else ""
+        raise ValueError(f"{where}{self}: the {side} axis {a} (size {shape[a]}) does not cut"
+                         f" into {k} equal blocks.")
+      shape = shape[:a] + (k, shape[a] // k) + shape[a + 1:]
+      fan_in = [x + 1 if x >= a else x for x in fan_in]
+      fan_out = [x + 1 if x >= a else x for x in fan_out]
+    return shape, MatrixSpec(tuple(fan_in), tuple(fan_out))
 
   def batch_axes(self, ndim: int) -> tuple[int, ...]:
     """The axes of a leaf with ``ndim`` axes that are neither fan-in nor fan-out, in order."""
@@ -65,17 +118,24 @@ class MatrixSpec:
     return self.batch_axes(ndim), r.fan_in, r.fan_out
 
   def dims(self, shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(batch, d_in, d_out)`` sizes of the matrix view of ``shape``."""
-    r = self.resolve(len(shape))
+    """``(batch, d_in, d_out)`` sizes of the matrix view of ``shape`` (blocks in the batch)."""
+    shape, r = self.unblocked(shape)
     d_in = math.prod(shape[a] for a in r.fan_in)
     d_out = math.prod(shape[a] for a in r.fan_out)
-    batch = math.prod(shape[a] for a in self.batch_axes(len(shape)))
+    batch = math.prod(shape[a] for a in r.batch_axes(len(shape)))
     return batch, d_in, d_out
 
   def describe(self, shape: Sequence[int]) -> str:
-    """``"<batch>x<d_in>x<d_out>"`` for a leaf of ``shape`` (``"<d_in>x<d_out>"`` without batch)."""
+    """``"<batch>x<d_in>x<d_out>"`` for a leaf of ``shape`` (``"<d_in>x<d_out>"`` without batch).
+
+    A cut axis adds what it was cut into: ``"3x64x64 (fan-out in 3 blocks)"``.
+    """
     b, i, o = self.dims(shape)
-    return f"{b}x{i}x{o}" if self.batch_axes(len(shape)) else f"{i}x{o}"
+    plain, r = self.unblocked(shape)
+    out = f"{b}x{i}x{o}" if r.batch_axes(len(plain)) else f"{i}x{o}"
+    cuts = [f"{side} in {k} blocks" for side, k in (("fan-in", self.in_blocks),
+                                                      ("fan-out", self.out_blocks)) if k > 1]
+    return out + (f" ({', '.join(cuts)})" if cuts else "")
 
 
 class Stack(NamedTuple):
@@ -228,7 +288,8 @@ def to_matrices(x: jax.Array, spec: MatrixSpec) -> jax.Array:
   Returns:
     The ``(batch, d_in, d_out)`` stack, batch axes in leaf order.
   """
-  return merge_axes(x, spec.groups(x.ndim))
+  shape, view = spec.unblocked(x.shape)
+  return merge_axes(reshape(x, shape, cut_layout(x, spec)), view.groups(len(shape)))
 
 
 def from_matrices(m_BxIxO: jax.Array, shape: Sequence[int], spec: MatrixSpec) -> jax.Array:
@@ -242,7 +303,8 @@ def from_matrices(m_BxIxO: jax.Array, shape: Sequence[int], spec: MatrixSpec) ->
   Returns:
     An array of ``shape``.
   """
-  return split_axes(m_BxIxO, shape, spec.groups(len(shape)))
+  cut, view = spec.unblocked(shape)
+  return split_axes(m_BxIxO, cut, view.groups(len(cut))).reshape(tuple(shape))
 
 
 def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
@@ -255,7 +317,80 @@ def batch_shape(shape: Sequence[int], spec: MatrixSpec) -> tuple[int, ...]:
   Returns:
     The sizes of the batch axes, in leaf order.
   """
-  return tuple(shape[a] for a in spec.batch_axes(len(shape)))
+  shape, view = spec.unblocked(shape)
+  return tuple(shape[a] for a in view.batch_axes(len(shape)))
+
+
+def cut_layout(x: jax.Array, spec: MatrixSpec) -> tuple | None:
+  """The :func:`explicit_spec` of ``x`` after :meth:`MatrixSpec.unblocked` cuts its axes.
+
+  A cut axis's mesh axes go to the blocks where they divide the number of
+  blocks, else to the part within a block where they divide that, else nowhere.
+
+  Args:
+    x: a leaf (array or tracer).
+    spec: its view.
+
+  Returns:
+    One entry per axis of the cut shape, or ``None`` off an ``Explicit`` mesh.
+  """
+  layout = explicit_spec(x)
+  if layout is None or not spec.blocked:
+    return layout
+  r, mesh = spec.resolve(x.ndim), jax.typeof(x).sharding.mesh
+  out = list(layout)
+  cuts = [(r.fan_in[0], r.in_blocks)] if r.in_blocks > 1 else []
+  cuts += [(r.fan_out[0], r.out_blocks)] if r.out_blocks > 1 else []
+  for a, k in sorted(cuts, reverse=True):
+    entry, size = out[a], x.shape[a]
+    devices = math.prod(mesh.shape[m] for m in _axes(entry))
+    on_blocks = entry if k % devices == 0 else None
+    within = entry if on_blocks is None and (size // k) % devices == 0 else None
+    out[a:a + 1] = [on_blocks, within]
+  return tuple(out)
+
+
+def pin_blocks(x_cut: jax.Array, spec: MatrixSpec) -> jax.Array:
+  """On a mesh whose axes XLA lays out (``Auto``), keeps each cut axis's blocks whole.
+
+  XLA may split a cut axis over part of a mesh axis, a layout the exchange's
+  partitioner cannot name. Here each cut (blocks and their inside) is
+  replicated unless the blocks divide evenly over every usable device; other
+  axes stay XLA's choice. Off such a mesh, or without blocks: ``x_cut`` as is.
+
+  Args:
+    x_cut: the leaf after :meth:`MatrixSpec.unblocked`'s cut (an array or tracer).
+    spec: the leaf's view (with its blocks).
+
+  Returns:
+    ``x_cut``, constrained where needed.
+  """
+  if not spec.blocked or not isinstance(x_cut, jax.core.Tracer):
+    return x_cut
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or AxisType.Auto not in mesh.axis_types:
+    return x_cut
+  devices = math.prod(n for n, t in zip(mesh.axis_sizes, mesh.axis_types, strict=True)
+                      if t == AxisType.Auto)
+  r = spec.resolve(x_cut.ndim - (spec.in_blocks > 1) - (spec.out_blocks > 1))
+  cuts = [(a, k) for a, k in ((r.fan_in[0], r.in_blocks), (r.fan_out[0], r.out_blocks)) if k > 1]
+  entries = [PartitionSpec.UNCONSTRAINED] * x_cut.ndim
+  pinned = False
+  for a, k in cuts:
+    if k % devices:
+      at = a + sum(b < a for b, _ in cuts)  # the blocks' axis in the cut shape
+      entries[at] = entries[at + 1] = None
+      pinned = True
+  return jax.lax.with_sharding_constraint(x_cut, PartitionSpec(*entries)) if pinned else x_cut
+
+
+def reshape(x: jax.Array, shape: Sequence[int], layout: tuple | None) -> jax.Array:
+  """``x`` reshaped to ``shape``, laid out as ``layout`` on an ``Explicit`` mesh."""
+  if tuple(x.shape) == tuple(shape):
+    return x
+  if layout is None:
+    return x.reshape(tuple(shape))
+  return jax.lax.reshape(x, tuple(shape), out_sharding=PartitionSpec(*layout))
 
 
 def path_str(path) -> str:
