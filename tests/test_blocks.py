@@ -165,3 +165,57 @@ if __name__ == "__main__" and "--worker" in sys.argv:
   import json
 
   print(json.dumps(_sharded_worker(int(sys.argv[-1]))))
+
+
+# -- infer_rules finds the cuts: blocks="fused" | "split" | "per_head" ------------------------
+
+D, H = 16, 4
+
+
+def _attention(cut):
+  """A one-layer attention whose fused projection's result is cut by ``cut``."""
+  params = {"embed": jnp.ones((11, D)), "qkv": jnp.ones((D, 3 * D)), "q2": jnp.ones((D, D)),
+            "out": jnp.ones((D, D)), "head": jnp.ones((D, 11))}
+
+  def apply(p, t):
+    x = p["embed"][t]
+    q, k, v = cut(x @ p["qkv"])
+    heads = lambda a: a.reshape(*a.shape[:-1], H, D // H)
+    q = heads(q) + heads(x @ p["q2"])  # a separate projection, reshaped into heads
+    att = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, heads(k)), -1)
+    y = jnp.einsum("bhqk,bkhd->bqhd", att, heads(v)).reshape(x.shape)
+    return (x + y @ p["out"]) @ p["head"]
+
+  return params, apply
+
+
+CUTS = {"split": lambda y: jnp.split(y, 3, axis=-1),
+        "slice": lambda y: (y[..., :D], y[..., D:2 * D], y[..., 2 * D:])}
+
+
+@pytest.mark.parametrize("cut", sorted(CUTS))
+@pytest.mark.parametrize("blocks,qkv,q2", [("fused", None, None),
+                                           ("split", ol.MatrixSpec(out_blocks=3), None),
+                                           ("per_head", ol.MatrixSpec(out_blocks=3 * H),
+                                            ol.MatrixSpec(out_blocks=H))])
+def test_infer_rules_cuts_what_the_model_cuts(cut, blocks, qkv, q2):
+  params, apply = _attention(CUTS[cut])
+  rules = ol.infer_rules(apply, params, jnp.zeros((2, 5), jnp.int32), blocks=blocks)
+  g = {p: rules.group_for(p, params[p]) for p in params}
+  assert (g["qkv"].spec, g["q2"].spec, g["out"].spec) == (qkv, q2, None)
+  assert f"result cut into 3 by {cut}, each piece reshaped into {H} heads -> {blocks}" \
+      in g["qkv"].evidence
+  assert g["head"].role == "output" and g["head"].spec is None  # heads only for hidden layers
+
+
+def test_unequal_pieces_are_not_cut_and_bad_blocks_are_refused():
+  params = {"w": jnp.ones((D, 24)), "head": jnp.ones((24, 3))}
+
+  def apply(p, x):  # a gate and a value of different widths (GLU-like), not blocks
+    y = x @ p["w"]
+    return jnp.concatenate([y[..., :8] * 2.0, y[..., 8:]], -1) @ p["head"]
+
+  x = jnp.ones((2, D))
+  assert ol.infer_rules(apply, params, x, blocks="split").group_for("w", params["w"]).spec is None
+  with pytest.raises(ValueError, match=r"blocks must be one of \('fused', 'split', 'per_head'\)"):
+    ol.infer_rules(apply, params, x, blocks="heads")

@@ -60,6 +60,7 @@ def infer_rules(
     output: int | Callable[[Any], Any] | None = None,
     rules: rules_lib.Rules | rules_lib.RuleList | None = None,
     strict: bool = True,
+    blocks: str = "fused",
     **example_kwargs,
 ) -> rules_lib.Rules:
   """Rules for every parameter leaf, from the ops that use it in the traced model.
@@ -94,6 +95,14 @@ def infer_rules(
   routes the rest; user rules listed first win. A leaf a user rule matches is
   not inferred, so it cannot fail the model.
 
+  **Fused projections and heads.** Where the model cuts a product's result
+  along its out-features right after the product (``jnp.split`` or equal
+  slices: a fused QKV kernel; a reshape into ``(heads, d_head)``), ``blocks``
+  says what the kernel's matrices are: ``"fused"`` (the default) one matrix, as
+  the references do; ``"split"`` one per piece (q, k and v:
+  ``MatrixSpec(out_blocks=3)``); ``"per_head"`` one per head of each piece
+  (``out_blocks=3 * heads``). The evidence names the cut either way.
+
   **Leaves the trace does not decide.** A matrix leaf used in two incompatible
   roles, never used, or consumed by an op the tracer does not know (say
   ``jnp.sort(W)``): with ``strict=True`` an error naming that leaf and the ops;
@@ -125,6 +134,8 @@ def infer_rules(
       inference (see above).
     strict: raise on a leaf the trace does not decide; ``False``: warn and fall
       back (see above).
+    blocks: ``"fused"``, ``"split"`` or ``"per_head"``: the matrices of a kernel
+      whose result the model cuts (see above).
     **example_kwargs: keyword arguments of the call (a model keyword named like
       one of the arguments above goes through a ``lambda``).
 
@@ -152,6 +163,8 @@ def infer_rules(
     ('Sign', 100.0, "user rule 'layers_2/kernel$'")
   """
   head = rules_lib.head_norm(output_norm)
+  if blocks not in BLOCKS:
+    raise ValueError(f"infer_rules: blocks must be one of {BLOCKS}, got {blocks!r}.")
   radii = dict(embedding=embed_radius, input=hidden_radius, hidden=hidden_radius,
                output=output_radius, tied=output_radius, vector=bias_radius, gain=bias_radius,
                conv=conv_radius)
@@ -165,7 +178,7 @@ def infer_rules(
     if any(re.search(pattern, path) for pattern, _ in user):
       continue
     try:
-      group = _decide(uses.get(i, []), np.shape(leaf), head, radii)
+      group = _decide(uses.get(i, []), np.shape(leaf), head, radii, blocks)
     except trace.Unresolved as e:
       if strict:
         raise ValueError(
@@ -212,7 +225,11 @@ def _spec_or_none(fan_in, fan_out, ndim) -> MatrixSpec | None:
   return MatrixSpec(tuple(fan_in), tuple(fan_out))
 
 
-def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_lib.Group:
+BLOCKS = ("fused", "split", "per_head")
+
+
+def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii,
+                  blocks: str = "fused") -> rules_lib.Group:
   """The group one matrix use asks for (role, norm, view, radius)."""
   radius = None
   if use.kind == "embed":
@@ -231,6 +248,13 @@ def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_l
   if use.kind != "conv":
     spec = _spec_or_none(use.fan_in, use.fan_out, len(shape))
   evidence = use.evidence(role)
+  cut = trace.result_blocks(use) if role in ("input", "hidden") else None
+  if cut is not None:
+    pieces, heads, said = cut
+    k = {"fused": 1, "split": pieces, "per_head": pieces * heads}[blocks]
+    if k > 1:
+      spec = MatrixSpec(use.fan_in, use.fan_out, out_blocks=k)
+    evidence += f"; {said} -> {blocks}" + (f" ({k} blocks)" if k > 1 else "")
   if radius is None:
     radius = radii[role]
   elif radii["conv"] is None:
@@ -238,14 +262,14 @@ def _matrix_group(use: trace.Use, shape, head: norms_lib.Norm, radii) -> rules_l
   return rules_lib.Group(norm, radius, spec=spec, role=role, evidence=evidence)
 
 
-def _decide(uses: list[trace.Use], shape, head, radii) -> rules_lib.Group:
+def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") -> rules_lib.Group:
   """One leaf's group from all its uses; raises :class:`trace.Unresolved`."""
   ndim = len(shape)
   unknown = [u for u in uses if u.kind == "unknown"]
   if unknown:
     raise trace.Unresolved("used by an op the tracer does not know: "
                            + ", ".join(sorted({u.detail for u in unknown})))
-  uses = [u for u in uses if u.kind != "reduce"]
+  uses = [u for u in uses if u.kind not in ("reduce", "selected")]
   matrix = [u for u in uses if u.kind in ("embed", "dot", "conv")]
   elementwise = [u for u in uses if u.kind == "elementwise"]
   if not uses:
@@ -267,7 +291,7 @@ def _decide(uses: list[trace.Use], shape, head, radii) -> rules_lib.Group:
     batch = f"; batch {tuple(sorted(gone))}" if gone else ""
     return rules_lib.Group(norms_lib.BiasRMS(), radii[role], spec=spec, role=role,
                            evidence=f"elementwise only ({ops}){batch}; {role}")
-  groups = [_matrix_group(u, shape, head, radii) for u in matrix]
+  groups = [_matrix_group(u, shape, head, radii, blocks) for u in matrix]
   roles = {g.role for g in groups}
   if "embedding" in roles and ("output" in roles or "tied" in roles):
     outs = [(g, u) for g, u in zip(groups, matrix, strict=True) if g.role in ("output", "tied")]

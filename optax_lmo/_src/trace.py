@@ -33,12 +33,14 @@ from optax_lmo._src.trace_ops import (
     conv_use,
     dot_use,
     gather_use,
+    gathered_view,
+    result_blocks,
     sorted_tuple,
     sub_jaxpr,
     view_through,
 )
 
-__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "trace_uses"]
+__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "trace_uses"]
 
 
 class Frame:
@@ -51,6 +53,9 @@ class Frame:
     self.products: set[int] = set()  # eqn indices that are parameter products
     self.out: set = set()  # vars that reach the function's output past no product
     self.uses: list[Use] = []
+    # var -> (view, the lookup's Use): whole slices gathered from a leaf (expert weights
+    # picked by a router), a weight again if a product with data consumes them.
+    self.gathered: dict = {}
 
   def get(self, v):
     if isinstance(v, jcore.Literal):
@@ -72,10 +77,13 @@ class Tracer:
     self.ndims = ndims
 
   # -- forward ----------------------------------------------------------------
-  def forward(self, jaxpr, in_facts) -> tuple[Frame, list]:
+  def forward(self, jaxpr, in_facts, gathered=()) -> tuple[Frame, list]:
     fr = Frame(jaxpr)
     for v, f in zip(jaxpr.invars, in_facts, strict=True):
       fr.facts[v] = f
+    for v, g in zip(jaxpr.invars, gathered, strict=False):
+      if g is not None:
+        fr.gathered[v] = g
     for i, eqn in enumerate(jaxpr.eqns):
       ins = [fr.get(v) for v in eqn.invars]
       outs = self._eqn(fr, i, eqn, ins)
@@ -104,8 +112,13 @@ class Tracer:
     if name in CALLS or (sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
       sub = sub_jaxpr(eqn)
       if sub is not None and len(sub.invars) == len(ins) and len(sub.outvars) == n_out:
-        child, outs = self.forward(sub, ins)
+        held = [None if isinstance(v, jcore.Literal) else fr.gathered.get(v)
+                for v in eqn.invars]
+        child, outs = self.forward(sub, ins, held)
         fr.children[i] = [child]
+        for v, out in zip(sub.outvars, eqn.outvars, strict=True):
+          if not isinstance(v, jcore.Literal) and v in child.gathered:
+            fr.gathered[out] = child.gathered[v]
         return outs
     if name == "scan":
       return self._scan(fr, i, eqn, ins)
@@ -113,6 +126,8 @@ class Tracer:
       return self._while(fr, i, eqn, ins)
     if name == "cond":
       return self._cond(fr, i, eqn, ins)
+    if fr.gathered:
+      self._selected(fr, eqn, ins)
     if all(v is None for v in views):
       return [(None, raw, data)] * n_out
     if name in VIEW_OPS and views[0] is not None and all(v is None for v in views[1:]):
@@ -125,8 +140,13 @@ class Tracer:
                                                                       self.ndims[v.leaf]))
     if name == "gather" and views[1] is None and jnp.issubdtype(eqn.invars[1].aval.dtype,
                                                                  jnp.integer):
-      return self._product(fr, i, eqn, ins, lambda k, v, o: gather_use(eqn, v,
+      outs = self._product(fr, i, eqn, ins, lambda k, v, o: gather_use(eqn, v,
                                                                         self.ndims[v.leaf]))
+      lookup = fr.uses[-1] if fr.uses and fr.uses[-1].result is eqn.outvars[0] else None
+      slices = gathered_view(eqn, views[0])
+      if lookup is not None and lookup.kind == "embed" and slices is not None:
+        fr.gathered[eqn.outvars[0]] = (slices, lookup)
+      return outs
     if name in ELEMENTWISE:
       if data:
         for v in views:
@@ -151,6 +171,32 @@ class Tracer:
       if v is not None:
         self._use(fr, Use(v.leaf, "unknown", name))
     return [(None, raw, data)] * n_out
+
+  def _selected(self, fr: Frame, eqn, ins) -> None:
+    """Follows gathered slices of a leaf through view ops into a product with data.
+
+    There they are a weight: the product gives the leaf's matrix view (the indexed
+    axes a batch axis) and the lookup stops counting as an embedding.
+    """
+    name = eqn.primitive.name
+    held = [None if isinstance(v, jcore.Literal) else fr.gathered.get(v) for v in eqn.invars]
+    if name in VIEW_OPS and held and held[0] is not None:
+      view, lookup = held[0]
+      for out, v in zip(eqn.outvars, view_through(eqn, view), strict=True):
+        fr.gathered[out] = (v, lookup)
+      return
+    if name != "dot_general":
+      return
+    for k in (0, 1):
+      other = ins[1 - k]
+      if held[k] is None or other[0] is not None or not other[2]:
+        continue  # a lookup multiplied by a parameter is an embedding's activation
+      view, lookup = held[k]
+      use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other: dot_use(
+          eqn, k, view, other, self.ndims[view.leaf], gathered=True))
+      if use is not None:
+        self._use(fr, use, eqn)
+        lookup.kind = "selected"  # not an embedding: the product decides the leaf
 
   def _product(self, fr, i, eqn, ins, make) -> list:
     fr.products.add(i)

@@ -44,6 +44,7 @@ class Use:
   frame: Any = None  # where the product's result lives, for the output flag
   result: Any = None  # the product's result variable
   output: bool = False  # set after the backward pass
+  out_axis: int | None = None  # the result's axis holding the one fan-out axis (products)
 
   def evidence(self, role: str) -> str:
     batch = f", batch {self.batch}" if self.batch else ""
@@ -79,6 +80,62 @@ def sub_jaxpr(eqn):
     if isinstance(j, jcore.Jaxpr):
       return j
   return None
+
+
+def result_blocks(use: Use) -> tuple[int, int, str] | None:
+  """How the model cuts a product's result along its fan-out axis right after the product.
+
+  Follows the result through casts and a same-shape add (a bias) to a ``split``
+  into equal pieces, or equal ``slice``s covering the axis (a fused QKV), and
+  each piece (or the result itself) to a ``reshape`` that splits the axis into
+  ``(heads, d_head)``.
+
+  Returns:
+    ``(pieces, heads per piece, evidence)``, or ``None`` when nothing cuts it.
+  """
+  if use.kind != "dot" or use.out_axis is None or use.frame is None:
+    return None
+  eqns, axis = use.frame.jaxpr.eqns, use.out_axis
+
+  def consumers(v):
+    return [e for e in eqns if any(x is v for x in e.invars)]
+
+  def follow(v):
+    for _ in range(4):
+      cs = consumers(v)
+      if (len(cs) != 1 or cs[0].primitive.name not in ("convert_element_type", "add", "copy")
+          or cs[0].outvars[0].aval.shape != v.aval.shape):
+        return v, cs
+      v = cs[0].outvars[0]
+    return v, consumers(v)
+
+  var, cs = follow(use.result)
+  n, pieces, outs, how = var.aval.shape[axis], 1, [var], ""
+  if len(cs) == 1 and cs[0].primitive.name == "split" and cs[0].params["axis"] == axis \
+      and len(set(cs[0].params["sizes"])) == 1:
+    pieces, outs, how = len(cs[0].params["sizes"]), list(cs[0].outvars), "split"
+  elif len(cs) > 1 and all(e.primitive.name == "slice" for e in cs):
+    spans = sorted((e.params["start_indices"][axis], e.params["limit_indices"][axis], e)
+                   for e in cs)
+    width = spans[0][1] - spans[0][0]
+    if all(lo == i * width and hi == lo + width for i, (lo, hi, _) in enumerate(spans)) \
+        and width * len(spans) == n:
+      pieces, outs, how = len(spans), [e.outvars[0] for _, _, e in spans], "slice"
+  heads = set()
+  for out in outs:
+    _, cs = follow(out)
+    old = out.aval.shape
+    got = {e.params["new_sizes"][axis] for e in cs if e.primitive.name == "reshape"
+           and len(e.params["new_sizes"]) == len(old) + 1
+           and e.params["new_sizes"][:axis] == old[:axis]
+           and e.params["new_sizes"][axis + 2:] == old[axis + 1:]}
+    heads.add(got.pop() if len(got) == 1 else 1)
+  h = heads.pop() if len(heads) == 1 else 1
+  if pieces == 1 and h == 1:
+    return None
+  said = [f"result cut into {pieces} by {how}"] if pieces > 1 else []
+  said += [f"{'each piece' if pieces > 1 else 'result'} reshaped into {h} heads"] if h > 1 else []
+  return pieces, h, ", ".join(said)
 
 
 def sorted_tuple(xs) -> tuple:
@@ -158,7 +215,7 @@ def view_through(eqn, view: View) -> list[View]:
   return [view] * len(eqn.outvars)  # casts, slices, split, copy: axes unchanged
 
 
-def dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
+def dot_use(eqn, k: int, view: View, other, ndim: int, gathered: bool = False) -> Use:
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   contract, batch = (lc, lb) if k == 0 else (rc, rb)
   free = tuple(a for a in range(len(view.axes)) if a not in contract and a not in batch)
@@ -167,7 +224,41 @@ def dot_use(eqn, k: int, view: View, other, ndim: int) -> Use:
                 ndim, detail)
   if not c["fan_in"]:
     raise Unresolved(f"{detail}: no leaf axis is contracted")
-  return Use(view.leaf, "dot", detail, c["fan_in"], c["fan_out"], c["batch"], input=other[1])
+  fan_out, batch = c["fan_out"], c["batch"]
+  stack = tuple(a for a in fan_out if a < min(c["fan_in"]))
+  if stack and len(stack) < len(fan_out):  # (E, d_in, d_out): a free axis in front is a stack
+    fan_out, batch = tuple(a for a in fan_out if a not in stack), sorted_tuple({*batch, *stack})
+    detail += f", leaf axes {stack} in front of the contracted ones a stack"
+  if view.gone and gathered:
+    detail += f" of the slices gathered on {sorted_tuple(view.gone)}"
+  out_axis = None
+  mine = [a for a in free if set(view.axes[a]) & set(fan_out)]
+  if len(fan_out) == 1 and len(mine) == 1:  # result axes: batch, lhs free, rhs free
+    lhs_free = eqn.invars[0].aval.ndim - len(lc) - len(lb)
+    out_axis = len(lb) + (0 if k == 0 else lhs_free) + free.index(mine[0])
+  return Use(view.leaf, "dot", detail, c["fan_in"], fan_out, batch, input=other[1],
+             out_axis=out_axis)
+
+
+def gathered_view(eqn, view: View) -> View | None:
+  """The view of a gather's result that takes whole slices of a leaf (``jnp.take(w, i, 0)``).
+
+  The indexed leaf axes are gone (batch axes); the index axes hold no leaf axis.
+  ``None`` for a gather that takes windows smaller than the leaf's other axes, or
+  slices of fewer than two axes (the rows of an embedding table).
+  """
+  dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+  shape = eqn.invars[0].aval.shape
+  dropped = set(dn.collapsed_slice_dims) | set(dn.operand_batching_dims)
+  kept = [a for a in range(len(shape)) if a not in dropped]
+  if (len(kept) < 2 or any(sizes[a] != shape[a] for a in kept)
+      or set(dn.start_index_map) - dropped):
+    return None
+  out = [frozenset()] * len(eqn.outvars[0].aval.shape)
+  for d, a in zip(dn.offset_dims, kept, strict=True):
+    out[d] = view.axes[a]
+  gone = frozenset().union(*(view.axes[a] for a in dropped))
+  return View(view.leaf, tuple(out), view.gone | gone)
 
 
 def conv_use(eqn, view: View, other, ndim: int) -> Use:
