@@ -24,7 +24,11 @@ it and changes one thing:
 8. ``head``: the head radius alone x1/2 and x2 (hidden radius and lr fixed);
 9. ``beta``: momentum 0.8 and 0.95 (against 0.9);
 10. ``warmup``: 50 steps of linear warmup (against none);
-11. ``embed``: the embedding radius 1/2 and 2 (against 1).
+11. ``embed``: the embedding radius 1/2 and 2 (against 1);
+12. ``views``: the fused qkv kernel seen as q, k and v (``--qkv-view split``)
+    and per head (``per_head``) for the best Scion, and our Muon (``ol.muon``,
+    :data:`MUON`: its best in ``convergence.json``, from Flax's init at lr 0.01)
+    fused, split and per head.
 
 AdamW's and optax's Muon's grids (seed 0) are those of
 ``benchmarks/results/convergence.json``: the same shape, data, evaluations and
@@ -50,6 +54,7 @@ import jax
 import optax
 
 from benchmarks import _common
+from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import optim
 from benchmarks.gpt import train as train_lib
 
@@ -58,7 +63,11 @@ SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_ev
 START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
 STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid", "head", "beta",
-          "warmup", "embed")
+          "warmup", "embed", "views")
+# Our Muon's best run in convergence.json ("muon standard init"; from the scion init, "muon",
+# its best ended 0.19 nats worse), at the trainer's defaults for it as the sweep ran it.
+MUON = dict(optimizer="muon", init="standard", lr=0.01)
+QKV_VIEWS = model_lib.QKV_VIEWS  # the trainer's --qkv-view; START's: the first, fused
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
 MAX_EXTEND = 2  # points past a grid's winning edge
 
@@ -88,7 +97,7 @@ def _resolved(cfg) -> dict:
   r = optim.resolve(cfg)
   return {k: getattr(r, k) for k in ("optimizer", "init", "lr", "adam_lr", "beta",
                                       "hidden_radius", "output_radius", "decay_frac", "steps",
-                                      "seed")}
+                                      "seed", "qkv_view")}
 
 
 def _loss(runs: dict, settings: dict) -> float:
@@ -149,6 +158,8 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   stages["beta"] = [{**best, "beta": b} for b in (0.8, 0.95)]
   stages["warmup"] = [{**best, "warmup": 50}]
   stages["embed"] = [{**best, "embed_radius": r} for r in (0.5, 2.0)]
+  stages["views"] = ([{**best, "qkv_view": v} for v in QKV_VIEWS[1:]]
+                     + [{**MUON, "qkv_view": v} for v in QKV_VIEWS])
   return stages
 
 
@@ -210,14 +221,16 @@ def _ratio(steps, adam_steps):
 def markdown(result: dict) -> str:
   """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON).
 
-  Settings are those that differ from :data:`START` (radii always); bold: a grid's best.
+  Settings are those that differ from :data:`START` (radii always; its ``qkv_view``:
+  fused); bold: a grid's best.
   """
+  start = {**START, "qkv_view": QKV_VIEWS[0]}
   lines = ["| stage | settings | lr | final val loss | steps to AdamW's best |",
            "|---|---|---|---|---|"]
   for r in summary(result):
     desc = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in r["what"].items()
-                     if START.get(k) != v or k in ("hidden_radius", "output_radius"))
+                     if start.get(k) != v or k in ("hidden_radius", "output_radius"))
     ratio = "not reached" if r["ratio"] is None else f"{r['ratio']:.2f}x"
     loss = f"{r['val_loss']:.4f}" + (" (grid edge)" if r["edge"] else "")
     if r["best"]:

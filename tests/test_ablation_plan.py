@@ -6,11 +6,16 @@ finds them (extending a grid past a winning edge), runs each setting once, ends,
 and that the summary names each stage's best run.
 """
 
+import json
 import math
+import os
 
 import pytest
 
+from benchmarks import _common
 from benchmarks import ablation as ab
+from benchmarks.gpt import optim
+from benchmarks.gpt import train as train_lib
 
 
 def fake_loss(s: dict, best_hidden: float, best_lr_factor: float) -> float:
@@ -56,6 +61,11 @@ def test_the_plan_finds_the_optimum_inside_its_grids_and_ends(best_hidden, best_
   assert {"short", "init", "schedule", "hybrid"} <= set(stages)
   short = next(s for st, s in order if st == "short")
   assert short["steps"] == 700 and short["lr"] == centre
+  assert stages[-5:] == ["views"] * 5 and list(ab.plan(runs))[-1] == "views" == ab.STAGES[-1]
+  views = [s for st, s in order if st == "views"]
+  best = {k: v for k, v in short.items() if k != "steps"}  # the best Scion run, full length
+  assert views[:2] == [{**best, "qkv_view": v} for v in ("split", "per_head")]
+  assert views[2:] == [{**ab.MUON, "qkv_view": v} for v in ("fused", "split", "per_head")]
 
 
 def test_summary_rows_name_each_stage_best():
@@ -70,3 +80,20 @@ def test_summary_rows_name_each_stage_best():
   table = ab.markdown(result)
   assert table.count("\n| ") == len(rows)  # after the header and its rule, one line a run
   assert sum(r["stage"] == "seed" for r in rows) == 3
+  views = [line for line in table.splitlines() if line.startswith("| views |")]
+  assert [("qkv_view split" in v, "qkv_view per_head" in v, "optimizer muon" in v)
+          for v in views] == [(True, False, False), (False, True, False), (False, False, True),
+                              (True, False, True), (False, True, True)]
+  assert "qkv_view" not in views[2] and "qkv_view" not in table.split("| views |")[0]
+
+
+def test_muon_is_our_muons_best_run_in_the_convergence_sweep():
+  """MUON: the lowest final loss among convergence.json's runs of ol.muon, at its settings."""
+  with open(os.path.join(_common.RESULTS, "convergence.json")) as f:
+    conv = json.load(f)
+  assert all(conv["config"][k] == v for k, v in ab.SHAPE.items())
+  top = min((r for r in conv["runs"] if r["optimizer"] == "muon"), key=lambda r: r["val_loss"])
+  assert (top["lr"], top.get("init"), top["beta"]) == (ab.MUON["lr"], ab.MUON["init"], None)
+  resolved = optim.resolve(train_lib.make_config(**ab.SHAPE, **ab.MUON))
+  assert (resolved.hidden_radius, resolved.output_radius, resolved.decay_frac) == (
+      top["hidden_radius"], top["output_radius"], top["decay_frac"])

@@ -298,6 +298,11 @@ BAD_FLAGS = [
     (["--qk-clip", "inf"], "--qk-clip must be a finite number"),
     (["--qk-clip", "100", "--drop"], "--qk-clip does not combine with --drop or --adaptive-batch"),
     (["--seq", "1000000"], "pydoc_data.topics: 465048 characters, too few: --seq 1000000 needs"),
+    (["--qkv-view", "heads"], "--qkv-view: invalid choice: 'heads'"),
+    (["--optimizer", "adamw", "--qkv-view", "split"],
+     "--qkv-view split: adamw does not route by the example's rules"),
+    (["--optimizer", "optax_muon", "--qkv-view", "per_head"],
+     "--qkv-view per_head: optax_muon does not route by the example's rules"),
 ]
 
 
@@ -579,3 +584,81 @@ def test_qk_clip_holds_the_attention_logits_near_tau(full_run, tmp_path):
   nnx.update(model, jax.tree_util.tree_map_with_path(
       lambda p, _: plain["params"][ckpt_lib.leaf_name(p)], nnx.state(model, nnx.Param)))
   assert _max_logits(model, x_BxL).min() > 2 * tau  # the same 20 steps without the clip
+
+
+# --qkv-view on the tiny model (width 32, 2 heads): the view of the fused (32, 96) qkv kernel.
+QKV_SHOWN = {"fused": "32x96", "split": "3x32x32 (fan-out in 3 blocks)",
+             "per_head": "6x32x16 (fan-out in 6 blocks)"}
+
+
+def _qkv_rows(table: str) -> list[str]:
+  return [line for line in str(table).splitlines() if "/attn/qkv/kernel " in line]
+
+
+def test_the_fused_qkv_view_is_the_default_and_leaves_the_rules_alone(full_run):
+  workdir, _ = full_run
+  assert train_lib.make_config().qkv_view == "fused"
+  assert model_lib.rules(model_lib.GPTConfig()) == gpt_rules()  # the same rule list, no spec
+  base = ol.muon_rules()
+  assert model_lib.with_qkv_view(base, model_lib.GPTConfig()) is base
+  rows = _qkv_rows(open(workdir / "describe.txt").read())
+  assert len(rows) == 2 and all(f" {QKV_SHOWN['fused']} " in r and " in " not in r for r in rows)
+  config = json.loads(open(workdir / "log.jsonl").readline())["config"]
+  assert config["qkv_view"] == "fused"
+
+
+@pytest.mark.parametrize("optimizer", train_lib.ROUTED)
+def test_every_routed_optimizer_sees_the_qkv_kernel_in_its_view(optimizer):
+  """The qkv kernel alone changes view, keeping its norm and radius; other leaves as fused."""
+  tables = {}
+  for view in model_lib.QKV_VIEWS:
+    cfg = train_lib.make_config(**{**TINY, "optimizer": optimizer, "qkv_view": view,
+                                   "depth": 1})
+    gcfg = train_lib.model_config(cfg, vocab_size=11)
+    params = nnx.state(model_lib.GPT(gcfg, rngs=nnx.Rngs(0)), nnx.Param)
+    tables[view] = str(ol.describe(train_lib.make_optimizer(cfg, gcfg), params)).splitlines()
+    (row,) = _qkv_rows("\n".join(tables[view]))
+    assert f" {QKV_SHOWN[view]} " in row and " Spectral " in row, (view, row)
+  for view in ("split", "per_head"):
+    for fused, other in zip(tables["fused"][2:], tables[view][2:], strict=True):  # no header
+      if "/attn/qkv/kernel " in fused:  # after the view: the same norm, radius, lr_mult, ...
+        after_fused = fused.split(QKV_SHOWN["fused"])[1].split()
+        assert other.split(QKV_SHOWN[view])[1].split() == after_fused, (fused, other)
+      else:
+        assert fused.split() == other.split(), (fused, other)
+
+
+@pytest.mark.parametrize("init", ["scion", "rms"])
+@pytest.mark.parametrize("view, blocks", [("fused", 1), ("split", 3), ("per_head", 6)])
+def test_the_inits_make_each_matrix_of_the_qkv_view_semi_orthogonal(init, view, blocks):
+  """Each matrix of the view has equal singular values; the scion init puts it on the ball.
+
+  q, k and v of the fused view are not semi-orthogonal (thirds of one random
+  ``d x 3d`` semi-orthogonal matrix): the view reaches the init.
+  """
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2, init=init,
+                            qkv_view=view, hidden_radius=3.0)
+  w = np.asarray(model_lib.GPT(cfg, rngs=nnx.Rngs(0)).blocks[0].attn.qkv.kernel[...], np.float64)
+  for block in np.split(w, blocks, axis=1):
+    sigma = np.linalg.svd(block, compute_uv=False)
+    np.testing.assert_allclose(sigma, sigma[0], rtol=1e-4)
+    if init == "scion":  # the RMS->RMS norm sqrt(d_in / d_out) sigma is the radius
+      assert np.sqrt(16 / block.shape[1]) * sigma[0] == pytest.approx(3.0, rel=1e-4)
+  if view == "fused":
+    for third in np.split(w, 3, axis=1):
+      sigma = np.linalg.svd(third, compute_uv=False)
+      assert sigma[0] > 1.5 * sigma[-1], sigma
+
+
+@pytest.mark.parametrize("optimizer, view", [("scion", "split"), ("muon", "per_head")])
+def test_a_qkv_view_trains_and_is_recorded(tmp_path, optimizer, view):
+  """Two steps train; describe.txt shows the view and the log's config records it."""
+  out = train_lib.train(_cfg(tmp_path, optimizer=optimizer, qkv_view=view, steps=2,
+                             eval_every=2, ckpt_every=2, log_every=1))
+  assert out["step"] == 2 and all(np.isfinite(p).all() for p in out["params"].values())
+  rows = _qkv_rows(open(tmp_path / "describe.txt").read())
+  assert len(rows) == 2 and all(f" {QKV_SHOWN[view]} " in r for r in rows), rows
+  records = list(map(json.loads, open(tmp_path / "log.jsonl")))
+  assert records[0]["config"]["qkv_view"] == view
+  evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
+  assert len(evals) == 2 and evals[-1] < evals[0], evals

@@ -5,7 +5,7 @@ Parameter paths (what the rules match on)::
   embed/embedding            (vocab, d)      token embedding    -> ColNorm
   pos_embed/embedding        (seq, d)        learned positions  -> ColNorm (rotary: absent)
   blocks/i/norm1/scale       (d,)                               -> BiasRMS
-  blocks/i/attn/qkv/kernel   (d, 3d)                            -> Spectral
+  blocks/i/attn/qkv/kernel   (d, 3d)                            -> Spectral (its view: qkv_view)
   blocks/i/attn/out/kernel   (d, d)                             -> Spectral
   blocks/i/norm2/scale       (d,)                               -> BiasRMS
   blocks/i/mlp/fc_in/kernel  (d, 4d)                            -> Spectral
@@ -17,6 +17,12 @@ Pre-norm blocks (RMSNorm), causal attention with rotary or learned positions, an
 a GELU MLP whose activation can be scaled by sqrt(2) to keep its variance [S].
 ``GPT(tokens, max_logits=True)`` also returns each attention head's largest logit,
 which :func:`qk_clip` (``--qk-clip``) uses to cap them.
+
+``GPTConfig.qkv_view`` (``--qkv-view``) is the fused qkv kernel's matrix view for
+the rules and both inits that read them: ``fused`` one ``d x 3d`` matrix,
+``split`` q, k and v (``MatrixSpec(out_blocks=3)``), ``per_head`` every head of
+each (``MatrixSpec(out_blocks=3 * heads)``: ``jnp.split`` into thirds, then each
+third into heads of ``d / heads`` columns, makes these contiguous blocks).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import optax_lmo
 from optax_lmo import norms
 
 INITS = ("scion", "rms", "standard")
+QKV_VIEWS = ("fused", "split", "per_head")
+QKV_KERNEL = r"(^|/)attn/qkv/kernel$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,7 @@ class GPTConfig:
   output_radius: float = 10.0  # radius of the output-head ball (scion init)
   output_norm: str = "rownorm"  # output-head geometry for the scion init: "rownorm" or "sign"
   dtype: str = "float32"  # activation (compute) dtype; parameters are always float32
+  qkv_view: str = "fused"  # the qkv kernel as one matrix, as q, k and v, or per head (QKV_VIEWS)
 
   def __post_init__(self):
     if self.width % self.heads:
@@ -64,6 +73,8 @@ class GPTConfig:
       raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
     if self.output_norm not in ("rownorm", "sign"):
       raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {self.output_norm!r}.")
+    if self.qkv_view not in QKV_VIEWS:
+      raise ValueError(f"qkv_view must be one of {QKV_VIEWS}, got {self.qkv_view!r}.")
 
 
 def _rotary(x_BxLxHxK: jax.Array) -> jax.Array:
@@ -228,13 +239,39 @@ def gpt_rules(
 
 
 def rules(cfg: GPTConfig) -> optax_lmo.Rules:
-  """The optimizer rules that match this model (same radii as its scion init)."""
-  return gpt_rules(
+  """The optimizer rules that match this model (same radii and qkv view as its scion init)."""
+  return with_qkv_view(gpt_rules(
       embed_radius=cfg.embed_radius,
       hidden_radius=cfg.hidden_radius,
       output_radius=cfg.output_radius,
       output_norm=cfg.output_norm,
-  )
+  ), cfg)
+
+
+def qkv_spec(cfg: GPTConfig) -> optax_lmo.MatrixSpec | None:
+  """The matrix view of ``attn/qkv/kernel`` that ``cfg.qkv_view`` names (``None``: fused)."""
+  if cfg.qkv_view == "fused":
+    return None
+  return optax_lmo.MatrixSpec(out_blocks=3 if cfg.qkv_view == "split" else 3 * cfg.heads)
+
+
+def with_qkv_view(base: optax_lmo.Rules, cfg: GPTConfig) -> optax_lmo.Rules:
+  """``base`` with each ``attn/qkv/kernel`` seen as ``cfg.qkv_view`` (fused: ``base`` itself).
+
+  The kernel keeps the group ``base`` gives it (norm, radius, lr multiplier) and
+  takes the view's :func:`qkv_spec`; every other leaf is routed by ``base``.
+  """
+  spec = qkv_spec(cfg)
+  if spec is None:
+    return base
+
+  def qkv(path, leaf):
+    if not re.search(QKV_KERNEL, path):
+      return None
+    g = base.group_for(path, leaf)
+    return g if g is None or g.norm is None else dataclasses.replace(g, spec=spec)
+
+  return optax_lmo.Rules(qkv, fallback=base.group_for, strict=base.strict, check=base.check)
 
 
 def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
@@ -243,6 +280,7 @@ def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
   Embedding tables: ColNorm rows (norm ``embed_radius``); hidden kernels:
   semi-orthogonal x sqrt(d_out/d_in) (Spectral, ``hidden_radius``); the head:
   RowNorm columns (or random signs, ``output_radius``); RMSNorm scales stay at 1.
+  The qkv kernel is semi-orthogonal per block of its view (``cfg.qkv_view``).
   """
   head = norms.RowNorm() if cfg.output_norm == "rownorm" else norms.Sign()
   named = [(path, v) for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)]
@@ -254,7 +292,8 @@ def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
     elif name.endswith("head/kernel"):
       new = cfg.output_radius * head.init(k, shape)
     elif name.endswith("kernel"):
-      new = cfg.hidden_radius * norms.Spectral().init(k, shape)
+      spec = qkv_spec(cfg) if re.search(QKV_KERNEL, name) else None
+      new = cfg.hidden_radius * norms.Spectral().init(k, shape, spec=spec)
     elif name.endswith("scale"):
       continue  # RMSNorm gains keep their init of ones (in the BiasRMS ball of radius 1)
     else:
@@ -268,8 +307,8 @@ def qk_clip(cfg: GPTConfig, tau: float) -> optax.GradientTransformationExtraArgs
   Chained after the optimizer; its ``update`` takes ``max_logits``, the second
   output of ``GPT(..., max_logits=True)``.
   """
-  return optax_lmo.contrib.qk_clip(tau, query=(r"(^|/)attn/qkv/kernel$", 0, 3),
-                                   key=(r"(^|/)attn/qkv/kernel$", 1, 3), heads=cfg.heads)
+  return optax_lmo.contrib.qk_clip(tau, query=(QKV_KERNEL, 0, 3), key=(QKV_KERNEL, 1, 3),
+                                   heads=cfg.heads)
 
 
 def optax_muon_dims(params):

@@ -41,6 +41,7 @@ DEFAULT_RADII = {"scion": (6.0, 20.0)}  # (hidden, output); the others: the libr
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 LIBRARY_RADII = (3.0, 10.0)  # gpt_rules()'s
 STANDARD_INIT = ("adamw", "optax_muon", "muon", "scion_hybrid")  # Flax's init; the Scions: scion's
+ROUTED = ("scion", "unconstrained_scion", "muon", "scion_hybrid")  # by rules: take --qkv-view
 
 
 def resolve(cfg):
@@ -79,11 +80,13 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
     return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar)
   if cfg.optimizer == "unconstrained_scion":
     return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
-  if cfg.optimizer == "muon":
-    return ol.muon(lr, adam_learning_rate=adam_lr, polar=polar, **kw)
+  if cfg.optimizer == "muon":  # ol.muon's own routing, with the model's qkv view
+    rules = model_lib.with_qkv_view(ol.muon_rules(), gcfg)
+    return ol.muon(lr, rules=rules, adam_learning_rate=adam_lr, polar=polar, **kw)
   if cfg.optimizer == "scion_hybrid":  # constrained Scion on the hidden matrices, AdamW elsewhere
-    return ol.muon(lr, rules=ol.muon_rules(radius=cfg.hidden_radius), beta=cfg.beta,
-                   nesterov=False, weight_decay=1.0, adam_learning_rate=adam_lr, polar=polar)
+    rules = model_lib.with_qkv_view(ol.muon_rules(radius=cfg.hidden_radius), gcfg)
+    return ol.muon(lr, rules=rules, beta=cfg.beta, nesterov=False, weight_decay=1.0,
+                   adam_learning_rate=adam_lr, polar=polar)
   if cfg.optimizer == "optax_muon":
     return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,
                               muon_weight_dimension_numbers=model_lib.optax_muon_dims)

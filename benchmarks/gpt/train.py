@@ -44,6 +44,7 @@ from benchmarks.gpt.optim import (
   LIBRARY_RADII,
   OPTIMIZERS,
   POLAR_METHODS,
+  ROUTED,
   adaptive_stats,
   make_optimizer,
   make_schedule,
@@ -83,6 +84,9 @@ class TrainConfig:
   output_radius: float | None = flag(None, "radius of the output head (rules and scion init);"
                                      " unset: 20 for scion, else 10")
   output_norm: str = flag("rownorm", "output-head norm: RMS->inf or 1->inf", ("rownorm", "sign"))
+  qkv_view: str = flag("fused", "matrix view of the fused qkv kernel (d, 3d) for the rules and"
+                       " the inits that read them: one matrix, q/k/v (3 blocks) or per head"
+                       " (3 x --heads blocks); not adamw, optax_muon", model_lib.QKV_VIEWS)
   polar: str = flag("auto", "polar-factor method of the spectral LMOs", POLAR_METHODS)
   dtype: str = flag("float32", "activation dtype (parameters: float32)", ("float32", "bfloat16"))
   drop: bool = flag(False, "Drop-Muon: each step freeze the blocks below a uniform random cutoff"
@@ -145,6 +149,10 @@ def validate(cfg: TrainConfig) -> None:
   if cfg.optimizer == "scion" and cfg.weight_decay:
     raise ValueError("--weight-decay: scion has none to set (its constraint is its decay);"
                      " use --optimizer unconstrained_scion.")
+  if cfg.qkv_view != "fused" and cfg.optimizer not in ROUTED:
+    raise ValueError(f"--qkv-view {cfg.qkv_view}: {cfg.optimizer} does not route by the"
+                     f" example's rules; use it with --optimizer {', '.join(ROUTED)}, or leave"
+                     " it fused.")
   if cfg.drop and cfg.depth < 2:
     raise ValueError("--drop freezes the blocks below a cutoff: it needs --depth >= 2.")
   if cfg.drop and cfg.adaptive_batch is not None:
