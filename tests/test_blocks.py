@@ -119,6 +119,7 @@ def _sharded_worker(k: int) -> dict:
   sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
   from jax.sharding import AxisType, NamedSharding
   from jax.sharding import PartitionSpec as P
+
   from scripts.hlo_collectives import hlo_collectives
 
   g = {"qkv": jax.random.normal(jax.random.key(0), (16, 16 * k)),

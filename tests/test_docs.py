@@ -38,9 +38,9 @@ def test_sphinx_build_has_no_warnings(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300,
   )
   assert result.returncode == 0, result.stderr[-4000:]
-  for page in ("index", "quickstart", "install", "models", "routing", "optimizers", "flow", "radii",
-               "porting", "polar", "heads", "qk_clip", "beyond", "sharding", "benchmarks", "guarantees", "limits",
-               "api"):
+  for page in ("index", "quickstart", "install", "models", "routing", "optimizers", "flow",
+               "radii", "porting", "polar", "heads", "qk_clip", "beyond", "sharding", "benchmarks",
+               "guarantees", "limits", "api"):
     assert (tmp_path / "html" / f"{page}.html").exists(), page
   # The quickstart shows the notebook's saved outputs: the figure, the describe table, the text.
   quickstart = (tmp_path / "html" / "quickstart.html").read_text(encoding="utf-8")
