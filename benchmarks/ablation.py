@@ -21,7 +21,8 @@ it and changes one thing:
 7. ``hybrid``: Scion's constraint on the hidden matrices only, AdamW (3e-3) on
    the embedding, head and gains (from Flax's init), on a 4-point
    learning-rate grid around the best Scion rate;
-8. ``head``: the head radius alone x1/2 and x2 (hidden radius and lr fixed);
+8. ``head``: the head radius alone x1/2 and x2 (hidden radius and lr fixed),
+   extended past an edge that wins;
 9. ``beta``: momentum 0.8 and 0.95 (against 0.9);
 10. ``warmup``: 50 steps of linear warmup (against none);
 11. ``embed``: the embedding radius 1/2 and 2 (against 1);
@@ -154,7 +155,9 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   hybrid = {**best, "optimizer": "scion_hybrid", "init": "standard"}
   stages["hybrid"] = _grid(runs, [{**hybrid, "lr": best["lr"] * f} for f in (0.5, 1.0, 2.0, 4.0)],
                            lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
-  stages["head"] = [{**best, "output_radius": best["output_radius"] * f} for f in (0.5, 2.0)]
+  stages["head"] = _grid(runs, [{**best, "output_radius": best["output_radius"] * f}
+                                for f in (0.5, 1.0, 2.0)],
+                         lambda p, s: {**p, "output_radius": p["output_radius"] * 2.0**s})
   stages["beta"] = [{**best, "beta": b} for b in (0.8, 0.95)]
   stages["warmup"] = [{**best, "warmup": 50}]
   stages["embed"] = [{**best, "embed_radius": r} for r in (0.5, 2.0)]
@@ -200,7 +203,7 @@ def summary(result: dict) -> list[dict]:
     if not done:
       continue
     top = _best(runs, done)
-    grid = stage in ("diagonal", "lr", "hybrid")
+    grid = stage in ("diagonal", "lr", "hybrid", "head")
     goal, base_steps = target, adam_steps
     adam1 = next((runs[key(p)] for p in done if p["optimizer"] == "adamw"), None)
     if stage == "seed" and adam1 is not None:  # each seed against its own AdamW
