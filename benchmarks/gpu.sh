@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator run: three benchmarks in at most 8 minutes on one GPU, results as JSON.
 #
-#   1. convergence (at most 330 s): AdamW, optax's Muon and Scion at nanoGPT's shakespeare_char
+#   1. convergence (at most 380 s): AdamW, optax's Muon and Scion at nanoGPT's shakespeare_char
 #      shape (6 layers, width 384, 6 heads, context 256, batch 64), 800 steps, each at the best
 #      setting the CPU sweeps found and 3 learning rates around its best (convergence --tuned).
 #   2. polar_accuracy (at most 60 s): polar-factor error and time at float32, TF32 and
@@ -25,7 +25,7 @@
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), OUT (default
 # benchmarks/results/gpu; in toy mode a new temporary folder), DATA (a UTF-8 text file for
-# the convergence part; default the example's pydoc_data corpus), GPU_SCRIPT_BUDGET_S (480:
+# the convergence part; default the example's pydoc_data corpus), GPU_SCRIPT_BUDGET_S (530:
 # the whole run's wall-clock cap), STEP_BATCH (8), CONV_STEPS (800), CONV_POINTS (3),
 # ALLOW_CPU=1 (run the real sizes without an accelerator: hours). Installs nothing. Writes one
 # JSON per part, logs/<part>.log, and gpu_summary.json (each part's status and seconds, the
@@ -52,7 +52,7 @@ if [[ $TOY == 1 ]]; then
   BUDGET=${GPU_SCRIPT_BUDGET_S:-600}
 else
   OUT=${OUT:-benchmarks/results/gpu}
-  BUDGET=${GPU_SCRIPT_BUDGET_S:-480}
+  BUDGET=${GPU_SCRIPT_BUDGET_S:-530}
 fi
 if [[ $PLAN != 1 ]]; then mkdir -p "$OUT/logs"; fi
 T0=$(date +%s%N)
@@ -241,7 +241,7 @@ if [[ $TOY == 1 ]]; then
 else
   # The sweep writes its JSON after every run, so a cut keeps the runs done (the JSON says
   # "complete": false).
-  run_part convergence 330 "$EXAMPLE matplotlib" "$PY" -m benchmarks.convergence \
+  run_part convergence 380 "$EXAMPLE matplotlib" "$PY" -m benchmarks.convergence \
     --preset shakespeare_char --tuned --optimizers adamw optax_muon scion \
     --points "${CONV_POINTS:-3}" --extend 0 --no-variants --steps "${CONV_STEPS:-800}" \
     "${DATA_FLAG[@]}" --out "$OUT/convergence.json"
