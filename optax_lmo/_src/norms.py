@@ -149,7 +149,9 @@ class Norm:
 
 def _semi_orthogonal(key, b: int, i: int, o: int) -> jax.Array:
   g = jax.random.normal(key, (b, max(i, o), min(i, o)), jnp.float32)
-  q, r = jnp.linalg.qr(g)
+  # One matrix at a time: XLA's CPU runtime was seen to hang on several batched QR calls
+  # running at once inside one jitted init (a GPT's kernels cut into blocks).
+  q, r = jax.lax.map(jnp.linalg.qr, g)
   q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
   return q if i >= o else jnp.swapaxes(q, -1, -2)
 
