@@ -115,6 +115,34 @@ def test_bad_blocks_are_refused_by_name():
     norms.SpectralConv().view((3, 3, 4, 8), ol.MatrixSpec((0, 1, 2), (3,), out_blocks=2))
 
 
+_JITTED_INIT = """
+import jax, jax.numpy as jnp, optax_lmo as ol
+from optax_lmo import norms
+d, v = 128, 65
+shapes = {"embed": (v, d), "head": (d, v), "final_norm/scale": (d,)}
+for i in range(2):
+  shapes.update({f"b{i}/qkv/kernel": (d, 3 * d), f"b{i}/out/kernel": (d, d),
+                 f"b{i}/fc_in/kernel": (d, 4 * d), f"b{i}/fc_out/kernel": (4 * d, d),
+                 f"b{i}/norm1/scale": (d,), f"b{i}/norm2/scale": (d,)})
+params = {k: jnp.zeros(s) for k, s in shapes.items()}
+rules = [("qkv", ol.Group(norms.Spectral(), 48.0, spec=ol.MatrixSpec(out_blocks=3))),
+         ("embed", ol.Group(norms.ColNorm())), ("head", ol.Group(norms.RowNorm(), 160.0)),
+         ("scale", ol.Group(norms.BiasRMS())), ("kernel", ol.Group(norms.Spectral(), 48.0))]
+jax.block_until_ready(jax.jit(lambda k: ol.init_params(rules, params, k))(jax.random.key(0)))
+print("done")
+"""
+
+
+def test_a_jitted_init_of_a_blocked_gpt_finishes():
+  """A GPT's init under jit with its QKV kernels cut into blocks (a batched QR per leaf) once
+  hung XLA's CPU runtime for good; run apart, with a deadline."""
+  import subprocess
+
+  proc = subprocess.run([sys.executable, "-c", _JITTED_INIT], capture_output=True, text=True,
+                        timeout=240, check=False)
+  assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
 def _sharded_worker(k: int) -> dict:
   sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
   from jax.sharding import AxisType, NamedSharding
