@@ -204,7 +204,9 @@ def qk_clip(
                            f" and heads_axis= (expected shape ({t.n_heads},)).")
         scale = jnp.sqrt(tau_ / jnp.maximum(s_max, tau_))  # exactly 1 where s_max <= tau
         scale = jnp.where(jnp.isfinite(s_max), scale, 1.0)
-        pieces += [jnp.ones(t.start - pos), jnp.repeat(scale, t.size // t.n_heads)]
+        per_head = t.size // t.n_heads  # broadcast, not jnp.repeat (which jax 0.8 refuses here)
+        pieces += [jnp.ones(t.start - pos),
+                   jnp.broadcast_to(scale[:, None], (t.n_heads, per_head)).reshape(-1)]
         pos = t.start + t.size
       pieces.append(jnp.ones(p.shape[axis] - pos))
       s = jnp.concatenate(pieces).reshape([-1 if a == axis else 1 for a in range(p.ndim)])
