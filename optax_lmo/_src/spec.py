@@ -65,6 +65,11 @@ class MatrixSpec:
                      if getattr(self, n) > 1)
     return f"MatrixSpec(fan_in={self.fan_in}, fan_out={self.fan_out}{blocks})"
 
+  def cuts(self) -> list[tuple[int, int, str]]:
+    """``(axis, blocks, side)`` of each cut axis of this (resolved) spec, fan-in first."""
+    out = [(self.fan_in[0], self.in_blocks, "fan-in")] if self.in_blocks > 1 else []
+    return out + ([(self.fan_out[0], self.out_blocks, "fan-out")] if self.out_blocks > 1 else [])
+
   @property
   def blocked(self) -> bool:
     """Whether a fan-in or fan-out axis is cut into blocks."""
@@ -94,9 +99,7 @@ class MatrixSpec:
     """
     r, shape = self.resolve(len(shape), path), tuple(int(n) for n in shape)
     fan_in, fan_out = list(r.fan_in), list(r.fan_out)
-    cuts = [(fan_in[0], r.in_blocks, "fan-in")] if r.in_blocks > 1 else []
-    cuts += [(fan_out[0], r.out_blocks, "fan-out")] if r.out_blocks > 1 else []
-    for a, k, side in sorted(cuts, reverse=True):  # the higher axis first: lower ones stay put
+    for a, k, side in sorted(r.cuts(), reverse=True):  # the higher axis first: lower ones stay put
       if shape[a] % k:
         where = f"{path}: " if path else ""
         raise ValueError(f"{where}{self}: the {side} axis {a} (size {shape[a]}) does not cut"
@@ -339,9 +342,7 @@ def cut_layout(x: jax.Array, spec: MatrixSpec) -> tuple | None:
     return layout
   r, mesh = spec.resolve(x.ndim), jax.typeof(x).sharding.mesh
   out = list(layout)
-  cuts = [(r.fan_in[0], r.in_blocks)] if r.in_blocks > 1 else []
-  cuts += [(r.fan_out[0], r.out_blocks)] if r.out_blocks > 1 else []
-  for a, k in sorted(cuts, reverse=True):
+  for a, k, _ in sorted(r.cuts(), reverse=True):
     entry, size = out[a], x.shape[a]
     devices = math.prod(mesh.shape[m] for m in _axes(entry))
     on_blocks = entry if k % devices == 0 else None
@@ -373,12 +374,12 @@ def pin_blocks(x_cut: jax.Array, spec: MatrixSpec) -> jax.Array:
   devices = math.prod(n for n, t in zip(mesh.axis_sizes, mesh.axis_types, strict=True)
                       if t == AxisType.Auto)
   r = spec.resolve(x_cut.ndim - (spec.in_blocks > 1) - (spec.out_blocks > 1))
-  cuts = [(a, k) for a, k in ((r.fan_in[0], r.in_blocks), (r.fan_out[0], r.out_blocks)) if k > 1]
+  cuts = r.cuts()
   entries = [PartitionSpec.UNCONSTRAINED] * x_cut.ndim
   pinned = False
-  for a, k in cuts:
+  for a, k, _ in cuts:
     if k % devices:
-      at = a + sum(b < a for b, _ in cuts)  # the blocks' axis in the cut shape
+      at = a + sum(b < a for b, _, _ in cuts)  # the blocks' axis in the cut shape
       entries[at] = entries[at + 1] = None
       pinned = True
   return jax.lax.with_sharding_constraint(x_cut, PartitionSpec(*entries)) if pinned else x_cut

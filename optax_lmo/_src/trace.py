@@ -57,6 +57,10 @@ class Frame:
     # picked by a router), a weight again if a product with data consumes them.
     self.gathered: dict = {}
 
+  def held(self, invars) -> list:
+    """Each var's entry in :attr:`gathered` (``None`` where it has none, or a literal)."""
+    return [None if isinstance(v, jcore.Literal) else self.gathered.get(v) for v in invars]
+
   def get(self, v):
     if isinstance(v, jcore.Literal):
       return NONE
@@ -112,9 +116,7 @@ class Tracer:
     if name in CALLS or (sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
       sub = sub_jaxpr(eqn)
       if sub is not None and len(sub.invars) == len(ins) and len(sub.outvars) == n_out:
-        held = [None if isinstance(v, jcore.Literal) else fr.gathered.get(v)
-                for v in eqn.invars]
-        child, outs = self.forward(sub, ins, held)
+        child, outs = self.forward(sub, ins, fr.held(eqn.invars))
         fr.children[i] = [child]
         for v, out in zip(sub.outvars, eqn.outvars, strict=True):
           if not isinstance(v, jcore.Literal) and v in child.gathered:
@@ -179,7 +181,7 @@ class Tracer:
     axes a batch axis) and the lookup stops counting as an embedding.
     """
     name = eqn.primitive.name
-    held = [None if isinstance(v, jcore.Literal) else fr.gathered.get(v) for v in eqn.invars]
+    held = fr.held(eqn.invars)
     if name in VIEW_OPS and held and held[0] is not None:
       view, lookup = held[0]
       for out, v in zip(eqn.outvars, view_through(eqn, view), strict=True):
