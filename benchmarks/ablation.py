@@ -29,7 +29,14 @@ it and changes one thing:
 12. ``views``: the fused qkv kernel seen as q, k and v (``--qkv-view split``)
     and per head (``per_head``) for the best Scion, and our Muon (``ol.muon``,
     :data:`MUON`: its best in ``convergence.json``, from Flax's init at lr 0.01)
-    fused, split and per head.
+    fused, split and per head;
+13. ``nesterov``: Nesterov momentum (against none);
+14. ``polar``: the polar factor from KellerJordan's 5-step coefficients
+    (``--ns-coeffs jordan``), from Polar Express at 3 steps instead of 5, and
+    exact (SVD);
+15. ``combined``: the best run with the head radius and the qkv view of the
+    ``head`` and ``views`` stages' bests, on its own learning-rate grid (x1/2,
+    x1, x2, extended past an edge that wins), and its best again at seed 1.
 
 AdamW's and optax's Muon's grids (seed 0) are those of
 ``benchmarks/results/convergence.json``: the same shape, data, evaluations and
@@ -64,11 +71,12 @@ SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_ev
 START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
 STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid", "head", "beta",
-          "warmup", "embed", "views")
+          "warmup", "embed", "views", "nesterov", "polar", "combined")
 # Our Muon's best run in convergence.json ("muon standard init"; from the scion init, "muon",
 # its best ended 0.19 nats worse), at the trainer's defaults for it as the sweep ran it.
 MUON = dict(optimizer="muon", init="standard", lr=0.01)
 QKV_VIEWS = model_lib.QKV_VIEWS  # the trainer's --qkv-view; START's: the first, fused
+ADAMW_SEED1 = {"optimizer": "adamw", "lr": 1.5e-3, "seed": 1}  # AdamW's best lr, at seed 1
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
 MAX_EXTEND = 2  # points past a grid's winning edge
 
@@ -98,7 +106,8 @@ def _resolved(cfg) -> dict:
   r = optim.resolve(cfg)
   return {k: getattr(r, k) for k in ("optimizer", "init", "lr", "adam_lr", "beta",
                                       "hidden_radius", "output_radius", "decay_frac", "steps",
-                                      "seed", "qkv_view")}
+                                      "seed", "qkv_view", "nesterov", "polar", "ns_coeffs",
+                                      "ns_steps")}
 
 
 def _loss(runs: dict, settings: dict) -> float:
@@ -147,7 +156,7 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   if any(key(p) not in runs for p in lrs):
     return stages
   best = _best(runs, lrs)
-  stages["seed"] = [{**best, "seed": 1}, {"optimizer": "adamw", "lr": 1.5e-3, "seed": 1},
+  stages["seed"] = [{**best, "seed": 1}, ADAMW_SEED1,
                     {"optimizer": "optax_muon", "lr": 0.01, "seed": 1}]
   stages["short"] = [{**best, "steps": round(0.7 * SHAPE["steps"])}]
   stages["init"] = [{**best, "init": "standard"}, {**best, "init": "scion"}]
@@ -163,6 +172,21 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   stages["embed"] = [{**best, "embed_radius": r} for r in (0.5, 2.0)]
   stages["views"] = ([{**best, "qkv_view": v} for v in QKV_VIEWS[1:]]
                      + [{**MUON, "qkv_view": v} for v in QKV_VIEWS])
+  stages["nesterov"] = [{**best, "nesterov": True}]
+  stages["polar"] = [{**best, "ns_coeffs": "jordan"}, {**best, "ns_steps": 3},
+                     {**best, "polar": "svd"}]
+  views = [best] + [p for p in stages["views"] if p["optimizer"] == best["optimizer"]]
+  if any(key(p) not in runs for p in stages["head"] + views):
+    return stages
+  head, view = _best(runs, stages["head"]), _best(runs, views)
+  both = {**best, "output_radius": head["output_radius"]}
+  if "qkv_view" in view:
+    both["qkv_view"] = view["qkv_view"]
+  combined = _grid(runs, [{**both, "lr": both["lr"] * f} for f in (0.5, 1.0, 2.0)],
+                   lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
+  stages["combined"] = combined
+  if all(key(p) in runs for p in combined):
+    stages["combined"] = combined + [{**_best(runs, combined), "seed": 1}]
   return stages
 
 
@@ -198,22 +222,25 @@ def summary(result: dict) -> list[dict]:
                        val_loss=b["val_loss"], best=b is top,
                        edge=b is top and b in (grid[0], grid[-1]),
                        ratio=_ratio(steps_to(b["curve"], target), adam_steps)))
+  adam1 = runs.get(key(ADAMW_SEED1))
+  goals = {0: (target, adam_steps)}
+  if adam1 is not None:  # a seed-1 run against AdamW's seed-1 run
+    goals[1] = (adam1["val_loss"], steps_to(adam1["curve"], adam1["val_loss"]))
   for stage, points in plan(runs).items():
     done = [p for p in points if key(p) in runs]
     if not done:
       continue
-    top = _best(runs, done)
-    grid = stage in ("diagonal", "lr", "hybrid", "head")
-    goal, base_steps = target, adam_steps
-    adam1 = next((runs[key(p)] for p in done if p["optimizer"] == "adamw"), None)
-    if stage == "seed" and adam1 is not None:  # each seed against its own AdamW
-      goal, base_steps = adam1["val_loss"], steps_to(adam1["curve"], adam1["val_loss"])
+    grid = stage in ("diagonal", "lr", "hybrid", "head", "combined")
+    on_grid = [p for p in points if p.get("seed", 0) == 0]
+    top = _best(runs, [p for p in done if p in on_grid])
     for p in done:
       r = runs[key(p)]
+      goal, base_steps = goals.get(p.get("seed", 0), (None, None))
+      ratio = None if goal is None else _ratio(steps_to(r["curve"], goal), base_steps)
+      best = grid and p is top
       rows.append(dict(stage=stage, what={k: v for k, v in p.items() if k != "lr"}, lr=p["lr"],
-                       val_loss=r["val_loss"], best=grid and p is top,
-                       edge=grid and p is top and p in (points[0], points[-1]),
-                       ratio=_ratio(steps_to(r["curve"], goal), base_steps)))
+                       val_loss=r["val_loss"], best=best,
+                       edge=best and p in (on_grid[0], on_grid[-1]), ratio=ratio))
   return rows
 
 

@@ -31,6 +31,7 @@ from benchmarks.gpt import progressive
 
 OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon", "scion_hybrid")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
+NS_COEFFS = ("polar_express", "jordan", "you5", "cubic")  # ol.Polar's coefficient presets
 # The defaults that depend on the optimizer, each the best of benchmarks/convergence.py (1000
 # steps of a 4-layer, width-128 GPT) at exactly these settings: scion at radii 6 and 20 with
 # the decay over 50% of the steps, unconstrained_scion at the library's radii (3 and 10), AdamW
@@ -74,10 +75,13 @@ def make_schedule(cfg, peak) -> optax.Schedule:
 
 def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.GradientTransformation:
   """The ``--optimizer`` at learning rates ``lr`` (``adam_lr``: Muons' AdamW part)."""
-  polar = None if cfg.polar == "auto" else ol.Polar(method=cfg.polar)
-  kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay)
+  polar = None
+  if (cfg.polar, cfg.ns_coeffs, cfg.ns_steps) != ("auto", "polar_express", None):
+    polar = ol.Polar(method=cfg.polar, coeffs=cfg.ns_coeffs, steps=cfg.ns_steps)
+  nesterov = {} if cfg.nesterov is None else dict(nesterov=cfg.nesterov)
+  kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay, **nesterov)
   if cfg.optimizer == "scion":  # constrained: its decay is fixed (weight_decay must be 0)
-    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar)
+    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar, **nesterov)
   if cfg.optimizer == "unconstrained_scion":
     return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
   if cfg.optimizer == "muon":  # ol.muon's own routing, with the model's qkv view
@@ -85,7 +89,7 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
     return ol.muon(lr, rules=rules, adam_learning_rate=adam_lr, polar=polar, **kw)
   if cfg.optimizer == "scion_hybrid":  # constrained Scion on the hidden matrices, AdamW elsewhere
     rules = model_lib.with_qkv_view(ol.muon_rules(radius=cfg.hidden_radius), gcfg)
-    return ol.muon(lr, rules=rules, beta=cfg.beta, nesterov=False, weight_decay=1.0,
+    return ol.muon(lr, rules=rules, beta=cfg.beta, nesterov=bool(cfg.nesterov), weight_decay=1.0,
                    adam_learning_rate=adam_lr, polar=polar)
   if cfg.optimizer == "optax_muon":
     return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,

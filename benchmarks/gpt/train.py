@@ -6,7 +6,7 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
     python -m benchmarks.gpt.train --mesh data=2,fsdp=4   # sharded over 8 devices (see mesh.py)
 
-Writes ``log.jsonl`` (train losses; validation losses and matrix norms),
+Writes ``log.jsonl`` (train losses; validation losses, matrix norms, the largest attention logit),
 ``describe.txt`` (what the optimizer does to each parameter), ``loss.png`` and
 ``ckpt/`` (orbax) to ``--workdir``. The same command again resumes from the
 latest checkpoint and refuses one written by other flags; a ``--preset`` run
@@ -43,6 +43,7 @@ from benchmarks.gpt.optim import (
   DEFAULT_RADII,
   LIBRARY_RADII,
   OPTIMIZERS,
+  NS_COEFFS,
   POLAR_METHODS,
   ROUTED,
   adaptive_stats,
@@ -87,7 +88,12 @@ class TrainConfig:
   qkv_view: str = flag("fused", "matrix view of the fused qkv kernel (d, 3d) for the rules and"
                        " the inits that read them: one matrix, q/k/v (3 blocks) or per head"
                        " (3 x --heads blocks); not adamw, optax_muon", model_lib.QKV_VIEWS)
+  nesterov: bool | None = flag(None, "Nesterov momentum (feed beta d + (1 - beta) g to the LMO);"
+                              " unset: the optimizer's (on for muon, off for the Scions)")
   polar: str = flag("auto", "polar-factor method of the spectral LMOs", POLAR_METHODS)
+  ns_coeffs: str = flag("polar_express", "Newton-Schulz coefficients of the polar factor",
+                        NS_COEFFS)
+  ns_steps: int | None = flag(None, "Newton-Schulz steps; unset: the coefficients' default (5)")
   dtype: str = flag("float32", "activation dtype (parameters: float32)", ("float32", "bfloat16"))
   drop: bool = flag(False, "Drop-Muon: each step freeze the blocks below a uniform random cutoff"
                     " (progressive.py)")
@@ -127,7 +133,7 @@ RUN_CONTROL = ("preset", "eval_every", "eval_batches", "log_every", "ckpt_every"
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {  # what a number must be
     **dict.fromkeys(("steps", "batch", "seq", "width", "depth", "heads", "eval_every",
                      "eval_batches", "log_every", "ckpt_every", "keep_ckpts", "num_processes",
-                     "stop_after"), (lambda v: v >= 1, ">= 1")),
+                     "stop_after", "ns_steps"), (lambda v: v >= 1, ">= 1")),
     **dict.fromkeys(("lr", "adam_lr", "embed_radius", "hidden_radius", "output_radius",
                      "adaptive_batch", "qk_clip"),
                     (lambda v: v > 0, "> 0")),
@@ -153,6 +159,11 @@ def validate(cfg: TrainConfig) -> None:
     raise ValueError(f"--qkv-view {cfg.qkv_view}: {cfg.optimizer} does not route by the"
                      f" example's rules; use it with --optimizer {', '.join(ROUTED)}, or leave"
                      " it fused.")
+  if cfg.optimizer not in ROUTED and (cfg.nesterov is not None or cfg.polar != "auto"
+                                      or cfg.ns_coeffs != "polar_express" or cfg.ns_steps):
+    raise ValueError(f"--nesterov, --polar, --ns-coeffs and --ns-steps set our LMO optimizers;"
+                     f" {cfg.optimizer} does not take them (use --optimizer"
+                     f" {', '.join(ROUTED)}).")
   if cfg.drop and cfg.depth < 2:
     raise ValueError("--drop freezes the blocks below a cutoff: it needs --depth >= 2.")
   if cfg.drop and cfg.adaptive_batch is not None:
@@ -240,6 +251,13 @@ def train_step_qk_clip(model, optimizer, x_BxL, y_BxL):
 @nnx.jit
 def eval_step(model, x_BxL, y_BxL):
   return loss_fn(mesh_lib.gathered(model), x_BxL, y_BxL)
+
+
+@nnx.jit
+def max_logit_step(model, x_BxL):
+  """The largest pre-softmax attention logit of any head and layer on ``x_BxL``."""
+  _, max_logits = mesh_lib.gathered(model)(x_BxL, max_logits=True)
+  return jnp.max(jnp.stack([m.max() for m in max_logits.values()]))
 
 
 class DivergedError(RuntimeError):
@@ -330,16 +348,18 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
 
     def evaluate(step: int, record: bool = True) -> None:
       nonlocal val_loss, out_norm
-      val_loss = float(np.mean([
-          float(eval_step(model, mesh_lib.put_batch(x, mesh), mesh_lib.put_batch(y, mesh)))
-          for x, y in data_lib.val_batches(data, batch=cfg.batch, seq=cfg.seq,
-                                           max_batches=cfg.eval_batches)]))
+      batches = [(mesh_lib.put_batch(x, mesh), mesh_lib.put_batch(y, mesh)) for x, y in
+                 data_lib.val_batches(data, batch=cfg.batch, seq=cfg.seq,
+                                      max_batches=cfg.eval_batches)]
+      val_loss = float(np.mean([float(eval_step(model, x, y)) for x, y in batches]))
+      max_logit = float(max_logit_step(model, batches[0][0]))  # on the first batch
       norms = norm_report(model)
       out_norm = norms["head/kernel/rms_to_inf"]  # the [NT] output norm
       if on_eval is not None:
         on_eval(step, val_loss, model)
       if record:
-        log.write(kind="eval", step=step, val_loss=val_loss, output_norm=out_norm, **norms)
+        log.write(kind="eval", step=step, val_loss=val_loss, output_norm=out_norm,
+                  max_logit=max_logit, **norms)
 
     lr_at = make_schedule(cfg, cfg.lr)
     stop = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
