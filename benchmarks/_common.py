@@ -26,11 +26,12 @@ from optax_lmo._src import polar as polar_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # What the GPT trainer defaulted to when the recorded GPT runs of drop, adaptive_batch and
-# lr_transfer were made (the library's radii, decay over 30%); for scion it now
-# defaults to the best of benchmarks/convergence.py (radii 6 and 20, decay over 50%, lr 2^-8).
-# Pinned so that those reproduce.
+# lr_transfer were made (the library's radii then, decay over 30%, the init on the norm sphere);
+# for scion it now defaults to the best of benchmarks/ablation.py (radii 48 and 160, decay over
+# 50%, lr 2^-11, ol.init_params). Pinned so that those reproduce.
 RECORDED_SETTINGS = dict(hidden_radius=3.0, output_radius=10.0, decay_frac=0.3)
 RECORDED_SCION_LR = 2**-7
+RECORDED_INIT = "scion"
 
 
 def device_name(cores: bool = True) -> str:

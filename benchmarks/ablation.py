@@ -34,7 +34,11 @@ it and changes one thing:
 14. ``polar``: the polar factor from KellerJordan's 5-step coefficients
     (``--ns-coeffs jordan``), from Polar Express at 3 steps instead of 5, and
     exact (SVD);
-15. ``combined``: the best run with the head radius and the qkv view of the
+15. ``head_init``: the head initialized at zero and at 1/10 of ``ol.init_params``'s
+    (``--head-init-scale``);
+16. ``decay_shape``: the decay along half a cosine and as ``1 - sqrt`` (against
+    linear);
+17. ``combined``: the best run with the head radius and the qkv view of the
     ``head`` and ``views`` stages' bests, on its own learning-rate grid (x1/2,
     x1, x2, extended past an edge that wins), and its best again at seed 1.
 
@@ -71,7 +75,7 @@ SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_ev
 START = dict(optimizer="scion", init="rms", hidden_radius=6.0, output_radius=20.0, lr=2**-8,
              decay_frac=0.5)
 STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid", "head", "beta",
-          "warmup", "embed", "views", "nesterov", "polar", "combined")
+          "warmup", "embed", "views", "nesterov", "polar", "head_init", "decay_shape", "combined")
 # Our Muon's best run in convergence.json ("muon standard init"; from the scion init, "muon",
 # its best ended 0.19 nats worse), at the trainer's defaults for it as the sweep ran it.
 MUON = dict(optimizer="muon", init="standard", lr=0.01)
@@ -107,7 +111,7 @@ def _resolved(cfg) -> dict:
   return {k: getattr(r, k) for k in ("optimizer", "init", "lr", "adam_lr", "beta",
                                       "hidden_radius", "output_radius", "decay_frac", "steps",
                                       "seed", "qkv_view", "nesterov", "polar", "ns_coeffs",
-                                      "ns_steps")}
+                                      "ns_steps", "schedule", "head_init_scale")}
 
 
 def _loss(runs: dict, settings: dict) -> float:
@@ -175,6 +179,8 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   stages["nesterov"] = [{**best, "nesterov": True}]
   stages["polar"] = [{**best, "ns_coeffs": "jordan"}, {**best, "ns_steps": 3},
                      {**best, "polar": "svd"}]
+  stages["head_init"] = [{**best, "head_init_scale": f} for f in (0.0, 0.1)]
+  stages["decay_shape"] = [{**best, "schedule": s} for s in ("cosine_decay", "sqrt_decay")]
   views = [best] + [p for p in stages["views"] if p["optimizer"] == best["optimizer"]]
   if any(key(p) not in runs for p in stages["head"] + views):
     return stages

@@ -40,7 +40,8 @@ from benchmarks import _common
 from benchmarks.gpt import train as train_lib
 
 REDUCED = dict(width=128, depth=4, heads=4, seq=64, eval_batches=8, optimizer="scion",
-               lr=_common.RECORDED_SCION_LR, **_common.RECORDED_SETTINGS)
+               lr=_common.RECORDED_SCION_LR, init=_common.RECORDED_INIT,
+               **_common.RECORDED_SETTINGS)
 
 
 def run_one(args, root: str, label: str, batch: int, steps: int, eta: float | None) -> dict:

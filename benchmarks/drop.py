@@ -59,7 +59,8 @@ from benchmarks.gpt import train as train_lib
 PARTS = ("update", "step", "to_target", "mesh_update")
 MESH_DEVICES = 8
 REDUCED = dict(width=128, depth=4, heads=4, batch=16, seq=64, eval_every=20, eval_batches=8,
-               log_every=5, lr=_common.RECORDED_SCION_LR, **_common.RECORDED_SETTINGS)
+               log_every=5, lr=_common.RECORDED_SCION_LR, init=_common.RECORDED_INIT,
+               **_common.RECORDED_SETTINGS)
 TARGET_AT = 0.8
 
 

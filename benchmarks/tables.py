@@ -484,6 +484,25 @@ def ablation() -> str | None:
           f"of AdamW's; {d['machine']['device']}; `{d['command']}`.\n\n{ablation_table}")
 
 
+def qk_clip() -> str | None:
+  """``benchmarks/qk_clip.py``'s table (it writes ``results/qk_clip.md`` beside its JSON)."""
+  d = _load("qk_clip.json")
+  path = os.path.join(RESULTS, "qk_clip.md")
+  if d is None or not os.path.exists(path):
+    return None
+  with open(path) as f:
+    qk_table = f.read().strip()
+  c = d["config"]
+  return (f"Each optimizer at its best learning rate of the ablation and at {c['factor']:g}x it, "
+          f"without and with QK-clip at `tau` = the largest attention logit the best-lr run "
+          f"reached (cpu shape: width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} "
+          f"tokens per step, {c['steps']} steps); the largest logit is measured at each "
+          f"evaluation on the first validation batch; a spike is a logged training loss more "
+          f"than {c['spike']:g} nats above the lowest of the {c['window']} logged before it; "
+          f"{d['machine']['device']}; `{d['command']}`.\n\n{qk_table}\n\n"
+          f"![largest attention logit and validation loss](../benchmarks/results/qk_clip.png)")
+
+
 # -- gpu ---------------------------------------------------------------------------------------
 
 GPU_MISSING = ("No GPU figures yet: no accelerator has run `benchmarks/gpu.sh`. On a machine "
@@ -622,7 +641,7 @@ def gpu() -> str:
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
             "stability": stability, "digits": digits, "drop": drop, "ablation": ablation,
-            "adaptive_batch": adaptive_batch, "gpu": gpu}
+            "qk_clip": qk_clip, "adaptive_batch": adaptive_batch, "gpu": gpu}
 BLOCK = re.compile(r'(<!-- python -m benchmarks\.tables: the "(\w+)" section -->\n)(.*?)'
                    r'(\n<!-- end of the "\2" section -->)', re.S)
 

@@ -36,9 +36,7 @@ class Config:
   width: int = 128  # model width
   depth: int = 4  # transformer blocks
   heads: int = 4  # attention heads
-  lr: float = 2**-10  # Scion's peak learning rate: the decay rate; lr x radius is the step
-  hidden_radius: float = 24.0  # norm-ball radius of the hidden matrices
-  output_radius: float = 80.0  # norm-ball radius of the output head
+  lr: float = 2**-11  # Scion's peak learning rate: the decay rate; lr x radius is the step
   decay_frac: float = 0.5  # the last fraction of the steps decays the lr linearly to 0
   eval_every: int = 100  # steps between validation losses
   seed: int = 0  # initialization and batch order
@@ -128,9 +126,9 @@ def main(cfg: Config) -> float:
 
   model = GPT(len(vocab), cfg, rngs=nnx.Rngs(cfg.seed))
   tokens = jnp.zeros((1, cfg.seq), jnp.int32)
-  # Routing from the model's own computation: the embeddings, the hidden matrices, the head.
-  rules = ol.infer_rules(model, tokens, hidden_radius=cfg.hidden_radius,
-                         output_radius=cfg.output_radius)
+  # Routing from the model's own computation: the embeddings, the hidden matrices, the head,
+  # at the default radii (1, 48 and 160: docs/radii.md).
+  rules = ol.infer_rules(model, tokens)
   params = nnx.state(model, nnx.Param)
   nnx.update(model, ol.init_params(rules, params, jax.random.key(cfg.seed)))
   decay = round(cfg.decay_frac * cfg.steps)

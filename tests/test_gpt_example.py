@@ -8,6 +8,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
@@ -26,15 +27,17 @@ pytestmark = pytest.mark.filterwarnings(
     r"ignore:(?s)Exception ignored in.*Event loop is closed:pytest.PytestUnraisableExceptionWarning"
 )
 
-# Tiny on purpose: every train() call costs a few seconds of compilation on CPU. The library's
-# radii (the trainer's defaults, 6 and 20, are tuned for 1000 steps at width 128: 20 steps at
-# width 32 start from a head that large and do not get past the unigram loss).
+# Tiny on purpose: every train() call costs a few seconds of compilation on CPU. Radii 3 and 10
+# at lr 2^-4 from the init on each sphere (large attention logits at step 0, which the QK-clip
+# test needs) get 20 steps at width 32 past the unigram loss (the trainer's defaults, radii 48
+# and 160 at lr 2^-11, are tuned for 1000 steps at width 128).
 TINY = dict(steps=20, width=32, depth=2, heads=2, batch=32, seq=64, lr=2**-4, eval_every=10,
             eval_batches=2, ckpt_every=10, progress=False, plot=False, hidden_radius=3.0,
             output_radius=10.0)
 
 
 def _cfg(workdir, **kw) -> train_lib.TrainConfig:
+  kw = {"init": "scion", **kw} if kw.get("optimizer", "scion") == "scion" else kw
   return train_lib.make_config(**{**TINY, "workdir": str(workdir), **kw})
 
 
@@ -187,8 +190,8 @@ def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
 
 def test_gpt_rules_radii_and_head_norm():
   rules, sign = gpt_rules(), gpt_rules(output_norm="sign")
-  assert rules.group_for("head/kernel", None).radius == 10.0
-  assert rules.group_for("blocks/0/attn/qkv/kernel", None).radius == 3.0
+  assert rules.group_for("head/kernel", None).radius == 160.0  # the library's defaults
+  assert rules.group_for("blocks/0/attn/qkv/kernel", None).radius == 48.0
   assert isinstance(rules.group_for("blocks/0/attn/qkv/bias", None).norm, ol.norms.BiasRMS)
   assert isinstance(sign.group_for("head/kernel", None).norm, ol.norms.Sign)
   with pytest.raises(ValueError, match="output_norm must be 'rownorm' or 'sign'"):
@@ -196,7 +199,8 @@ def test_gpt_rules_radii_and_head_norm():
 
 
 def test_parameter_names_match_gpt_rules():
-  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False)
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False,
+                            init="scion", hidden_radius=3.0, output_radius=10.0)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
   rules = gpt_rules()
   got = {ckpt_lib.leaf_name(p): (x.shape, type(rules.group_for(ckpt_lib.leaf_name(p), x).norm))
@@ -281,6 +285,12 @@ BAD_FLAGS = [
     (["--val-frac", "0"], "--val-frac must be in (0, 1)"),
     (["--embed-radius", "0"], "--embed-radius must be > 0"),
     (["--warmup", "-1"], "--warmup must be >= 0"),
+    (["--optimizer", "adamw", "--nesterov"], "adamw does not take them"),
+    (["--optimizer", "optax_muon", "--ns-steps", "3"], "optax_muon does not take them"),
+    (["--ns-steps", "0"], "--ns-steps must be >= 1"),
+    (["--ns-coeffs", "newton"], "--ns-coeffs: invalid choice: 'newton'"),
+    (["--head-init-scale", "-1"], "--head-init-scale must be >= 0"),
+    (["--schedule", "exp"], "--schedule: invalid choice: 'exp'"),
     (["--mesh", "data=two"], "--mesh 'data=two'"),
     (["--mesh", "data=2,fsdp=4", "--batch", "12"], "--batch 12 does not split"),
     (["--num-processes", "2"], "--num-processes > 1 needs --coordinator"),
@@ -310,6 +320,45 @@ BAD_FLAGS = [
 def test_invalid_flag_exits_2_with_one_error_line(capsys, argv, message):
   error = _exits_2_with_one_error_line(capsys, argv)
   assert message in error, error
+
+
+@pytest.mark.parametrize("shape", ["linear_decay", "cosine_decay", "sqrt_decay", "constant"])
+def test_schedule_warms_up_holds_and_decays_along_its_shape(shape):
+  cfg = train_lib.resolve(train_lib.make_config(schedule=shape, steps=100, warmup=10,
+                                                decay_frac=0.4))
+  f = train_lib.make_schedule(cfg, 2.0)
+  progress = np.linspace(0.0, 1.0, 9)  # of the decay, over steps 60..100
+  want = {"linear_decay": 1 - progress, "cosine_decay": 0.5 * (1 + np.cos(np.pi * progress)),
+          "sqrt_decay": 1 - np.sqrt(progress), "constant": np.ones_like(progress)}[shape]
+  np.testing.assert_allclose([float(f(n)) for n in (0, 5, 10, 59)], [0.0, 1.0, 2.0, 2.0])
+  np.testing.assert_allclose([float(f(60 + 40 * t)) for t in progress], 2.0 * want, atol=1e-6)
+
+
+def test_optimizer_flags_reach_the_optimizer(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(ol, "scion", lambda lr, **kw: seen.update(kw) or optax.identity())
+  cfg = train_lib.make_config(nesterov=True, ns_coeffs="jordan", ns_steps=3, steps=10)
+  train_lib.make_optimizer(cfg, train_lib.model_config(cfg, vocab_size=7))
+  assert seen["nesterov"] is True and seen["polar"] == ol.Polar(coeffs="jordan", steps=3)
+  seen.clear()
+  cfg = train_lib.make_config(steps=10)
+  train_lib.make_optimizer(cfg, train_lib.model_config(cfg, vocab_size=7))
+  assert "nesterov" not in seen and seen["polar"] is None  # the library's own defaults
+
+
+def test_head_init_scale_scales_the_initial_head_only():
+  def params(scale):
+    cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2,
+                              head_init_scale=scale)
+    return {ckpt_lib.leaf_name(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(
+        nnx.state(model_lib.GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param))[0]}
+
+  one, zero, tenth = params(1.0), params(0.0), params(0.1)
+  assert not zero["head/kernel"].any() and one["head/kernel"].any()
+  np.testing.assert_allclose(tenth["head/kernel"], 0.1 * one["head/kernel"], rtol=1e-6)
+  for k in one:
+    if k != "head/kernel":
+      np.testing.assert_array_equal(zero[k], one[k], err_msg=k)
 
 
 def test_validate_refuses_a_config_built_in_python():
@@ -512,9 +561,9 @@ def test_freeze_holds_frozen_params_and_state_and_steps_the_rest_as_the_plain_op
 @pytest.mark.parametrize("optimizer", train_lib.OPTIMIZERS)
 def test_unset_flags_take_the_optimizers_defaults_and_set_ones_are_kept(optimizer):
   cfg = train_lib.resolve(train_lib.make_config(optimizer=optimizer))
-  hidden, output = (6.0, 20.0) if optimizer == "scion" else (3.0, 10.0)
+  hidden, output = (3.0, 10.0) if optimizer == "unconstrained_scion" else (48.0, 160.0)
   assert (cfg.hidden_radius, cfg.output_radius) == (hidden, output)
-  assert cfg.init == ("scion" if optimizer in ("scion", "unconstrained_scion") else "standard")
+  assert cfg.init == {"scion": "rms", "unconstrained_scion": "scion"}.get(optimizer, "standard")
   assert cfg.lr == train_lib.DEFAULT_LR[optimizer]
   assert cfg.decay_frac == (0.5 if optimizer == "scion" else 0.3)
   assert train_lib.resolve(cfg) == cfg
@@ -567,6 +616,20 @@ def test_max_logits_match_a_numpy_attention_and_leave_the_logits_alone():
   by_hand = np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(8)
   by_hand = np.where(np.tril(np.ones((8, 8), bool)), by_hand, -np.inf).max(axis=(0, 2, 3))
   np.testing.assert_allclose(max_H, by_hand, rtol=1e-5)
+
+
+def test_each_evaluation_logs_the_largest_attention_logit(full_run, tmp_path):
+  workdir, out = full_run
+  with open(os.path.join(workdir, "log.jsonl")) as f:
+    evals = [r for r in map(json.loads, f) if r["kind"] == "eval"]
+  assert [r["step"] for r in evals] == [0, 10, 20]
+  data = data_lib.load(None)
+  x_BxL, _ = next(iter(data_lib.val_batches(data, batch=TINY["batch"], seq=TINY["seq"],
+                                            max_batches=TINY["eval_batches"])))
+  model = model_lib.GPT(train_lib.model_config(_cfg(tmp_path), data.vocab_size), rngs=nnx.Rngs(0))
+  nnx.update(model, jax.tree_util.tree_map_with_path(
+      lambda p, _: out["params"][ckpt_lib.leaf_name(p)], nnx.state(model, nnx.Param)))
+  assert evals[-1]["max_logit"] == pytest.approx(float(_max_logits(model, x_BxL).max()), rel=1e-5)
 
 
 def test_qk_clip_holds_the_attention_logits_near_tau(full_run, tmp_path):

@@ -13,6 +13,7 @@ from benchmarks.gpt import model as gpt_model
 from optax_lmo import norms
 from optax_lmo._src.spec import path_str
 
+H, O = 48.0, 160.0  # infer_rules' default hidden and output radii (docs/radii.md)
 SPEC, SPEC_IN = norms.Spectral(), norms.Spectral(input_layer=True)
 CONV, ROW, SIGN, COL, BIAS = (norms.SpectralConv(), norms.RowNorm(), norms.Sign(),
                               norms.ColNorm(), norms.BiasRMS())
@@ -50,16 +51,29 @@ def _linen(model, *args, **kw):
   return params, lambda p, *a: model.apply({"params": p}, *a, **kw)
 
 
+def test_default_radii_agree_everywhere():
+  """infer_rules, default_rules and the example's gpt_rules share the documented radii."""
+  import inspect
+
+  for fn in (ol.infer_rules, ol.default_rules, gpt_model.gpt_rules):
+    sig = inspect.signature(fn).parameters
+    got = tuple(sig[k].default for k in ("embed_radius", "hidden_radius", "output_radius",
+                                          "bias_radius"))
+    assert got == (1.0, H, O, 1.0), fn.__name__
+  cfg = gpt_model.GPTConfig()
+  assert (cfg.embed_radius, cfg.hidden_radius, cfg.output_radius) == (1.0, H, O)
+
+
 def test_linen_mlp_on_real_inputs():
   model = nn.Sequential([nn.Dense(48), nn.relu, nn.Dense(32), nn.relu, nn.Dense(10)])
   x = jnp.zeros((4, 64))
   params, apply = _linen(model, x)
   expected = {
-      "layers_0/kernel": _row(SPEC_IN, 3.0, "input"),
+      "layers_0/kernel": _row(SPEC_IN, H, "input"),
       "layers_0/bias": _vec("vector"),
-      "layers_2/kernel": _row(SPEC, 3.0, "hidden"),
+      "layers_2/kernel": _row(SPEC, H, "hidden"),
       "layers_2/bias": _vec("vector"),
-      "layers_4/kernel": _row(ROW, 10.0, "output"),
+      "layers_4/kernel": _row(ROW, O, "output"),
       "layers_4/bias": _vec("vector"),
   }
   assert _table(ol.infer_rules(apply, params, x), params) == expected
@@ -70,7 +84,7 @@ def test_linen_mlp_on_real_inputs():
   rules = ol.infer_rules(loss, params, x, jnp.zeros((4,), jnp.int32))
   assert _table(rules, params) == expected
   sign = ol.infer_rules(apply, params, x, output_norm="sign", hidden_radius=5.0)
-  assert _table(sign, params)["layers_4/kernel"] == _row(SIGN, 10.0, "output")
+  assert _table(sign, params)["layers_4/kernel"] == _row(SIGN, O, "output")
   assert _table(sign, params)["layers_2/kernel"] == _row(SPEC, 5.0, "hidden")
 
 
@@ -89,15 +103,15 @@ def test_linen_cnn_with_batchnorm():
   params, stats = variables["params"], variables["batch_stats"]
   conv = ((0, 1, 2), (3,))
   expected = {
-      "Conv_0/kernel": _mat(CONV, 3.0 * 9, "input", *conv),  # hidden_radius x taps
+      "Conv_0/kernel": _mat(CONV, H * 9, "input", *conv),  # hidden_radius x taps
       "Conv_0/bias": _vec("vector"),
       "BatchNorm_0/scale": _vec("gain"),
       "BatchNorm_0/bias": _vec("vector"),
-      "Conv_1/kernel": _mat(CONV, 3.0 * 9, "hidden", *conv),
+      "Conv_1/kernel": _mat(CONV, H * 9, "hidden", *conv),
       "Conv_1/bias": _vec("vector"),
       "BatchNorm_1/scale": _vec("gain"),
       "BatchNorm_1/bias": _vec("vector"),
-      "Dense_0/kernel": _row(ROW, 10.0, "output"),
+      "Dense_0/kernel": _row(ROW, O, "output"),
       "Dense_0/bias": _vec("vector"),
   }
   evaluate = lambda p, x: model.apply({"params": p, "batch_stats": stats}, x)
@@ -114,9 +128,9 @@ def test_conv_radius_counts_taps_or_is_given():
   params, apply = _linen(model, x)
   radius = lambda r: {p: v[1] for p, v in _table(r, params).items() if p.endswith("kernel")}
   assert radius(ol.infer_rules(apply, params, x, hidden_radius=2.0)) == {
-      "layers_0/kernel": 2.0 * 15, "layers_2/kernel": 2.0, "layers_4/kernel": 10.0}
+      "layers_0/kernel": 2.0 * 15, "layers_2/kernel": 2.0, "layers_4/kernel": O}
   assert radius(ol.infer_rules(apply, params, x, conv_radius=5.0)) == {
-      "layers_0/kernel": 5.0, "layers_2/kernel": 5.0, "layers_4/kernel": 10.0}
+      "layers_0/kernel": 5.0, "layers_2/kernel": 5.0, "layers_4/kernel": O}
 
 
 class TiedGPT(nn.Module):
@@ -151,13 +165,13 @@ def test_tied_gpt_with_multihead_kernels():
   tokens = jnp.zeros((2, 6), jnp.int32)
   params, apply = _linen(TiedGPT(), tokens)
   expected = {
-      "embed/embedding": _mat(SIGN, 10.0, "tied", (1,), (0,)),  # d_in = width, as the output
+      "embed/embedding": _mat(SIGN, O, "tied", (1,), (0,)),  # d_in = width, as the output
       "ln1/scale": _vec("gain"), "ln1/bias": _vec("vector"),
-      "qkv/kernel": _mat(SPEC, 3.0, "hidden", (0,), (1, 2, 3)),  # (d, 3, heads, head_dim)
-      "out/kernel": _mat(SPEC, 3.0, "hidden", (0, 1), (2,)),  # (heads, head_dim, d)
+      "qkv/kernel": _mat(SPEC, H, "hidden", (0,), (1, 2, 3)),  # (d, 3, heads, head_dim)
+      "out/kernel": _mat(SPEC, H, "hidden", (0, 1), (2,)),  # (heads, head_dim, d)
       "ln2/scale": _vec("gain"), "ln2/bias": _vec("vector"),
-      "mlp/fc_in/kernel": _row(SPEC, 3.0, "hidden"), "mlp/fc_in/bias": _vec("vector"),
-      "mlp/fc_out/kernel": _row(SPEC, 3.0, "hidden"), "mlp/fc_out/bias": _vec("vector"),
+      "mlp/fc_in/kernel": _row(SPEC, H, "hidden"), "mlp/fc_in/bias": _vec("vector"),
+      "mlp/fc_out/kernel": _row(SPEC, H, "hidden"), "mlp/fc_out/bias": _vec("vector"),
       "ln_f/scale": _vec("gain"), "ln_f/bias": _vec("vector"),
   }
   assert _table(ol.infer_rules(apply, params, tokens), params) == expected
@@ -179,8 +193,8 @@ class ScanMLP(nn.Module):
 
 
 STACKED = {
-    "inp/kernel": _row(SPEC_IN, 3.0, "input"), "inp/bias": _vec("vector"),
-    "head/kernel": _row(ROW, 10.0, "output"), "head/bias": _vec("vector"),
+    "inp/kernel": _row(SPEC_IN, H, "input"), "inp/bias": _vec("vector"),
+    "head/kernel": _row(ROW, O, "output"), "head/bias": _vec("vector"),
 }
 
 
@@ -189,7 +203,7 @@ def test_linen_scan_stacks_layers_on_a_batch_axis():
   params, apply = _linen(ScanMLP(), x)
   assert params["stack"]["Dense_0"]["kernel"].shape == (3, 32, 32)
   expected = dict(STACKED)
-  expected["stack/Dense_0/kernel"] = _mat(SPEC, 3.0, "hidden", (1,), (2,))
+  expected["stack/Dense_0/kernel"] = _mat(SPEC, H, "hidden", (1,), (2,))
   expected["stack/Dense_0/bias"] = _vec("vector", 2, batch=(0,))
   assert _table(ol.infer_rules(apply, params, x), params) == expected
 
@@ -226,7 +240,7 @@ def test_nnx_vmap_and_scan_stack_layers_on_a_batch_axis():
   model = NNXStack(nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)
   expected = dict(STACKED)
-  expected["blocks/fc/kernel"] = _mat(SPEC, 3.0, "hidden", (1,), (2,))
+  expected["blocks/fc/kernel"] = _mat(SPEC, H, "hidden", (1,), (2,))
   expected["blocks/fc/bias"] = _vec("vector", 2, batch=(0,))
   assert _table(ol.infer_rules(model, jnp.zeros((4, 16))), params) == expected
 
@@ -239,8 +253,8 @@ def test_fori_loop_over_a_stacked_leaf():
     return x @ p["head"]
 
   table = _table(ol.infer_rules(apply, params, jnp.zeros((4, 8))), params)
-  assert table["w"] == _mat(SPEC_IN, 3.0, "input", (1,), (2,))  # the loop's first input is x
-  assert table["head"] == _row(ROW, 10.0, "output")
+  assert table["w"] == _mat(SPEC_IN, H, "input", (1,), (2,))  # the loop's first input is x
+  assert table["head"] == _row(ROW, O, "output")
 
 
 class MoE(nn.Module):
@@ -268,11 +282,11 @@ def test_einsum_mixture_of_experts():
   x = jnp.zeros((4, 8))
   params, apply = _linen(MoE(), x)
   expected = {
-      "inp/kernel": _row(SPEC_IN, 3.0, "input"), "inp/bias": _vec("vector"),
-      "router/kernel": _row(SPEC, 3.0, "hidden"),
-      "experts_w": _mat(SPEC, 3.0, "hidden", (1,), (2,)),  # experts = batch axis
-      "experts_out": _mat(SPEC, 3.0, "hidden", (1,), (2,)),
-      "head/kernel": _row(ROW, 10.0, "output"), "head/bias": _vec("vector"),
+      "inp/kernel": _row(SPEC_IN, H, "input"), "inp/bias": _vec("vector"),
+      "router/kernel": _row(SPEC, H, "hidden"),
+      "experts_w": _mat(SPEC, H, "hidden", (1,), (2,)),  # experts = batch axis
+      "experts_out": _mat(SPEC, H, "hidden", (1,), (2,)),
+      "head/kernel": _row(ROW, O, "output"), "head/bias": _vec("vector"),
   }
   assert _table(ol.infer_rules(apply, params, x), params) == expected
 
@@ -316,11 +330,11 @@ def test_strict_false_falls_back_to_names_and_says_so():
   with pytest.warns(UserWarning, match=r"^(w|spare): "):
     rules = ol.infer_rules(apply, params, jnp.zeros((2, 8)), strict=False)
   table = _table(rules, params)
-  assert table["head"] == _row(ROW, 10.0, "output")
+  assert table["head"] == _row(ROW, O, "output")
   w, spare = rules.group_for("w", params["w"]), rules.group_for("spare", params["spare"])
   assert w.evidence.startswith("name fallback: used by an op the tracer does not know: sort")
   assert spare.evidence.startswith("name fallback: a matrix leaf that the traced function never")
-  assert isinstance(w.norm, norms.Spectral) and w.radius == 3.0  # default_rules, same radii
+  assert isinstance(w.norm, norms.Spectral) and w.radius == H  # default_rules, same radii
 
 
 def test_incompatible_roles_are_an_error():

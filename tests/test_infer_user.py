@@ -20,6 +20,7 @@ import optax_lmo as ol
 from optax_lmo import norms
 from optax_lmo._src.spec import path_str
 
+H, O = 48.0, 160.0  # infer_rules' default hidden and output radii (docs/radii.md)
 SPEC, SPEC_IN, ROW, BIAS = (norms.Spectral(), norms.Spectral(input_layer=True), norms.RowNorm(),
                             norms.BiasRMS())
 CONV_VIEW = ol.MatrixSpec((0, 1, 2), (3,))
@@ -59,13 +60,13 @@ class BNCNN(nn.Module):
 
 
 BNCNN_TABLE = {
-    "Conv_0/kernel": (norms.SpectralConv(), 27.0, "input", CONV_VIEW),
+    "Conv_0/kernel": (norms.SpectralConv(), H * 9, "input", CONV_VIEW),
     "Conv_0/bias": _vec(),
     "BatchNorm_0/scale": _vec("gain"), "BatchNorm_0/bias": _vec(),
-    "Conv_1/kernel": (norms.SpectralConv(), 27.0, "hidden", CONV_VIEW),
+    "Conv_1/kernel": (norms.SpectralConv(), H * 9, "hidden", CONV_VIEW),
     "Conv_1/bias": _vec(),
     "BatchNorm_1/scale": _vec("gain"), "BatchNorm_1/bias": _vec(),
-    "Dense_0/kernel": (ROW, 10.0, "output", None),
+    "Dense_0/kernel": (ROW, O, "output", None),
     "Dense_0/bias": _vec(),
 }
 
@@ -109,19 +110,19 @@ def test_nnx_batchnorm_and_dropout_in_train_mode():
   model.train()  # batch statistics and dropout masks from the batch
   params = nnx.state(model, nnx.Param)
   expected = {
-      "conv/kernel": (norms.SpectralConv(), 27.0, "input", CONV_VIEW), "conv/bias": _vec(),
+      "conv/kernel": (norms.SpectralConv(), H * 9, "input", CONV_VIEW), "conv/bias": _vec(),
       "bn/scale": _vec("gain"), "bn/bias": _vec(),
-      "fc/kernel": (SPEC, 3.0, "hidden", None), "fc/bias": _vec(),
-      "head/kernel": (ROW, 10.0, "output", None), "head/bias": _vec(),
+      "fc/kernel": (SPEC, H, "hidden", None), "fc/bias": _vec(),
+      "head/kernel": (ROW, O, "output", None), "head/bias": _vec(),
   }
   assert _table(ol.infer_rules(model, jnp.zeros((2, 8, 8, 1))), params) == expected
 
 
 MLP = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(16), nn.relu, nn.Dense(10)])
 MLP_TABLE = {
-    "layers_0/kernel": (SPEC_IN, 3.0, "input", None), "layers_0/bias": _vec(),
-    "layers_2/kernel": (SPEC, 3.0, "hidden", None), "layers_2/bias": _vec(),
-    "layers_4/kernel": (ROW, 10.0, "output", None), "layers_4/bias": _vec(),
+    "layers_0/kernel": (SPEC_IN, H, "input", None), "layers_0/bias": _vec(),
+    "layers_2/kernel": (SPEC, H, "hidden", None), "layers_2/bias": _vec(),
+    "layers_4/kernel": (ROW, O, "output", None), "layers_4/bias": _vec(),
 }
 
 
@@ -225,16 +226,16 @@ def test_depthwise_and_grouped_convs_are_routed_per_group():
   apply = lambda p, x: model.apply({"params": p}, x)
   rules = ol.infer_rules(apply, params, x)
   table = _table(rules, params)
-  assert table["Conv_0/kernel"] == (norms.SpectralConv(), 27.0, "input", CONV_VIEW)
-  assert table["depthwise/kernel"] == (norms.SpectralConv(groups=16), 27.0, "hidden", CONV_VIEW)
-  assert table["grouped/kernel"] == (norms.SpectralConv(groups=4), 3.0, "hidden", CONV_VIEW)
-  assert table["head/kernel"] == (ROW, 10.0, "output", None)
+  assert table["Conv_0/kernel"] == (norms.SpectralConv(), H * 9, "input", CONV_VIEW)
+  assert table["depthwise/kernel"] == (norms.SpectralConv(groups=16), H * 9, "hidden", CONV_VIEW)
+  assert table["grouped/kernel"] == (norms.SpectralConv(groups=4), H, "hidden", CONV_VIEW)
+  assert table["head/kernel"] == (ROW, O, "output", None)
   views = {r["path"]: r["view"] for r in ol.describe(rules, params)}
   assert views["depthwise/kernel"] == "16x9x1" and views["grouped/kernel"] == "4x4x8"
   dw = rules.group_for("depthwise/kernel", None)
   norm = jax.jit(lambda k: dw.norm.norm(
       ol.init_params(rules, params, k, scale="radius")["depthwise"]["kernel"]))
-  np.testing.assert_allclose(norm(jax.random.key(1)), np.full(16, 27.0), rtol=1e-5)
+  np.testing.assert_allclose(norm(jax.random.key(1)), np.full(16, H * 9), rtol=1e-5)
 
 
 def _sharded_worker() -> dict:
@@ -288,7 +289,7 @@ def test_own_rules_listed_first_win_and_the_rest_is_inferred():
   rules = ol.infer_rules(apply, params, x, rules=mine[:2])
   assert _table(rules, params) == {"w": (SPEC, 2.0, "hidden", None),
                                    "k": (norms.Frobenius(), 0.5, None, None),
-                                   "head": (ROW, 10.0, "output", None)}
+                                   "head": (ROW, O, "output", None)}
   assert rules.group_for("w", params["w"]).evidence == "user rule '^w$'"
   assert rules.group_for("k", params["k"]).evidence == "kept as is"
   everything = ol.infer_rules(apply, params, x, rules=ol.Rules(mine))  # a Rules of pairs
@@ -314,15 +315,15 @@ def test_non_strict_warns_per_leaf_and_marks_the_fallback():
   messages = sorted(str(w.message) for w in caught)
   assert len(messages) == 2
   unknown = "used by an op the tracer does not know"
-  assert re.match(rf"^k: {unknown}: fft; it gets Frobenius at radius 3", messages[0])
-  assert re.match(rf"^w: {unknown}: sort; it gets Spectral at radius 3", messages[1])
+  assert re.match(rf"^k: {unknown}: fft; it gets Frobenius at radius 48", messages[0])
+  assert re.match(rf"^w: {unknown}: sort; it gets Spectral at radius 48", messages[1])
   assert all(w.filename == __file__ for w in caught)  # points at the caller
   k, w = rules.group_for("k", params["k"]), rules.group_for("w", params["w"])
-  assert (k.norm, k.radius) == (norms.Frobenius(), 3.0)  # ndim 3: the names cannot view it
+  assert (k.norm, k.radius) == (norms.Frobenius(), H)  # ndim 3: the names cannot view it
   assert k.evidence == "Frobenius fallback: used by an op the tracer does not know: fft"
-  assert (w.norm, w.radius) == (SPEC, 3.0)  # default_rules by name, at the inferred radii
+  assert (w.norm, w.radius) == (SPEC, H)  # default_rules by name, at the inferred radii
   assert w.evidence == "name fallback: used by an op the tracer does not know: sort"
-  assert _table(rules, params)["head"] == (ROW, 10.0, "output", None)
+  assert _table(rules, params)["head"] == (ROW, O, "output", None)
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

@@ -63,7 +63,7 @@ def test_violations_name_the_leaf_and_the_problem():
 
 def test_short_scion_run_stays_finite_and_in_its_balls(tmp_path):
   cfg = train_lib.make_config(steps=30, width=32, depth=1, heads=2, batch=8, seq=32, lr=2**-4,
-                              eval_every=10, eval_batches=1, ckpt_every=30, workdir=str(tmp_path),
+                              init="scion", hidden_radius=3.0, output_radius=10.0, eval_every=10, eval_batches=1, ckpt_every=30, workdir=str(tmp_path),
                               progress=False, plot=False)
   check = monitor.BallCheck(model_lib.rules(train_lib.model_config(cfg, vocab_size=1)), tol=1e-3)
   out = train_lib.train(cfg, on_eval=check)
@@ -85,7 +85,8 @@ def test_short_scion_run_stays_finite_and_in_its_balls(tmp_path):
 
 def test_ball_check_catches_a_leaf_outside_its_ball():
   """The check is not vacuous: a model whose head is twice its radius is reported."""
-  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2)
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2, init="scion",
+                            output_radius=10.0)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
   model.head.kernel[...] = 2 * model.head.kernel[...]
   check = monitor.BallCheck(model_lib.rules(cfg), tol=1e-3)

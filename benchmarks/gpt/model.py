@@ -56,11 +56,12 @@ class GPTConfig:
   heads: int = 4  # attention heads; must divide width
   rotary: bool = True  # rotary position embedding (True) or a learned table pos_embed (False)
   scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
-  init: str = "scion"  # "scion": norm's init x radius; "rms": ol.init_params; "standard": Flax
-  embed_radius: float = 1.0  # radius of the embedding ball (scion init)
-  hidden_radius: float = 3.0  # radius of the hidden-matrix ball (scion init)
-  output_radius: float = 10.0  # radius of the output-head ball (scion init)
+  init: str = "rms"  # "rms": ol.init_params; "scion": norm's init x radius; "standard": Flax
+  embed_radius: float = 1.0  # radius of the embedding ball (rules, inits)
+  hidden_radius: float = 48.0  # radius of the hidden-matrix ball (rules, inits)
+  output_radius: float = 160.0  # radius of the output-head ball (rules, inits)
   output_norm: str = "rownorm"  # output-head geometry for the scion init: "rownorm" or "sign"
+  head_init_scale: float = 1.0  # the initial head kernel times this (0: a zero head)
   dtype: str = "float32"  # activation (compute) dtype; parameters are always float32
   qkv_view: str = "fused"  # the qkv kernel as one matrix, as q, k and v, or per head (QKV_VIEWS)
 
@@ -180,6 +181,8 @@ class GPT(nnx.Module):
     elif cfg.init == "rms":  # the library's init: inside each ball, independent of the radius
       params = nnx.state(self, nnx.Param)
       nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params()))
+    if cfg.head_init_scale != 1.0:
+      self.head.kernel.set_value(self.head.kernel.get_value() * cfg.head_init_scale)
 
   def __call__(self, tokens_BxL: jax.Array, frozen_below: int = 0, *, max_logits: bool = False):
     """Logits; no gradient reaches the blocks ``< frozen_below`` (nor, if > 0, the embeddings).
@@ -205,8 +208,8 @@ class GPT(nnx.Module):
 def gpt_rules(
     *,
     embed_radius: float = 1.0,
-    hidden_radius: float = 3.0,
-    output_radius: float = 10.0,
+    hidden_radius: float = 48.0,
+    output_radius: float = 160.0,
     bias_radius: float = 1.0,
     output_norm: str = "rownorm",
     lr_mults: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -215,8 +218,8 @@ def gpt_rules(
 
   ``embed/embedding`` and ``pos_embed/embedding`` -> ColNorm; ``head/kernel`` ->
   RowNorm (or Sign); every other ``kernel`` -> Spectral; ``scale`` and ``bias``
-  -> BiasRMS. Radii 1, 3, 10 follow the shallow shakespeare_char runs of
-  LIONS-EPFL/scion. ``lr_mults`` is (input, hidden, output). Strict: any other
+  -> BiasRMS. Radii 1, 48, 160 are the library's defaults (``infer_rules``):
+  constrained Scion's best 1000-step runs of ``benchmarks/ablation.py``. ``lr_mults`` is (input, hidden, output). Strict: any other
   leaf is an error. ``optax_lmo.infer_rules(model, tokens)`` gives the same
   routing from the model's computation (tests/test_infer.py holds them equal).
   """

@@ -60,14 +60,15 @@ class TrainConfig:
   preset: str | None = flag(None, "a named configuration; explicit flags override it", ("demo",))
   optimizer: str = flag("scion", "optax_muon is optax.contrib.muon, the peer baseline", OPTIMIZERS)
   init: str | None = flag(None, "scion: norm's init x radius; rms: ol.init_params (inside the"
-                          " ball, RMS-preserving at any radius); standard: Flax's; unset: scion"
-                          " for the Scions, else standard", model_lib.INITS)
+                          " ball, RMS-preserving at any radius); standard: Flax's; unset: rms for"
+                          " scion, scion for unconstrained_scion, else standard", model_lib.INITS)
   lr: float | None = flag(None, "peak learning rate; unset: the optimizer's (listed below)")
   adam_lr: float = flag(3e-3, "AdamW learning rate of the non-matrix leaves (muon, optax_muon)")
   beta: float | None = flag(None, "momentum decay (AdamW's b1); unset: 0.9, Muons 0.95")
   weight_decay: float = flag(0.0, "decoupled weight decay (not scion: its constraint decays)")
-  schedule: str = flag("linear_decay", "linear_decay: constant, then to 0 over --decay-frac",
-                       ("linear_decay", "constant"))
+  schedule: str = flag("linear_decay", "constant, then to 0 over --decay-frac: linearly, along"
+                       " half a cosine, or as 1 - sqrt of the decay's progress; or constant",
+                       ("linear_decay", "cosine_decay", "sqrt_decay", "constant"))
   decay_frac: float | None = flag(None, "fraction of the steps spent decaying the learning rate;"
                                   " unset: 0.5 for scion, else 0.3")
   warmup: int = flag(0, "steps of linear warmup from 0 to the peak learning rate")
@@ -80,11 +81,12 @@ class TrainConfig:
   rotary: bool = flag(True, "rotary positions (--no-rotary: a learned position table)")
   scale_gelu: bool = flag(True, "scale the GELU output by sqrt(2) to keep its variance")
   embed_radius: float = flag(1.0, "ColNorm radius of the embedding (rules and scion init)")
-  hidden_radius: float | None = flag(None, "Spectral radius of the hidden matrices (rules, scion"
-                                     " init); unset: 6 for scion, else 3")
-  output_radius: float | None = flag(None, "radius of the output head (rules and scion init);"
-                                     " unset: 20 for scion, else 10")
+  hidden_radius: float | None = flag(None, "Spectral radius of the hidden matrices (rules, inits);"
+                                     " unset: 3 for unconstrained_scion, else 48")
+  output_radius: float | None = flag(None, "radius of the output head (rules and inits);"
+                                     " unset: 10 for unconstrained_scion, else 160")
   output_norm: str = flag("rownorm", "output-head norm: RMS->inf or 1->inf", ("rownorm", "sign"))
+  head_init_scale: float = flag(1.0, "the initial head kernel times this (0: a zero head)")
   qkv_view: str = flag("fused", "matrix view of the fused qkv kernel (d, 3d) for the rules and"
                        " the inits that read them: one matrix, q/k/v (3 blocks) or per head"
                        " (3 x --heads blocks); not adamw, optax_muon", model_lib.QKV_VIEWS)
@@ -137,7 +139,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {  # what a number must b
     **dict.fromkeys(("lr", "adam_lr", "embed_radius", "hidden_radius", "output_radius",
                      "adaptive_batch", "qk_clip"),
                     (lambda v: v > 0, "> 0")),
-    **dict.fromkeys(("weight_decay", "warmup", "seed", "process_id"), (lambda v: v >= 0, ">= 0")),
+    **dict.fromkeys(("weight_decay", "warmup", "seed", "process_id", "head_init_scale"),
+                    (lambda v: v >= 0, ">= 0")),
     "beta": (lambda v: 0 <= v < 1, "in [0, 1)"), "decay_frac": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "val_frac": (lambda v: 0 < v < 1, "in (0, 1)"),
     "max_micro_batches": (lambda v: v >= 2, ">= 2")}

@@ -59,7 +59,11 @@ def scion(
 
   Args:
     learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule
-      (evaluated at every update, under ``jit``: not checked here). Every numeric
+      (evaluated at every update, under ``jit``: not checked here). At the
+      default radii (hidden 48, head 160) start from ``2**-11`` for about a
+      thousand steps, decaying over the last half; ``gamma`` is both the decay
+      of the weights (memory ``1/gamma`` steps) and, times the radius, the step
+      (``docs/radii.md``). Every numeric
       argument is checked here, naming a bad one; an injected value only where
       it is concrete: a non-finite one traced under ``jit`` makes the update
       non-finite, which ``optax.apply_if_finite`` chained *after* the optimizer

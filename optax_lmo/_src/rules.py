@@ -242,13 +242,18 @@ def _warn_without_head(plan: Plan) -> None:
     )
 
 
+# The default radius per role: constrained Scion's best runs of ``benchmarks/ablation.py``
+# (1000 steps of a 4-layer character GPT, at lr 2^-11; docs/radii.md).
+EMBED_RADIUS, HIDDEN_RADIUS, OUTPUT_RADIUS, BIAS_RADIUS = 1.0, 48.0, 160.0, 1.0
+
+
 @functools.cache
 def default_rules(
     *,
-    embed_radius: float = 1.0,
-    hidden_radius: float = 1.0,
-    output_radius: float = 1.0,
-    bias_radius: float = 1.0,
+    embed_radius: float = EMBED_RADIUS,
+    hidden_radius: float = HIDDEN_RADIUS,
+    output_radius: float = OUTPUT_RADIUS,
+    bias_radius: float = BIAS_RADIUS,
     output_norm: str = "rownorm",
     strict: bool = True,
 ) -> Rules:
