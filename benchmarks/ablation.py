@@ -39,7 +39,8 @@ it and changes one thing:
 16. ``decay_shape``: the decay along half a cosine and as ``1 - sqrt`` (against
     linear);
 17. ``combined``: the best run with the head radius and the qkv view of the
-    ``head`` and ``views`` stages' bests, on its own learning-rate grid (x1/2,
+    ``head`` and ``views`` stages' bests (and Nesterov momentum if it won), on its
+    own learning-rate grid (x1/2,
     x1, x2, extended past an edge that wins), and its best again at seed 1.
 
 AdamW's and optax's Muon's grids (seed 0) are those of
@@ -182,12 +183,14 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   stages["head_init"] = [{**best, "head_init_scale": f} for f in (0.0, 0.1)]
   stages["decay_shape"] = [{**best, "schedule": s} for s in ("cosine_decay", "sqrt_decay")]
   views = [best] + [p for p in stages["views"] if p["optimizer"] == best["optimizer"]]
-  if any(key(p) not in runs for p in stages["head"] + views):
+  if any(key(p) not in runs for p in stages["head"] + views + stages["nesterov"]):
     return stages
   head, view = _best(runs, stages["head"]), _best(runs, views)
   both = {**best, "output_radius": head["output_radius"]}
   if "qkv_view" in view:
     both["qkv_view"] = view["qkv_view"]
+  if _best(runs, [best] + stages["nesterov"]) is not best:
+    both["nesterov"] = True
   combined = _grid(runs, [{**both, "lr": both["lr"] * f} for f in (0.5, 1.0, 2.0)],
                    lambda p, s: {**p, "lr": p["lr"] * 2.0**s})
   stages["combined"] = combined
