@@ -139,9 +139,11 @@ def plot(result: dict, path: str) -> None:
   fig, axes = plt.subplots(2, len(arms), figsize=(5 * len(arms), 7), squeeze=False)
   for j, arm in enumerate(arms):
     for r in (r for r in result["runs"] if r["arm"] == arm and r["max_logit"]):
-      label = f"{r['variant']} (seed {r['settings']['seed']})"
-      axes[0, j].plot(*zip(*r["max_logit"], strict=True), label=label)
-      axes[1, j].plot(*zip(*r["curve"], strict=True), label=label)
+      seed = r["settings"]["seed"]
+      style = dict(color=f"C{VARIANTS.index(r['variant'])}", linestyle=("-", "--", ":")[seed % 3],
+                   label=f"{r['variant']} (seed {seed})")
+      axes[0, j].plot(*zip(*r["max_logit"], strict=True), **style)
+      axes[1, j].plot(*zip(*r["curve"], strict=True), **style)
     axes[0, j].set(title=arm, ylabel="largest attention logit", yscale="log")
     axes[1, j].set(xlabel="step", ylabel="validation loss", ylim=(1.4, 2.6))
     axes[0, j].legend(fontsize=8)

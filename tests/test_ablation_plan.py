@@ -22,9 +22,11 @@ def fake_loss(s: dict, best_hidden: float, best_lr_factor: float) -> float:
   if s["optimizer"] != "scion":
     return 1.6
   on_diagonal = ab._diagonal_point(s["hidden_radius"])["lr"]
+  head = s["output_radius"] / (s["hidden_radius"] * 5 / 3)  # best at 5/3 of the hidden radius
   return (1.5 + 0.01 * math.log2(s["hidden_radius"] / best_hidden) ** 2
           + 0.02 * math.log2(s["lr"] / (on_diagonal * best_lr_factor)) ** 2
-          + 0.05 * (s.get("init", "rms") != "rms"))
+          + 0.01 * math.log2(head) ** 2 - 0.01 * (s.get("qkv_view") == "split")
+          - 0.005 * bool(s.get("nesterov")) + 0.05 * (s.get("init", "rms") != "rms"))
 
 
 def walk(best_hidden, best_lr_factor):
@@ -61,11 +63,23 @@ def test_the_plan_finds_the_optimum_inside_its_grids_and_ends(best_hidden, best_
   assert {"short", "init", "schedule", "hybrid"} <= set(stages)
   short = next(s for st, s in order if st == "short")
   assert short["steps"] == 700 and short["lr"] == centre
-  assert stages[-5:] == ["views"] * 5 and list(ab.plan(runs))[-1] == "views" == ab.STAGES[-1]
+  assert list(ab.plan(runs)) == list(ab.STAGES)  # every stage planned, in order
   views = [s for st, s in order if st == "views"]
   best = {k: v for k, v in short.items() if k != "steps"}  # the best Scion run, full length
   assert views[:2] == [{**best, "qkv_view": v} for v in ("split", "per_head")]
   assert views[2:] == [{**ab.MUON, "qkv_view": v} for v in ("fused", "split", "per_head")]
+  assert [s for st, s in order if st == "nesterov"] == [{**best, "nesterov": True}]
+  assert len([s for st, s in order if st == "polar"]) == 3
+  # combined: the head stage's best radius, the split view and Nesterov (each won), an lr grid
+  # around the best lr with its optimum inside, then that optimum at seed 1
+  combined = [s for st, s in order if st == "combined"]
+  head = min((s for st, s in order if st == "head"), key=lambda s: runs[ab.key(s)]["val_loss"])
+  assert stages[-len(combined):] == ["combined"] * len(combined)
+  both = {**best, "output_radius": head["output_radius"], "qkv_view": "split", "nesterov": True}
+  grid = sorted(s["lr"] for s in combined[:-1])
+  assert all({**s, "lr": best["lr"]} == both for s in combined[:-1])
+  assert grid[0] < best["lr"] < grid[-1]
+  assert combined[-1] == {**both, "seed": 1}
 
 
 def test_summary_rows_name_each_stage_best():
@@ -95,5 +109,4 @@ def test_muon_is_our_muons_best_run_in_the_convergence_sweep():
   top = min((r for r in conv["runs"] if r["optimizer"] == "muon"), key=lambda r: r["val_loss"])
   assert (top["lr"], top.get("init"), top["beta"]) == (ab.MUON["lr"], ab.MUON["init"], None)
   resolved = optim.resolve(train_lib.make_config(**ab.SHAPE, **ab.MUON))
-  assert (resolved.hidden_radius, resolved.output_radius, resolved.decay_frac) == (
-      top["hidden_radius"], top["output_radius"], top["decay_frac"])
+  assert resolved.decay_frac == top["decay_frac"]  # the radii: ol.muon routes by muon_rules()

@@ -117,14 +117,16 @@ def infer_rules(
     *example_args: ``params, *args`` for a function; ``*args`` for a module.
     embed_radius: radius of embedding tables.
     hidden_radius: radius of the input layer and of the hidden matrices and
-      convolutions (a real-valued input layer at radius 1 trained clearly worse
-      on ``benchmarks/digits.py``).
+      convolutions. The defaults (1, 48, 160, 1 by role) are constrained Scion's
+      best 1000-step runs of ``benchmarks/ablation.py``, at ``lr = 2**-11``
+      (``docs/radii.md``).
     conv_radius: radius of convolution kernels that are not the output layer;
-      ``None``: ``hidden_radius`` times the kernel's taps ``kh*kw`` (27 for
-      3x3), which cancels the ``1/(kh*kw)`` of :class:`~optax_lmo.norms.SpectralConv`'s
-      factor: a kernel at this radius steps like a dense layer from ``c_in`` to
-      ``c_out`` at ``hidden_radius`` in every tap (the CNN of
-      ``benchmarks/digits.py`` trained clearly worse at 3 and at ``3*sqrt(kh*kw)``).
+      ``None``: ``hidden_radius`` times the kernel's taps ``kh*kw`` (432 for
+      3x3 at the default 48), which cancels the ``1/(kh*kw)`` of
+      :class:`~optax_lmo.norms.SpectralConv`'s factor: a kernel at this radius
+      steps like a dense layer from ``c_in`` to ``c_out`` at ``hidden_radius``
+      in every tap (at hidden radius 3 the CNN of ``benchmarks/digits.py``
+      trained clearly worse at 3 and at ``3*sqrt(kh*kw)`` than at 27).
     output_radius: radius of the output layer (and of a tied embedding).
     bias_radius: radius of biases, gains and other elementwise leaves.
     output_norm: ``"rownorm"`` or ``"sign"``, the output layer's norm.

@@ -271,7 +271,8 @@ def default_rules(
   computation can (:func:`~optax_lmo.infer_rules`).
 
   Args:
-    embed_radius, hidden_radius, output_radius, bias_radius: radius per role.
+    embed_radius, hidden_radius, output_radius, bias_radius: radius per role;
+      the defaults are :func:`~optax_lmo.infer_rules`'s (``docs/radii.md``).
     output_norm: ``"rownorm"`` or ``"sign"`` for the head.
     strict: raise on leaves nothing matches (kept for symmetry with :class:`Rules`).
 
