@@ -51,7 +51,6 @@ from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import monitor
 from benchmarks.gpt import train as train_lib
 
-
 # The trainer's defaults for scion when the recorded run was made, pinned so that it reproduces
 # (it now defaults to radii 48 and 160, lr 2^-11, from ol.init_params: inside each ball rather
 # than on its sphere).
@@ -129,8 +128,9 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   with tempfile.TemporaryDirectory() as tmp:
     cfg = train_lib.make_config(
-        preset="demo", **RECORDED, steps=args.steps, eval_every=args.eval_every, ckpt_every=args.steps,
-        workdir=args.workdir or tmp, resume=False, progress=False, plot=False)
+        preset="demo", **RECORDED, steps=args.steps, eval_every=args.eval_every,
+        ckpt_every=args.steps, workdir=args.workdir or tmp, resume=False, progress=False,
+        plot=False)
     print(f"scion, demo model, {args.steps} steps, checks every {args.eval_every}:", flush=True)
     res = run(cfg, tol=args.tol, verbose=True)
   res = dict(machine=machine(), command=_common.command("stability", argv), **res)

@@ -63,8 +63,9 @@ def test_violations_name_the_leaf_and_the_problem():
 
 def test_short_scion_run_stays_finite_and_in_its_balls(tmp_path):
   cfg = train_lib.make_config(steps=30, width=32, depth=1, heads=2, batch=8, seq=32, lr=2**-4,
-                              init="scion", hidden_radius=3.0, output_radius=10.0, eval_every=10, eval_batches=1, ckpt_every=30, workdir=str(tmp_path),
-                              progress=False, plot=False)
+                              init="scion", hidden_radius=3.0, output_radius=10.0,
+                              eval_every=10, eval_batches=1, ckpt_every=30,
+                              workdir=str(tmp_path), progress=False, plot=False)
   check = monitor.BallCheck(model_lib.rules(train_lib.model_config(cfg, vocab_size=1)), tol=1e-3)
   out = train_lib.train(cfg, on_eval=check)
   assert out["step"] == 30 and math.isfinite(out["val_loss"])

@@ -219,9 +219,10 @@ def gpt_rules(
   ``embed/embedding`` and ``pos_embed/embedding`` -> ColNorm; ``head/kernel`` ->
   RowNorm (or Sign); every other ``kernel`` -> Spectral; ``scale`` and ``bias``
   -> BiasRMS. Radii 1, 48, 160 are the library's defaults (``infer_rules``):
-  constrained Scion's best 1000-step runs of ``benchmarks/ablation.py``. ``lr_mults`` is (input, hidden, output). Strict: any other
-  leaf is an error. ``optax_lmo.infer_rules(model, tokens)`` gives the same
-  routing from the model's computation (tests/test_infer.py holds them equal).
+  constrained Scion's best 1000-step runs of ``benchmarks/ablation.py``.
+  ``lr_mults`` is (input, hidden, output). Strict: any other leaf is an error.
+  ``optax_lmo.infer_rules(model, tokens)`` gives the same routing from the model's
+  computation (tests/test_infer.py holds them equal).
   """
   if output_norm not in ("rownorm", "sign"):
     raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {output_norm!r}.")
