@@ -92,7 +92,7 @@ def describe(tx_or_rules: Any, params: Any = None) -> Description:
     >>> tx = optax.chain(optax.clip_by_global_norm(1.0), ol.scion(0.1))
     >>> d = ol.describe(tx, {"w": jnp.zeros((4, 8))})
     >>> d[0]["norm"], d[0]["view"], d[0]["radius"]
-    ('Spectral', '4x8', 1.0)
+    ('Spectral', '4x8', 48.0)
   """
   if params is not None:
     _refuse_non_params(params)
