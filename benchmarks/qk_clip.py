@@ -10,7 +10,8 @@ Scion from ``ol.init_params`` at radii 48/160 and lr ``2^-11``):
 2. ``4x``: four times that learning rate, without QK-clip;
 3. ``4x + clip``: four times it with ``--qk-clip TAU``, ``TAU`` the largest
    attention logit the reference run reached at any evaluation (what a healthy
-   run needs, rounded up to an integer).
+   run needs, rounded up to an integer; seed 0's reference for a seed run
+   without its own, ``--variants "4x,4x + clip"``).
 
 Every evaluation logs the largest pre-softmax attention logit of any head on
 the first validation batch (``max_logit`` in the trainer's ``log.jsonl``). A
@@ -23,7 +24,8 @@ validation-loss traces).
 
 Usage, from the repository root::
 
-  python -m benchmarks.qk_clip --data PATH [--arms muon,scion] [--seed 0] [--resume] [--report]
+  python -m benchmarks.qk_clip --data PATH [--arms muon,scion] [--seed 0] [--variants ...]
+                               [--resume] [--report]
 """
 
 from __future__ import annotations
@@ -157,6 +159,9 @@ def parse(argv):
   p.add_argument("--data", default=None, help="a UTF-8 text file (recorded: tinyshakespeare.txt)")
   p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {tuple(ARMS)}")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--variants", default=",".join(VARIANTS),
+                 help=f"comma-separated, from {VARIANTS}; without this seed's reference, tau"
+                      " comes from seed 0's")
   p.add_argument("--resume", action="store_true", help="keep the runs already in --out")
   p.add_argument("--report", action="store_true", help="no training: the table and plot only")
   p.add_argument("--out", default=os.path.join(_common.RESULTS, "qk_clip.json"))
@@ -176,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
   with tempfile.TemporaryDirectory() as root:
     for arm in [] if args.report else args.arms.split(","):
       tau = None
-      for variant in VARIANTS:
+      for variant in args.variants.split(","):
         done = {(r["arm"], r["variant"], r["settings"]["seed"]): r for r in result["runs"]}
-        ref = done.get((arm, "reference", args.seed))
+        ref = done.get((arm, "reference", args.seed)) or done.get((arm, "reference", 0))
         tau = None if ref is None or not ref["max_logit"] else tau_from(ref)
         if (arm, variant, args.seed) in done:
           continue
