@@ -165,7 +165,12 @@ def parse(argv):
   p.add_argument("--resume", action="store_true", help="keep the runs already in --out")
   p.add_argument("--report", action="store_true", help="no training: the table and plot only")
   p.add_argument("--out", default=os.path.join(_common.RESULTS, "qk_clip.json"))
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name, allowed in (("arms", tuple(ARMS)), ("variants", VARIANTS)):
+    bad = [v for v in getattr(args, name).split(",") if v not in allowed]
+    if bad:
+      p.error(f"--{name}: {bad} not among {allowed}")
+  return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,12 +185,14 @@ def main(argv: list[str] | None = None) -> None:
       result["runs"] = json.load(f)["runs"]
   with tempfile.TemporaryDirectory() as root:
     for arm in [] if args.report else args.arms.split(","):
-      tau = None
       for variant in args.variants.split(","):
         done = {(r["arm"], r["variant"], r["settings"]["seed"]): r for r in result["runs"]}
         ref = done.get((arm, "reference", args.seed)) or done.get((arm, "reference", 0))
         tau = None if ref is None or not ref["max_logit"] else tau_from(ref)
         if (arm, variant, args.seed) in done:
+          continue
+        if variant == "4x + clip" and tau is None:
+          print(f"[{arm} {variant}] skipped: no finite reference run gives tau", flush=True)
           continue
         settings = settings_for(arm, variant, tau, args.seed)
         print(f"[{arm} {variant}] {settings}", flush=True)
