@@ -105,7 +105,9 @@ def test_draws_are_reproducible_and_resume_where_they_stopped():
 def test_dropped_leaf_stays_put_and_its_momentum_keeps_accumulating():
   params = {"w": jax.random.normal(jax.random.key(4), (6, 6)) * 0.1}
   grads = [jax.random.normal(jax.random.key(10 + i), (6, 6)) for i in range(3)]
-  tx = optax.inject_hyperparams(ol.scion)(learning_rate=0.1, keep_prob=0.5, polar=SVD)
+  rules = [("w", ol.Group(ol.norms.Spectral(), radius=1.0))]
+  tx = optax.inject_hyperparams(ol.scion)(learning_rate=0.1, keep_prob=0.5, polar=SVD,
+                                          rules=rules)
   state = tx.init(params)
   # Injected and traced under jit, 0 (never kept) is not checked: it drops every step.
   update = jax.jit(tx.update)
