@@ -110,7 +110,8 @@ def scion(
   Examples:
     >>> import jax, jax.numpy as jnp, optax, optax_lmo as ol
     >>> params = {"w": jnp.eye(4), "b": jnp.zeros(4)}
-    >>> rules = [("w", ol.Group(ol.norms.Spectral(), radius=1.0)), ("b", ol.Group(ol.norms.BiasRMS()))]
+    >>> rules = [("w", ol.Group(ol.norms.Spectral(), radius=1.0)),
+    ...          ("b", ol.Group(ol.norms.BiasRMS()))]
     >>> tx = ol.scion(0.1, rules=rules)
     >>> state = tx.init(params)
     >>> grads = jax.tree.map(lambda p: -jnp.ones_like(p), params)
