@@ -143,6 +143,25 @@ def train_logged(cfg) -> tuple[dict, list[dict], float]:
   return out, records, seconds
 
 
+def train_settings(shape: dict, settings: dict, data: str | None, root: str):
+  """The GPT trainer at ``shape`` and ``settings``, in a workdir under ``root``.
+
+  Returns ``(cfg, out, records, seconds)``; ``out`` is ``None`` when the run diverged (it
+  stops itself with an error, printed here in one line).
+  """
+  from benchmarks.gpt import train as train_lib  # the GPT benchmarks only
+
+  name = f"run{abs(hash(json.dumps(settings, sort_keys=True)))}"
+  cfg = train_lib.make_config(**{**shape, **settings}, data=data, ckpt_every=10**6, keep_ckpts=1,
+                              resume=False, progress=False, plot=False,
+                              workdir=os.path.join(root, name))
+  try:
+    return cfg, *train_logged(cfg)
+  except (FloatingPointError, ValueError, RuntimeError) as e:  # a diverged run stops itself
+    print(f"  diverged: {e}".splitlines()[0], flush=True)
+    return cfg, None, [], None
+
+
 def polar_flops(shape, pol: ol.Polar) -> int:
   """FLOPs of the matmuls ``polar`` runs on one matrix of ``shape`` with options ``pol``.
 

@@ -69,7 +69,6 @@ import optax
 from benchmarks import _common
 from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import optim
-from benchmarks.gpt import train as train_lib
 
 SHAPE = dict(width=128, depth=4, heads=4, seq=128, batch=16, steps=1000, eval_every=50,
              eval_batches=16)
@@ -92,13 +91,8 @@ def key(settings: dict) -> str:
 
 def run_one(settings: dict, args, root: str) -> dict:
   """Trains one run; its resolved settings, curve, final loss (NaN: diverged) and seconds."""
-  cfg = train_lib.make_config(
-      **{**SHAPE, **settings}, data=args.data, ckpt_every=10**6, keep_ckpts=1, resume=False,
-      progress=False, plot=False, workdir=os.path.join(root, f"run{abs(hash(key(settings)))}"))
-  try:
-    out, records, seconds = _common.train_logged(cfg)
-  except (FloatingPointError, ValueError, RuntimeError) as e:  # a diverged run stops itself
-    print(f"  diverged: {e}".splitlines()[0], flush=True)
+  cfg, out, records, seconds = _common.train_settings(SHAPE, settings, args.data, root)
+  if out is None:
     return dict(settings=settings, resolved=_resolved(cfg), val_loss=math.nan, curve=[],
                 seconds=None)
   evals = [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]

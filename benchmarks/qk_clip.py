@@ -42,7 +42,6 @@ import optax
 
 from benchmarks import _common
 from benchmarks.ablation import SHAPE
-from benchmarks.gpt import train as train_lib
 
 ARMS = {  # each optimizer's best run of benchmarks/results/ablation.json
     "muon": dict(optimizer="muon", init="standard", lr=0.01),
@@ -82,13 +81,8 @@ def tau_from(reference: dict) -> float:
 
 
 def run_one(settings: dict, data: str | None, root: str) -> dict:
-  cfg = train_lib.make_config(
-      **{**SHAPE, **settings}, data=data, ckpt_every=10**6, keep_ckpts=1, resume=False,
-      progress=False, plot=False, workdir=os.path.join(root, f"run{abs(hash(key(settings)))}"))
-  try:
-    out, records, seconds = _common.train_logged(cfg)
-  except (FloatingPointError, ValueError, RuntimeError) as e:  # a diverged run stops itself
-    print(f"  diverged: {e}".splitlines()[0], flush=True)
+  _, out, records, seconds = _common.train_settings(SHAPE, settings, data, root)
+  if out is None:
     return dict(settings=settings, val_loss=math.nan, curve=[], max_logit=[], train=[],
                 spikes=None, seconds=None)
   evals = [r for r in records if r["kind"] == "eval"]
@@ -97,10 +91,6 @@ def run_one(settings: dict, data: str | None, root: str) -> dict:
               curve=[[r["step"], r["val_loss"]] for r in evals],
               max_logit=[[r["step"], r["max_logit"]] for r in evals], train=train,
               spikes=spikes([v for _, v in train]), seconds=seconds)
-
-
-def key(settings: dict) -> str:
-  return json.dumps(settings, sort_keys=True)
 
 
 def rows(result: dict) -> list[dict]:

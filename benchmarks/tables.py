@@ -468,14 +468,20 @@ def digits() -> str | None:
               for m, g in d["adamw_minus_scion_points"].items()) + ".")
 
 
-def ablation() -> str | None:
-  """``benchmarks/ablation.py``'s table (it writes ``results/ablation.md`` beside its JSON)."""
-  d = _load("ablation.json")
-  path = os.path.join(RESULTS, "ablation.md")
+def _with_table(name: str) -> tuple[dict, str] | None:
+  """``results/NAME.json`` and the Markdown table its script writes beside it, if both exist."""
+  d, path = _load(f"{name}.json"), os.path.join(RESULTS, f"{name}.md")
   if d is None or not os.path.exists(path):
     return None
   with open(path) as f:
-    ablation_table = f.read().strip()
+    return d, f.read().strip()
+
+
+def ablation() -> str | None:
+  """``benchmarks/ablation.py``'s table (it writes ``results/ablation.md`` beside its JSON)."""
+  if (found := _with_table("ablation")) is None:
+    return None
+  d, ablation_table = found
   c = d["config"]
   return (f"Constrained Scion, one change at a time from the RMS-preserving init on the cpu shape "
           f"(width {c['width']}, depth {c['depth']}, {c['batch']}x{c['seq']} tokens per step, "
@@ -486,12 +492,9 @@ def ablation() -> str | None:
 
 def qk_clip() -> str | None:
   """``benchmarks/qk_clip.py``'s table (it writes ``results/qk_clip.md`` beside its JSON)."""
-  d = _load("qk_clip.json")
-  path = os.path.join(RESULTS, "qk_clip.md")
-  if d is None or not os.path.exists(path):
+  if (found := _with_table("qk_clip")) is None:
     return None
-  with open(path) as f:
-    qk_table = f.read().strip()
+  d, qk_table = found
   c = d["config"]
   return (f"Each optimizer at its best learning rate of the ablation and at {c['factor']:g}x it, "
           f"without and with QK-clip at `tau` = the largest attention logit the best-lr run "
