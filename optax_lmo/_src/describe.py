@@ -89,7 +89,7 @@ def describe(tx_or_rules: Any, params: Any = None) -> Description:
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), ol.scion(0.1))
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), ol.scion(2**-11))
     >>> d = ol.describe(tx, {"w": jnp.zeros((4, 8))})
     >>> d[0]["norm"], d[0]["view"], d[0]["radius"]
     ('Spectral', '4x8', 48.0)
