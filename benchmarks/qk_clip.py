@@ -41,10 +41,10 @@ import jax
 import optax
 
 from benchmarks import _common
-from benchmarks.ablation import SHAPE
+from benchmarks.ablation import MUON, SHAPE
 
 ARMS = {  # each optimizer's best run of benchmarks/results/ablation.json
-    "muon": dict(optimizer="muon", init="standard", lr=0.01),
+    "muon": MUON,
     "scion": dict(optimizer="scion", init="rms", hidden_radius=48.0, output_radius=160.0,
                   lr=2**-11, decay_frac=0.5),
 }

@@ -41,7 +41,8 @@ NS_COEFFS = ("polar_express", "jordan", "you5", "cubic")  # ol.Polar's coefficie
 # Muons (convergence.py) from Flax's init.
 DEFAULT_LR = {"scion": 2**-11, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
               "optax_muon": 0.01, "scion_hybrid": 2**-12}
-LIBRARY_RADII = (48.0, 160.0)  # (hidden, output): gpt_rules()'s and infer_rules()'s
+# (hidden, output): the model's defaults, gpt_rules()'s and infer_rules()'s
+LIBRARY_RADII = (model_lib.GPTConfig.hidden_radius, model_lib.GPTConfig.output_radius)
 DEFAULT_RADII = {"unconstrained_scion": (3.0, 10.0)}  # the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 DEFAULT_INIT = {"scion": "rms", "unconstrained_scion": "scion"}  # the others: Flax's (standard)
@@ -86,11 +87,17 @@ def make_schedule(cfg, peak) -> optax.Schedule:
       [cfg.warmup, cfg.steps - decay])
 
 
+def polar_of(cfg) -> ol.Polar | None:
+  """The ``ol.Polar`` that ``--polar``, ``--ns-coeffs`` and ``--ns-steps`` ask for; ``None``
+  when all three are at their defaults (the library's own polar factor)."""
+  if (cfg.polar, cfg.ns_coeffs, cfg.ns_steps) == ("auto", "polar_express", None):
+    return None
+  return ol.Polar(method=cfg.polar, coeffs=cfg.ns_coeffs, steps=cfg.ns_steps)
+
+
 def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.GradientTransformation:
   """The ``--optimizer`` at learning rates ``lr`` (``adam_lr``: Muons' AdamW part)."""
-  polar = None
-  if (cfg.polar, cfg.ns_coeffs, cfg.ns_steps) != ("auto", "polar_express", None):
-    polar = ol.Polar(method=cfg.polar, coeffs=cfg.ns_coeffs, steps=cfg.ns_steps)
+  polar = polar_of(cfg)
   nesterov = {} if cfg.nesterov is None else dict(nesterov=cfg.nesterov)
   kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay, **nesterov)
   if cfg.optimizer == "scion":  # constrained: its decay is fixed (weight_decay must be 0)

@@ -49,6 +49,7 @@ from benchmarks.gpt.optim import (
   adaptive_stats,
   make_optimizer,
   make_schedule,
+  polar_of,
   resolve,
 )
 
@@ -162,8 +163,7 @@ def validate(cfg: TrainConfig) -> None:
     raise ValueError(f"--qkv-view {cfg.qkv_view}: {cfg.optimizer} does not route by the"
                      f" example's rules; use it with --optimizer {', '.join(ROUTED)}, or leave"
                      " it fused.")
-  if cfg.optimizer not in ROUTED and (cfg.nesterov is not None or cfg.polar != "auto"
-                                      or cfg.ns_coeffs != "polar_express" or cfg.ns_steps):
+  if cfg.optimizer not in ROUTED and (cfg.nesterov is not None or polar_of(cfg) is not None):
     raise ValueError(f"--nesterov, --polar, --ns-coeffs and --ns-steps set our LMO optimizers;"
                      f" {cfg.optimizer} does not take them (use --optimizer"
                      f" {', '.join(ROUTED)}).")
