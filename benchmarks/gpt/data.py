@@ -10,17 +10,42 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
+PYTHON_SOURCE = "python-stdlib"  # ``--data`` for Python's own source code
+
+
+def python_source_text() -> str:
+  """The ASCII-only ``.py`` files at the top of Python's standard library, sorted by name.
+
+  Ships with every Python (about 4.4M characters on 3.11): a second corpus, code
+  instead of prose, with no download. Its content follows the Python version;
+  a result records the text's fingerprint.
+  """
+  import glob
+  import sysconfig
+
+  texts = []
+  for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
+    with open(path, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+    if text.isascii():
+      texts.append(text)
+  return "\n".join(texts)
+
 
 def load_text(path: str | None = None) -> tuple[str, str]:
-  """``(text, source)``: the file at ``path``, or the ``pydoc_data.topics`` corpus."""
+  """``(text, source)``: the file at ``path``, the ``pydoc_data.topics`` corpus (``None``) or
+  Python's source code (:data:`PYTHON_SOURCE`)."""
   if path is None:
     import pydoc_data.topics
 
     return "\n".join(pydoc_data.topics.topics.values()), "pydoc_data.topics"
+  if path == PYTHON_SOURCE:
+    return python_source_text(), PYTHON_SOURCE
   with open(path, encoding="utf-8") as f:
     return f.read(), path
 
@@ -146,6 +171,6 @@ def unigram_entropy(ids_N: np.ndarray, vocab_size: int) -> float:
 
 
 __all__ = [
-    "MIN_CHARS", "Dataset", "build", "check_length", "load", "load_text", "min_chars",
-    "train_batch", "val_batches", "unigram_entropy",
+    "MIN_CHARS", "PYTHON_SOURCE", "Dataset", "build", "check_length", "load", "load_text",
+    "min_chars", "python_source_text", "train_batch", "val_batches", "unigram_entropy",
 ]

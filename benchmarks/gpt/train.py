@@ -112,7 +112,8 @@ class TrainConfig:
   ckpt_every: int = flag(200, "steps between checkpoints (and one at the end)")
   keep_ckpts: int = flag(2, "checkpoints kept on disk (the oldest deleted first)")
   workdir: str = flag("runs/gpt", "where log.jsonl, describe.txt, loss.png and ckpt/ go")
-  data: str | None = flag(None, "a UTF-8 text file; unset: pydoc_data.topics (ships with Python)")
+  data: str | None = flag(None, "a UTF-8 text file, or python-stdlib (Python's own .py files);"
+                          " unset: pydoc_data.topics (ships with Python)")
   val_frac: float = flag(0.1, "the last fraction of the text, held out for validation")
   seed: int = flag(0, "seeds the initialization and the batch order")
   resume: bool | None = flag(None, "resume from --workdir/ckpt; unset: yes, but not for a preset")
@@ -174,7 +175,7 @@ def validate(cfg: TrainConfig) -> None:
   if cfg.qk_clip is not None and (cfg.drop or cfg.adaptive_batch is not None):
     raise ValueError("--qk-clip does not combine with --drop or --adaptive-batch (it clips"
                      " after each optimizer step, from that step's forward pass).")
-  if cfg.data is not None and not os.path.isfile(cfg.data):
+  if cfg.data not in (None, data_lib.PYTHON_SOURCE) and not os.path.isfile(cfg.data):
     raise ValueError(f"--data {cfg.data}: no such file.")
   try:
     text, source = data_lib.load_text(cfg.data)
