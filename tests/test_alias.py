@@ -62,7 +62,7 @@ def _flat(tree):
 
 def _decayed_rules():  # the same groups, one with its own decay
   return ol.Rules(tuple(
-      (p, ol.Group(g.norm, g.radius, g.lr_mult, decay=0.0)) if p == r"fc/kernel$" else (p, g)
+      (p, ol.Group(g.norm, g.radius, g.lr_mult, weight_decay=0.0)) if p == r"fc/kernel$" else (p, g)
       for p, g in _rules().rules
   ))
 
@@ -276,7 +276,7 @@ def test_describe_lists_every_leaf():
   assert set(got) == {"embed/embedding", "fc/kernel", "fc/bias", "head/kernel"}
   assert got["fc/kernel"]["norm"] == "Spectral" and got["fc/kernel"]["view"] == "8x32"
   assert got["fc/kernel"]["radius"] == 3.0 and got["fc/kernel"]["lr_mult"] == 0.5
-  assert got["head/kernel"]["norm"] == "RowNorm" and got["head/kernel"]["decay"] == 1.0
+  assert got["head/kernel"]["norm"] == "RowNorm" and got["head/kernel"]["weight_decay"] == 1.0
   assert got["embed/embedding"]["state"] == "float32"
   assert [r["path"] for r in rows] == [
       "/".join(str(k.key) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -285,11 +285,12 @@ def test_describe_lists_every_leaf():
   assert "fc/kernel" in table and "Spectral" in table
   muon_rows = {r["path"]: r for r in ol.describe(ol.muon(0.1), params)}
   assert muon_rows["embed/embedding"]["norm"] == "AdamW"
-  assert muon_rows["fc/kernel"]["norm"] == "Spectral" and muon_rows["fc/kernel"]["decay"] == 0.0
+  assert muon_rows["fc/kernel"]["norm"] == "Spectral"
+  assert muon_rows["fc/kernel"]["weight_decay"] == 0.0
   # The decay column reads the optimizer's own default, and a group's override.
   u = {r["path"]: r for r in ol.describe(ol.unconstrained_scion(0.1, rules=_decayed_rules(),
                                                                   weight_decay=0.3), params)}
-  assert u["head/kernel"]["decay"] == 0.3 and u["fc/kernel"]["decay"] == 0.0
+  assert u["head/kernel"]["weight_decay"] == 0.3 and u["fc/kernel"]["weight_decay"] == 0.0
   # bf16 parameters: the state column shows the float32 momentum; mu_dtype overrides it.
   p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
   assert {r["state"] for r in ol.describe(ol.scion(0.1, rules=_rules()), p16)} == {"float32"}

@@ -288,7 +288,7 @@ def test_negative_learning_rate_is_refused(make):
     make()
 
 
-@pytest.mark.parametrize("field", ["radius", "lr_mult", "decay"])
+@pytest.mark.parametrize("field", ["radius", "lr_mult", "weight_decay"])
 def test_negative_group_values_are_refused(field):
   with pytest.raises(ValueError, match=f"Group: {field} must be a finite number >= 0"):
     ol.Group(norms.Spectral(), **{field: -1.0})

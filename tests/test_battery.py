@@ -326,7 +326,8 @@ def test_describe_sees_through_wrappers(factory, kwargs):
   injected = ol.describe(optax.inject_hyperparams(factory)(**kwargs), params)
   assert [r["path"] for r in injected] == paths
   for r, q in zip(injected, plain, strict=True):
-    assert {**r, "decay": None, "keep": None} == {**q, "decay": None, "keep": None}
+    assert {**r, "weight_decay": None, "keep_prob": None} == {**q, "weight_decay": None,
+                                                              "keep_prob": None}
     # An injected decay or keep_prob is a traced value: the table says so, not a number.
-    for col in ("decay", "keep"):
+    for col in ("weight_decay", "keep_prob"):
       assert r[col] == q[col] or r[col] == "injected", (col, r, q)

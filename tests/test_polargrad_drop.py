@@ -163,7 +163,7 @@ def test_group_keep_prob_overrides_and_describe_shows_it():
     u, state = jax.jit(tx.update)(params, state, params)
     moved = _moved(u)
     assert moved[0] and not moved[1]
-  rows = {r["path"]: r["keep"] for r in ol.describe(tx, params)}
+  rows = {r["path"]: r["keep_prob"] for r in ol.describe(tx, params)}
   assert rows["blocks/0/kernel"] == 1.0 and rows["blocks/1/kernel"] == 1e-9
   assert rows["blocks/2/kernel"] == 0.5
 

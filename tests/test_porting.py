@@ -445,7 +445,7 @@ def _dims_and_mask():
   rules = ol.Rules([
       (r"^embed$", ol.Group(None)),
       (r"^stack$", ol.Group(spectral, spec=ol.MatrixSpec(fan_in=(1,), fan_out=(2,)))),
-      (r"^head$", ol.Group(spectral, decay=0.0)),
+      (r"^head$", ol.Group(spectral, weight_decay=0.0)),
   ])
   return peer, _ported_with_rules(rules, weight_decay=0.1)
 

@@ -1,4 +1,4 @@
-"""Routing: ol.route with a custom build, describe's table, and default_rules' name rules."""
+"""Routing: route with a custom build, describe's table, and default_rules' name rules."""
 
 import gc
 import warnings
@@ -13,6 +13,8 @@ import pytest
 import optax_lmo as ol
 from optax_lmo import norms
 from optax_lmo._src import describe as describe_lib
+from optax_lmo._src.route import RouteState, route
+from optax_lmo._src.settings import Options
 
 SVD = ol.Polar(method="svd")
 
@@ -32,7 +34,7 @@ def _groups(tree, rules=None):
   return dict(zip(plan.paths, plan.groups, strict=True))
 
 
-# ---- ol.route with a custom build -------------------------------------------------------
+# ---- route with a custom build -----------------------------------------------------------
 
 
 RULES = [
@@ -46,8 +48,8 @@ def _build(seen):
   def build(plan):
     seen.append(plan)
     return optax.chain(
-        ol.scale_by_norm(plan.tree(lambda g: g.norm)),
-        ol.scale_by_radius(plan.tree(lambda g: g.radius)),
+        ol.scale_by_norm(plan.settings("norm")),
+        ol.scale_by_radius(plan.settings("radius")),
         optax.scale(-1.0),
     )
   return build
@@ -55,17 +57,17 @@ def _build(seen):
 
 def test_route_runs_the_build_of_the_resolved_plan():
   seen = []
-  tx = ol.route(RULES, _build(seen), name="my_lmo", polar=SVD)
+  tx = route(RULES, _build(seen), name="my_lmo", options=Options("my_lmo", 0.1, polar=SVD))
   params = _params()
   state = tx.init(params)
-  assert isinstance(state, ol.RouteState)
+  assert isinstance(state, RouteState)
   plan = seen[-1]
   assert plan.paths == ("embed/embedding", "fc/bias", "fc/kernel", "head/kernel")
   assert plan.shapes == tuple(np.shape(x) for x in jax.tree.leaves(params))
-  assert plan.groups[2].norm.polar == SVD  # polar= reaches every spectral norm of the plan
+  assert plan.leaves[2].norm.polar == SVD  # polar= reaches every spectral norm of the plan
   g = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
   u, state = jax.jit(tx.update)(g, state, params)
-  assert isinstance(state, ol.RouteState)
+  assert isinstance(state, RouteState)
   for name in ("fc", "head"):  # -2 sqrt(d_out/d_in) U V^T, from NumPy's SVD
     x = np.asarray(g[name]["kernel"], np.float64)
     a, _, bt = np.linalg.svd(x, full_matrices=False)
@@ -84,12 +86,13 @@ def test_route_runs_the_build_of_the_resolved_plan():
 
 def test_update_runs_on_the_plan_resolved_at_init():
   seen = []
-  tx = ol.route(RULES, _build(seen), name="my_lmo", polar=SVD)
+  tx = route(RULES, _build(seen), name="my_lmo", options=Options("my_lmo", 0.1, polar=SVD))
   params = _params()
   state = tx.init(params)
   g = jax.tree.map(jnp.ones_like, params)
   jax.jit(tx.update)(g, state, params)
-  assert len(seen) == 2 and seen[1] is seen[0] is state.routing.plan  # not resolved again
+  # The rules are not resolved again: the update's plan holds init's groups.
+  assert len(seen) == 2 and seen[1].groups is seen[0].groups is state.routing.plan.groups
 
 
 def test_states_compare_equal_only_when_routed_alike():
@@ -106,15 +109,15 @@ def test_states_compare_equal_only_when_routed_alike():
 
 def test_route_errors_at_init_name_the_leaf_and_the_optimizer():
   params = {"w": jnp.ones((4, 4)), "step": jnp.arange(3), "gain": jnp.ones(4)}
-  tx = ol.route([(r"^w$", ol.Group(norms.Spectral())), (r"step", ol.Group(norms.BiasRMS())),
+  tx = route([(r"^w$", ol.Group(norms.Spectral())), (r"step", ol.Group(norms.BiasRMS())),
                  (r"gain", ol.Group(norms.BiasRMS()))], _build([]), name="my_lmo")
   with pytest.raises(TypeError, match="step: my_lmo needs floating-point parameters"):
     tx.init(params)
-  tx = ol.route([(r"^w$", ol.Group(norms.Spectral())), (r".", ol.Group(None))], _build([]),
+  tx = route([(r"^w$", ol.Group(norms.Spectral())), (r".", ol.Group(None))], _build([]),
                 name="my_lmo")
   with pytest.raises(ValueError, match="gain: my_lmo needs a norm for every leaf"):
     tx.init(params)
-  tx = ol.route([(r"^w$", ol.Group(norms.Spectral()))], _build([]), name="my_lmo")
+  tx = route([(r"^w$", ol.Group(norms.Spectral()))], _build([]), name="my_lmo")
   with pytest.raises(ValueError, match="gain: no rule matches this leaf"):
     tx.init(params)
 

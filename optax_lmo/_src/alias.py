@@ -26,7 +26,7 @@ from typing import Any
 import chex
 import optax
 
-from optax_lmo._src import checks, lmo_chain, transforms
+from optax_lmo._src import checks, lmo_chain, settings, transforms
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.polar import Polar
@@ -124,7 +124,7 @@ def scion(
     Pethick et al., Training Deep Learning Models with Norm-Constrained LMOs,
     ICML 2025, arXiv:2502.07529.
   """
-  return lmo_chain.optimizer(lmo_chain.Options(
+  return lmo_chain.optimizer(settings.Options(
       "scion", learning_rate, beta=beta, nesterov=nesterov, weight_decay=1.0,
       clip_to_dual_norm=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
       distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
@@ -179,7 +179,7 @@ def unconstrained_scion(
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
-  return lmo_chain.optimizer(lmo_chain.Options(
+  return lmo_chain.optimizer(settings.Options(
       "unconstrained_scion", learning_rate, beta=beta, nesterov=nesterov,
       weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
       mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
@@ -252,7 +252,7 @@ def muon(
     Jordan et al., Muon: An optimizer for hidden layers,
     https://kellerjordan.github.io/posts/muon/, 2024.
   """
-  opts = lmo_chain.Options(
+  opts = settings.Options(
       "muon", learning_rate, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
       weight_decay=weight_decay, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
       exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
@@ -272,7 +272,7 @@ def muon(
     return optax.partition({"lmo": lmo_chain.chain(opts, plan), "adam": adam_tx}, labels)
 
   return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",
-               polar=polar, needs_norm=False, fallback="AdamW", options=opts)
+               options=opts, needs_norm=False, fallback="AdamW")
 
 
 def polargrad(
@@ -332,7 +332,7 @@ def polargrad(
     Lau, Long, Su, PolarGrad: A class of matrix-gradient optimizers from a
     unifying preconditioning perspective, arXiv:2505.21799, 2025.
   """
-  return lmo_chain.optimizer(lmo_chain.Options(
+  return lmo_chain.optimizer(settings.Options(
       "polargrad", learning_rate, beta=beta, nesterov=nesterov, weight_decay=weight_decay,
       dual_scale=True, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
       exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
@@ -405,6 +405,6 @@ def normalized_sgd(
 def _every_leaf(norm, name, learning_rate, *, beta, weight_decay, mu_dtype):
   """uSCG with one norm on every leaf (sign descent, normalized SGD)."""
   group = rules_lib.Group(norm, role="any", evidence=name)
-  opts = lmo_chain.Options(name, learning_rate, beta=beta, weight_decay=weight_decay,
+  opts = settings.Options(name, learning_rate, beta=beta, weight_decay=weight_decay,
                            mu_dtype=mu_dtype)
   return lmo_chain.optimizer(opts, rules_lib.Rules((), fallback=lambda p, x: group))

@@ -8,7 +8,7 @@ Each numeric hyperparameter has one rule, looked up by its name:
 * ``beta``, ``adam_b1``, ``adam_b2``: in ``[0, 1)``;
 * ``keep_prob``: in ``(0, 1]``;
 * ``eta`` (a tolerance), ``tau`` (a logit cap): a finite number ``> 0``;
-* anything else (``weight_decay``, ``radius``, ``lr_mult``, ``decay``,
+* anything else (``weight_decay``, ``radius``, ``lr_mult``,
   ``dual_clip``, ``adam_eps``, ...): a finite number ``>= 0``.
 
 A Python or NumPy number and a concrete array (every element) are checked; a
@@ -35,7 +35,7 @@ from optax_lmo._src import spec as spec_lib
 SCHEDULES = frozenset({"learning_rate", "adam_learning_rate"})  # may be callables
 UNIT = frozenset({"beta", "adam_b1", "adam_b2"})  # decays of running averages: [0, 1)
 POSITIVE = frozenset({"eta", "tau"})  # finite and > 0
-OPTIONAL = frozenset({"adam_learning_rate", "keep_prob", "decay"})  # None has a meaning
+OPTIONAL = frozenset({"adam_learning_rate", "keep_prob", "weight_decay"})  # None has a meaning
 
 
 def hyperparams(where: str, **values: Any) -> None:

@@ -10,9 +10,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import norms as norms_lib
 from optax_lmo._src import rules as rules_lib
+from optax_lmo._src import settings
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.route import RouteState, Routing
 
@@ -23,13 +23,13 @@ class Description:
   Indexing and iteration give the rows (dicts with the keys in :attr:`columns`).
   """
 
-  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "decay", "keep", "state",
-             "role", "evidence")
+  COLUMNS = ("path", "shape", "view", "norm", "radius", "lr_mult", "weight_decay", "keep_prob",
+             "state", "role", "evidence")
 
   def __init__(self, rows: list[dict]):
     self.rows = rows
-    # keep, role and evidence only when some leaf states them.
-    optional = {"role": ("-",), "evidence": ("-",), "keep": ("-", 1.0, 1)}
+    # keep_prob, role and evidence only when some leaf states them.
+    optional = {"role": ("-",), "evidence": ("-",), "keep_prob": ("-", 1.0, 1)}
     self.columns = tuple(
         c for c in self.COLUMNS
         if c not in optional or any(r.get(c) not in optional[c] for r in rows)
@@ -63,7 +63,7 @@ class Description:
 
 
 def describe(tx_or_rules: Any, params: Any = None) -> Description:
-  """One row per leaf: path, shape, matrix view, norm, radius, lr multiplier, decay, state dtype.
+  """One row per leaf: path, shape, view, norm, radius, lr multiplier, weight decay, state dtype.
 
   Reads the routing from the optimizer itself: works on any optax chain,
   wrapper (``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ...) or
@@ -109,26 +109,23 @@ def describe(tx_or_rules: Any, params: Any = None) -> Description:
     if params is None:
       raise TypeError("describe() needs the parameters with rules: ol.describe(rules, params).")
     rules = rules_lib.as_rules(tx_or_rules)
-    routings = [Routing(rules.plan(params), "rules", None, None, None)]
-  by_path: dict[str, tuple[Routing, rules_lib.Group | None]] = {}
-  seen: dict[str, tuple] = {}  # path -> (shape, dtype), from the routings' own plans
+    routings = [Routing(settings.settle(rules.plan(params)), "rules")]
+  by_path: dict[str, tuple[Routing, settings.Leaf]] = {}
+  seen: dict[str, tuple] = {}  # path -> shape, from the routings' own plans
   for routing in routings:
     plan = routing.plan
-    for path, g, shape, dtype in zip(plan.paths, plan.groups, plan.shapes, routing.dtypes,
-                                     strict=True):
-      by_path.setdefault(path, (routing, g))
-      seen.setdefault(path, (shape, dtype))
+    for path, leaf, shape in zip(plan.paths, plan.leaves, plan.shapes, strict=True):
+      by_path.setdefault(path, (routing, leaf))
+      seen.setdefault(path, shape)
   if params is None:
-    leaves = [(path, shape, dtype) for path, (shape, dtype) in seen.items()]
+    leaves = list(seen.items())
   else:
-    leaves = [
-        (spec_lib.path_str(kp), tuple(np.shape(x)), getattr(x, "dtype", None))
-        for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]
-    ]
+    leaves = [(spec_lib.path_str(kp), tuple(np.shape(x)))
+              for kp, x in jax.tree_util.tree_flatten_with_path(params)[0]]
   rows = []
-  for path, shape, dtype in leaves:
-    routing, g = by_path.get(path, (None, None))
-    rows.append(_row(path, shape, dtype, routing, g))
+  for path, shape in leaves:
+    routing, leaf = by_path.get(path, (None, None))
+    rows.append(_row(path, shape, routing, leaf))
   return Description(rows)
 
 
@@ -169,33 +166,27 @@ def _refuse_non_params(params) -> None:
     )
 
 
-def _row(path, shape, dtype, routing: Routing | None, g) -> dict:
-  row = dict(path=path, shape=shape, view="-", norm="-", radius="-", lr_mult="-", decay="-",
-             keep="-", state="-", role="-", evidence="-")
-  if g is not None:
-    row.update(role=g.role or "-", evidence=g.evidence or "-")
-  if g is None or g.norm is None:
+def _row(path, shape, routing: Routing | None, leaf) -> dict:
+  row = dict(path=path, shape=shape, view="-", norm="-", radius="-", lr_mult="-",
+             weight_decay="-", keep_prob="-", state="-", role="-", evidence="-")
+  if leaf is not None:
+    row.update(role=leaf.role or "-", evidence=leaf.evidence or "-")
+  if leaf is None or leaf.norm is None:
     if routing is not None and routing.fallback:
       row["norm"] = routing.fallback
     return row
-  decay = g.decay
-  if decay is None and routing is not None and routing.name != "rules":
-    decay = "injected" if routing.decay is None else routing.decay
-  keep = g.keep_prob
-  if keep is None and routing is not None and routing.name != "rules":
-    spectral = isinstance(g.norm, norms_lib.Spectral)
-    keep = routing.keep_prob if spectral and routing.keep_prob is not None else 1.0
-  state = "-"
-  if routing is not None and routing.name != "rules" and dtype is not None:
-    state = momentum_lib.state_dtype(dtype, routing.mu_dtype).name
+  optimizer = routing is not None and routing.name != "rules"
+  keep = leaf.keep_prob
+  if keep is None and optimizer:
+    keep = 1.0  # every step
   row.update(
-      view=g.norm.describe_view(shape, g.spec, path),
-      norm=_norm_name(g.norm),
-      radius=g.radius,
-      lr_mult=g.lr_mult,
-      decay="-" if decay is None else decay,
-      keep="-" if keep is None else keep,
-      state=state,
+      view=leaf.norm.describe_view(shape, leaf.spec, path),
+      norm=_norm_name(leaf.norm),
+      radius=leaf.radius,
+      lr_mult=leaf.lr_mult,
+      weight_decay="-" if leaf.weight_decay is None else leaf.weight_decay,
+      keep_prob="-" if keep is None else keep,
+      state="-" if leaf.state_dtype is None else leaf.state_dtype.name,
   )
   return row
 

@@ -1,4 +1,8 @@
-"""The whole-matrix exchange: all-to-all in, one batched polar factor per device, all-to-all out.
+"""The whole-matrix exchange: all-to-all in, one batched LMO per device, all-to-all out.
+
+It serves every norm whose LMO needs whole matrices (``Norm.whole_matrices``: the
+polar factor of Spectral and SpectralConv); the function it runs is the norm's own
+``lmo_matrices``.
 
 Under plain GSPMD a sharded matrix is re-gathered inside every Newton–Schulz
 step and the work is replicated. Here, on a mesh, the stacks handed in are
@@ -52,7 +56,7 @@ StackFn = Callable[[jax.Array], jax.Array]  # float32 (B, d_in, d_out) -> (B, d_
 
 
 def find_mesh(arrays: Sequence[jax.Array], distribute: bool | None = None) -> Any:
-  """The mesh whose devices share the spectral LMO, or ``None`` to compute it locally.
+  """The mesh whose devices share the whole-matrix LMOs, or ``None`` to compute them locally.
 
   Args:
     arrays: the matrix stacks that will be orthogonalized.
@@ -234,7 +238,7 @@ def _own(
   return jnp.concatenate(out) if len(out) > 1 else out[0]
 
 
-def polar_stacks(
+def lmo_stacks(
     fns: Sequence[StackFn],
     groups: Sequence[Sequence[jax.Array]],
     mesh: Any = None,
@@ -245,7 +249,7 @@ def polar_stacks(
 
   Args:
     fns: per group, a pure function on float32 ``(B, d_in, d_out)`` stacks that
-      acts on each matrix separately (e.g. a :class:`~optax_lmo.Polar`'s ``apply``).
+      acts on each matrix separately (a norm's ``lmo_matrices``).
     groups: per group, float32 stacks ``(b, d_in, d_out)`` of one matrix shape.
     mesh: ``None`` concatenates each group and calls its function once where the
       data lives; a mesh from :func:`find_mesh` gives every matrix one owner.
@@ -265,7 +269,7 @@ def polar_stacks(
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
     >>> from optax_lmo._src import exchange
-    >>> [[u]] = exchange.polar_stacks([ol.Polar().apply], [[jnp.ones((1, 4, 8))]])
+    >>> [[u]] = exchange.lmo_stacks([ol.norms.Spectral().lmo_matrices], [[jnp.ones((1, 4, 8))]])
     >>> u.shape
     (1, 4, 8)
   """
@@ -406,4 +410,4 @@ def _partitioned(fns, groups, mesh, wire: Any = None, slots=None, extra=()) -> t
   return op(*(m for ms in groups for m in ms), *extra)
 
 
-__all__ = ["check_dtype", "find_mesh", "polar_stacks"]
+__all__ = ["check_dtype", "find_mesh", "lmo_stacks"]

@@ -5,9 +5,13 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_lmo._src import checks
+from optax_lmo._src.transforms import per_leaf
+
+_DTYPE = (str, type, np.dtype)  # what a single mu_dtype can be (jnp.bfloat16 is a type)
 
 
 class MomentumState(NamedTuple):
@@ -57,7 +61,8 @@ def momentum(
       with Nesterov the ``d`` term uses ``t + 1``), as ``optax.contrib.muon``
       does. LMOs are scale invariant, so this only matters with Nesterov.
     mu_dtype: dtype of the trace; ``None``: the parameter's dtype, float32 for
-      bfloat16 and float16 parameters (see :func:`state_dtype`).
+      bfloat16 and float16 parameters (see :func:`state_dtype`). One dtype for
+      every leaf, or a pytree of them matched to the parameters by path.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with :class:`MomentumState`.
@@ -74,10 +79,12 @@ def momentum(
   checks.hyperparams("momentum", beta=beta)
 
   def init_fn(params):
+    leaves, treedef = jax.tree.flatten(params)
+    dtypes = per_leaf(mu_dtype, params, kind=_DTYPE, what="mu_dtype")
     return MomentumState(
         count=jnp.zeros([], jnp.int32),
-        trace=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=state_dtype(p.dtype, mu_dtype)),
-                           params),
+        trace=treedef.unflatten([jnp.zeros_like(p, dtype=state_dtype(p.dtype, d))
+                                 for p, d in zip(leaves, dtypes, strict=True)]),
     )
 
   def update_fn(updates, state, params=None, **extra_args):

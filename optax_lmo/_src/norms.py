@@ -39,6 +39,10 @@ class Norm:
   name: ClassVar[str] = "norm"
   # True when the norm needs a (d_in, d_out) matrix view; False: whole-leaf vector view.
   needs_matrix: ClassVar[bool] = True
+  # True when the LMO couples every entry of a matrix (a polar factor): scale_by_norm then
+  # batches the leaf's matrices with others of its norm and shape and, on a mesh, hands each
+  # matrix whole to one owner device. False: the LMO is row-local and runs where the data is.
+  whole_matrices: ClassVar[bool] = False
 
   def with_polar(self, polar: Polar) -> Norm:
     """This norm with ``polar`` options for its polar factor (itself if it has none)."""
@@ -170,8 +174,8 @@ class Spectral(Norm):
 
   With ``input_layer=True`` the factor is ``max(1, sqrt(d_out/d_in))`` (first
   layer on image or real-valued inputs); ``scaled=False`` drops it (plain polar).
-  Spectral leaves are the ones :func:`~optax_lmo.scale_by_norm` batches by
-  shape and distributes over a mesh: their LMO is ``factor * polar``.
+  Its LMO needs whole matrices (``whole_matrices``): :func:`~optax_lmo.scale_by_norm`
+  batches Spectral leaves by shape and distributes them over a mesh.
 
   Attributes:
     input_layer: use the input-layer factor.
@@ -187,6 +191,7 @@ class Spectral(Norm):
   """
 
   name: ClassVar[str] = "Spectral"
+  whole_matrices: ClassVar[bool] = True
   input_layer: bool = False
   scaled: bool = True
   polar: Polar = Polar()

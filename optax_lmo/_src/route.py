@@ -3,8 +3,9 @@
 :func:`route` is the transform every optimizer here starts from. At ``init``
 it resolves the :class:`~optax_lmo.Rules` against the parameters into a
 :class:`~optax_lmo._src.rules.Plan` (each leaf's group), raises for a leaf that
-cannot be routed (naming it and the fix), and builds the inner transformation
-from the plan: plain pytrees of norms, radii and decays. At each ``update``
+cannot be routed (naming it and the fix), settles every leaf's settings with the
+optimizer's options (``settings.settle``) and builds the inner transformation
+from that plan. At each ``update``
 trace it compares the gradient (and parameter) tree with the one ``init`` saw,
 and names the first leaf that is missing, extra or of another shape. The plan
 also travels in the state as static metadata, which is how
@@ -25,11 +26,11 @@ import optax
 
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import spec as spec_lib
-from optax_lmo._src.polar import Polar
+from optax_lmo._src.settings import Options, settle
 
 
 class Routing:
-  """Static metadata of a routed optimizer: the plan ``init`` resolved, read by ``update``.
+  """Static metadata of a routed optimizer: the plan ``init`` settled, read by ``update``.
 
   Not part of the state's arrays: it is the aux data of :class:`RouteState`, so
   it travels with the state through any optax chain or wrapper (and an
@@ -38,48 +39,33 @@ class Routing:
   leaves and shapes against it.
 
   Two compare equal when they route the same leaves the same way (name,
-  fallback, paths, shapes, dtypes, groups). A routing resolved on a placeholder
+  fallback, paths, shapes, dtypes, groups and norms). A routing resolved on a placeholder
   (``optax.tree.map_params`` inits on one, with no leaves) equals any routing of
   the same optimizer, so its state lines up with the live one.
 
   Attributes:
-    plan: the :class:`~optax_lmo._src.rules.Plan` resolved at ``init``.
+    plan: the :class:`~optax_lmo._src.rules.Plan` settled at ``init``: every leaf's
+      settings (an injected value shows as ``"injected"``).
     name: the optimizer's name (``"scion"``, ``"muon"``, ...).
     fallback: what leaves without a norm get (e.g. ``"AdamW"``), or ``None``.
-    options: the optimizer's :class:`~optax_lmo._src.lmo_chain.Options`
-      (``None`` for a plain :func:`route`).
     dtypes: each leaf's dtype at ``init`` (``None`` where it has none), in plan order.
     checks_shapes: ``init`` saw real arrays (or their shapes), so ``update``
       uses this plan and checks the updates against it; ``False`` for a placeholder.
   """
 
-  def __init__(self, plan, name: str, fallback: str | None = None, options: Any = None,
+  def __init__(self, plan, name: str, fallback: str | None = None,
                dtypes: tuple | None = None, checks_shapes: bool = False):
     self.plan = plan
     self.name = name
     self.fallback = fallback
-    self.options = options
     self.dtypes = dtypes if dtypes is not None else (None,) * len(plan.paths)
     self.checks_shapes = checks_shapes
+    # What routes a leaf (its group, and its norm with the polar options), not the values an
+    # optimizer may inject (weight decay, keep probability): an injected optimizer's state
+    # lines up with the plain one's.
     self._key = (name, fallback, plan.treedef, plan.paths, plan.shapes, self.dtypes,
-                 tuple(map(repr, plan.groups)))
-
-  @property
-  def mu_dtype(self) -> Any:
-    """The ``mu_dtype`` argument (``None``: follows the parameters)."""
-    return getattr(self.options, "mu_dtype", None)
-
-  @property
-  def decay(self) -> float | None:
-    """The optimizer's default decay as a Python number; ``None`` when injected (traced)."""
-    d = getattr(self.options, "weight_decay", None)
-    return d if isinstance(d, (int, float)) else None
-
-  @property
-  def keep_prob(self) -> Any:
-    """The keep probability of spectral leaves: a number, ``None`` or ``"injected"``."""
-    p = getattr(self.options, "keep_prob", None)
-    return p if p is None or isinstance(p, (int, float)) else "injected"
+                 tuple(map(repr, plan.groups)),
+                 tuple(repr(leaf.norm) for leaf in plan.leaves or ()))
 
   def __eq__(self, other):
     if self is other:
@@ -123,51 +109,50 @@ def route(
     build: Callable[[rules_lib.Plan], optax.GradientTransformation],
     *,
     name: str = "route",
-    polar: Polar | None = None,
+    options: Options | None = None,
     needs_norm: bool = True,
     fallback: str | None = None,
-    options: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Resolves ``rules`` per tree and runs the transformation ``build(plan)``.
+  """Resolves ``rules`` per tree, settles the plan with ``options``, runs ``build(plan)``.
 
   Args:
     rules: a :class:`~optax_lmo.Rules`, a ``[(regex, Group), ...]`` list, a
       callable ``(path, leaf) -> Group`` or ``None`` (:func:`~optax_lmo.default_rules`).
     build: ``plan -> GradientTransformation``; called at ``init`` and at every
-      ``update`` trace with the plan resolved at ``init`` (so it may read
-      injected hyperparameters).
+      ``update`` trace with the plan settled at ``init`` (its leaves' settings
+      settled again with the options of that call, so it may read injected
+      hyperparameters).
     name: the optimizer's name, used in error messages and by ``describe``.
-    polar: :class:`~optax_lmo.Polar` options put into every spectral norm of the plan.
+    options: the optimizer's :class:`~optax_lmo._src.settings.Options`; ``None``:
+      the groups' own settings only.
     needs_norm: raise at ``init`` for a leaf whose group has no norm.
     fallback: what norm-less leaves get (shown by ``describe``).
-    options: the optimizer's settings (an ``Options`` of the built-in
-      optimizers), kept for ``describe`` (decay, keep probability, state dtype).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`RouteState`.
 
   Examples:
-    >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.route(None, lambda plan: ol.scale_by_norm(plan.tree(lambda g: g.norm)))
+    >>> import jax.numpy as jnp, optax
+    >>> import optax_lmo as ol
+    >>> from optax_lmo._src.route import route
+    >>> tx = route(None, lambda plan: ol.scale_by_norm(plan.settings("norm")))
     >>> u, _ = tx.update({"b": jnp.array([3.0, -4.0])}, tx.init({"b": jnp.zeros(2)}))
     >>> [round(float(v), 4) for v in u["b"]]
     [0.8485, -1.1314]
   """
   r = rules_lib.as_rules(rules)
 
-  def plan_of(tree):
-    return r.plan(tree).with_polar(polar)
-
   def init_fn(params):
-    plan = plan_of(params)
-    _check(plan, params, name, needs_norm)
     leaves = jax.tree.leaves(params)
     dtypes = tuple(getattr(x, "dtype", None) for x in leaves)
+    plan = r.plan(params)
+    _check(plan, params, name, needs_norm)
     # A placeholder (optax.tree.map_params inits on one placeholder node, with no leaves)
     # has no shapes to check updates against.
     real = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
-    routing = Routing(plan, name, fallback, options, dtypes, real)
-    return RouteState(build(plan).init(params), routing)
+    kept = settle(plan, options, dtypes, static=True)
+    state = build(settle(plan, options, dtypes)).init(params)
+    return RouteState(state, Routing(kept, name, fallback, dtypes, real))
 
   def update_fn(updates, state, params=None, **extra_args):
     # At trace time (shapes are static): a gradient unlike the parameters is named here,
@@ -181,8 +166,12 @@ def route(
       treedef = jax.tree.structure(updates)
       if treedef != plan.treedef:  # same paths, other containers (nnx.State of Variables)
         plan = dataclasses.replace(plan, treedef=treedef)
+      dtypes = routing.dtypes
     else:  # initialized on a placeholder: resolve for these updates
-      plan = plan_of(updates)
+      plan, dtypes = r.plan(updates), None
+    # This call's options (injected values are live here; the stored plan shows them as
+    # "injected"), on the groups resolved at init.
+    plan = settle(plan, options, dtypes)
     tx = optax.with_extra_args_support(build(plan))
     updates, inner = tx.update(updates, state.inner, params, **extra_args)
     return updates, RouteState(inner, state.routing)

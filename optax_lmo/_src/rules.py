@@ -38,8 +38,9 @@ class Group:
       error in Scion, which needs a norm for every leaf).
     radius: ``rho``, the radius of the norm ball (the step scale).
     lr_mult: multiplies the learning rate for this group.
-    decay: weight decay in the uSCG spelling ``W <- W - lr (rho u + decay W)``;
-      ``None`` takes the optimizer's default.
+    weight_decay: ``mu`` in the uSCG spelling ``W <- W - lr (rho u + mu W)``;
+      ``None`` takes the optimizer's (1 in :func:`~optax_lmo.scion`). The old
+      keyword ``decay=`` still works, with a ``DeprecationWarning``.
     spec: the matrix view; ``None`` takes the norm's default (Flax layout for 2-D).
     role: what the leaf does in the model (``"embedding"``, ``"input"``,
       ``"hidden"``, ``"output"``, ``"tied"``, ``"vector"``, ``"gain"``); informational,
@@ -54,7 +55,7 @@ class Group:
   norm: norms_lib.Norm | None
   radius: float = 1.0
   lr_mult: float = 1.0
-  decay: float | None = None
+  weight_decay: float | None = None
   spec: MatrixSpec | None = None
   role: str | None = None
   evidence: str = ""
@@ -63,10 +64,32 @@ class Group:
   def __post_init__(self):
     if self.norm is not None and not isinstance(self.norm, norms_lib.Norm):
       raise TypeError(f"Group.norm must be an optax_lmo.norms.Norm or None, got {self.norm!r}.")
-    checks.hyperparams("Group", radius=self.radius, lr_mult=self.lr_mult, decay=self.decay,
-                       keep_prob=self.keep_prob)
+    checks.hyperparams("Group", radius=self.radius, lr_mult=self.lr_mult,
+                       weight_decay=self.weight_decay, keep_prob=self.keep_prob)
 
 
+_group_init = Group.__init__
+
+
+@functools.wraps(_group_init)
+def _init_with_old_names(self, *args, decay=None, **kwargs):
+  if decay is not None:  # the old name of weight_decay
+    warnings.warn("Group(decay=...) is deprecated: use Group(weight_decay=...) (renamed in"
+                  " 0.3.0; the old keyword goes in 0.4.0).", DeprecationWarning, stacklevel=2)
+    if kwargs.get("weight_decay") is not None or len(args) >= 4:
+      raise TypeError("Group: give weight_decay= or its old name decay=, not both.")
+    kwargs["weight_decay"] = decay
+  _group_init(self, *args, **kwargs)
+
+
+def _old_decay(self) -> float | None:
+  warnings.warn("Group.decay is deprecated: read Group.weight_decay (renamed in 0.3.0).",
+                DeprecationWarning, stacklevel=2)
+  return self.weight_decay
+
+
+Group.__init__ = _init_with_old_names
+Group.decay = property(_old_decay)
 RuleList = Sequence[tuple[str, Group]]
 _PLANS_KEPT = 16  # plans a Rules keeps (one per tree structure and leaf shapes)
 RuleFn = Callable[[str, Any], Group | None]
@@ -74,33 +97,38 @@ RuleFn = Callable[[str, Any], Group | None]
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Each leaf's :class:`Group`, resolved once for one tree structure.
+  """Each leaf's :class:`Group` for one tree structure, and at ``init`` its every setting.
+
+  :meth:`Rules.plan` matches the rules (``groups``); an optimizer's ``init``
+  settles them with its options into ``leaves`` (``settings.settle``), which is
+  all the chain, :func:`~optax_lmo.describe` and Drop-Muon read.
 
   Attributes:
     treedef: the tree structure the plan was resolved for.
     paths: each leaf's path (``"blocks/0/attn/qkv/kernel"``), in flattening order.
     shapes: each leaf's shape.
     groups: each leaf's :class:`Group` (``None`` where no rule matched and not strict).
+    leaves: each leaf's settings (a ``settings.Leaf``), once settled; else ``None``.
+    sampled: settled with a keep probability given (Drop-Muon's draws in the state).
   """
 
   treedef: Any
   paths: tuple[str, ...]
   shapes: tuple[tuple[int, ...], ...]
   groups: tuple[Group | None, ...]
+  leaves: tuple[Any, ...] | None = None
+  sampled: bool = False
 
   def tree(self, fn: Callable[[Group], Any]) -> Any:
     """A pytree shaped like the resolved tree holding ``fn(group)`` (``None`` where no group)."""
     return self.treedef.unflatten([None if g is None else fn(g) for g in self.groups])
 
-  def with_polar(self, polar) -> Plan:
-    """This plan with ``polar`` (a :class:`~optax_lmo.Polar`) in every spectral norm."""
-    if polar is None:
-      return self
-    groups = tuple(
-        g if g is None or g.norm is None else dataclasses.replace(g, norm=g.norm.with_polar(polar))
-        for g in self.groups
-    )
-    return dataclasses.replace(self, groups=groups)
+  def settings(self, name: str) -> Any:
+    """A pytree shaped like the resolved tree holding each leaf's setting ``name``
+    (``"norm"``, ``"radius"``, ...); the plan must be settled."""
+    if self.leaves is None:
+      raise ValueError("This plan holds the rules' groups only: settle it first.")
+    return self.treedef.unflatten([getattr(leaf, name) for leaf in self.leaves])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,13 +94,16 @@ def scale_by_norm(
   the spectral norm the PolarGrad step ``||g||_nuc polar(g)``). It costs nothing
   beyond the LMO.
 
-  Spectral leaves whose matrix views share a shape and a norm are stacked and
-  orthogonalized in one batched call (``batch=True``), then unstacked.
+  Each norm computes its own LMO on a stack of matrices (``Norm.lmo_matrices``).
+  Leaves of a norm whose LMO needs whole matrices (``Norm.whole_matrices``: the
+  polar factor of Spectral and SpectralConv) are stacked with the others of the
+  same norm and matrix shape and computed in one batched call (``batch=True``),
+  then unstacked; on a mesh each matrix goes whole to one owner device.
 
   ``update`` takes an optional extra argument ``keep``: a pytree of booleans
   matched to the updates by path (``None`` entries: always computed), as
   :func:`~optax_lmo.contrib.drop_leaves` passes it. A spectral leaf whose entry is
-  false gets a zero direction without running its polar factor: sampled leaves
+  false gets a zero direction without running its LMO: sampled leaves
   are batched apart from the others, each under ``lax.cond`` on one device and
   one ``lax.cond`` per matrix on its owner on a mesh.
 
@@ -111,11 +114,11 @@ def scale_by_norm(
       takes each norm's default view (an error for ndim >= 3 matrix norms).
     dual_clip: ``None``, or the radius per leaf for the clipped step.
     dual_scale: multiply each direction by its dual norm (steepest descent).
-    batch: stack same-shape spectral leaves into one polar call.
-    distribute: give each spectral matrix one owner device on the mesh the
+    batch: stack same-norm, same-shape whole-matrix leaves into one call.
+    distribute: give each whole matrix one owner device on the mesh the
       updates live on (see ``exchange.py``); ``None``: when that mesh has more
       than one device, ``False``: never.
-    exchange_dtype: the dtype the spectral matrices travel in to their owners
+    exchange_dtype: the dtype the whole matrices travel in to their owners
       and back, e.g. ``jnp.bfloat16`` (half the bytes of both all-to-alls; each
       element picks up a relative rounding error of at most 2^-8 each way);
       the polar factor still runs at its own dtype (the
@@ -152,7 +155,7 @@ def scale_by_norm(
     keep_l = per_leaf(keep, updates, what="keep mask")
     finish = lambda idx, u, st: _finish(out[idx], u, clip_l[idx], st, dual_scale)
     out = [g for _, g in flat]
-    spectral: dict[Any, list] = {}  # (polar, shape[, "keep"]) -> [(index, norm, stack)]
+    whole: dict[Any, list] = {}  # (norm, shape[, "keep"]) -> [(index, stack)]
     for idx, ((path, g), nrm) in enumerate(zip(flat, norm_l, strict=True)):
       if nrm is None:
         continue
@@ -161,21 +164,21 @@ def scale_by_norm(
         raise TypeError(f"{p}: expected a Norm or None, got {nrm!r}.")
       _check_float(g, p)
       st = nrm.to_stack(g, spec_l[idx], path=p)
-      if isinstance(nrm, Spectral):  # batched by shape, on owner devices on a mesh
+      if nrm.whole_matrices:  # batched by norm and shape, on owner devices on a mesh
         sampled = keep_l[idx] is not None  # skipped when dropped: its own group
-        key = (nrm.polar, st.matrices.shape[1:] if batch else idx) + (("keep",) if sampled else ())
-        spectral.setdefault(key, []).append((idx, nrm, st))
+        key = (nrm, st.matrices.shape[1:] if batch else idx) + (("keep",) if sampled else ())
+        whole.setdefault(key, []).append((idx, st))
       else:  # row-local LMOs run where the data lives
         out[idx] = finish(idx, nrm.lmo_matrices(st.matrices), st)
-    stacks = [[st.matrices for _, _, st in items] for items in spectral.values()]
+    stacks = [[st.matrices for _, st in items] for items in whole.values()]
     mesh = exchange_lib.find_mesh([m for ms in stacks for m in ms], distribute)
-    keeps = [[keep_l[idx] for idx, _, _ in items] for items in spectral.values()]
-    polars = exchange_lib.polar_stacks(
-        [key[0].apply for key in spectral], stacks, mesh, exchange_dtype=wire, keeps=keeps
+    keeps = [[keep_l[idx] for idx, _ in items] for items in whole.values()]
+    lmos = exchange_lib.lmo_stacks(
+        [key[0].lmo_matrices for key in whole], stacks, mesh, exchange_dtype=wire, keeps=keeps
     )
-    for items, ps in zip(spectral.values(), polars, strict=True):
-      for (idx, nrm, st), p in zip(items, ps, strict=True):
-        out[idx] = finish(idx, nrm.factor(*p.shape[-2:]) * p, st)
+    for items, us in zip(whole.values(), lmos, strict=True):
+      for (idx, st), u in zip(items, us, strict=True):
+        out[idx] = finish(idx, u, st)
     return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
