@@ -173,7 +173,7 @@ class Sweep:
     else:
       out["val_loss"] = float(np.mean([float(self.eval_loss(params, x, y)) for x, y in self.val]))
       head = nnx.merge(self.graphdef, params).head.kernel[...]
-      out["output_norm"] = float(ol.norms.rms_to_inf(head))
+      out["output_norm"] = float(ol.norms.RowNorm().norm(head))
     out["seconds"] = time.perf_counter() - t0
     return out
 

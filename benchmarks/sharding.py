@@ -14,10 +14,9 @@ reads from the compiled HLO:
   a loop body once and a ``cond`` at its dearer branch) over single-device
   flops / 8. On CPU the polar factor runs a stack's matrices one at a time in
   a ``lax.map`` loop, so the single-device count sees one matrix per shape and
-  this ratio overstates the per-device share about ``depth``-fold; ``plan``: the busiest
-  device's share of the Newton–Schulz work over the ideal 1/8 under our
-  ownership plan (padding slots are skipped at run time, which the static count
-  above cannot see);
+  this ratio overstates the per-device share about ``depth``-fold (and it counts
+  both branches of the ``cond`` that lets a device holding only padding skip the
+  work; how evenly the owners share it is tested in ``tests/test_sharding.py``);
 - ``compile_s``: lowering plus compilation;
 - ``exchange`` (ours only): for the matrices sent to their owners and back in
   float32 and in bfloat16 (``exchange_dtype``), the collectives' bytes per
@@ -61,7 +60,6 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 # are then importable).
 import optax_lmo as ol  # noqa: E402
 from benchmarks import _common  # noqa: E402
-from optax_lmo._src import plan as plan_lib  # noqa: E402
 from scripts.hlo_collectives import hlo_collectives  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "sharding.json"
@@ -159,14 +157,6 @@ def flops_of(compiled) -> float:
   return float(ca.get("flops", 0.0))
 
 
-def plan_imbalance(shapes: dict, mesh) -> float:
-  """Busiest device's Newton–Schulz work over the ideal, for our ownership plan."""
-  groups: dict[tuple, list] = {}
-  for s in jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)):
-    groups.setdefault(s, []).append(((1, *s), ((), ("fsdp",), ())))
-  return plan_lib.make_plan(list(groups.values()), mesh).imbalance
-
-
 def run_case(
     name: str, width: int, depth: int, axis_type, single_flops: dict, single_updates: dict
 ) -> dict:
@@ -210,7 +200,6 @@ def run_case(
       param_out_specs=sorted(out_specs),
   )
   if name == "ours":
-    row["plan_imbalance"] = plan_imbalance(shapes, mesh)
     row["exchange"] = exchange_case(shapes, mesh, compiled, stats, single_updates, key)
   return row
 
@@ -279,7 +268,7 @@ def main():
 
 
 def print_row(r: dict, header: bool = False):
-  cols = ("optimizer width depth mesh coll in_loop bytes/mat flops/ideal plan compile_s"
+  cols = ("optimizer width depth mesh coll in_loop bytes/mat flops/ideal compile_s"
           " bf16/f32 err_f32 err_bf16").split()
   if header:
     print(" ".join(f"{c:>11}" for c in cols))
@@ -296,7 +285,6 @@ def print_row(r: dict, header: bool = False):
       r["in_loop"],
       f"{r['bytes_over_matrices']:.3f}",
       f"{r['flops_over_ideal']:.2f}",
-      f"{r['plan_imbalance']:.2f}" if "plan_imbalance" in r else "-",
       f"{r['compile_s']:.1f}",
   ]
   if "exchange" in r:

@@ -138,7 +138,6 @@ SHARDING = (
     Col("in loop", key("ours", "in_loop")),
     Col("bytes", key("ours", "bytes_over_matrices"), "{:.2f}"),
     Col("flops (HLO)", key("ours", "flops_over_ideal"), "{:.2f}"),
-    Col("flops (plan)", key("ours", "plan_imbalance"), "{:.3f}"),
     Col("bytes (bf16)", key("ours", "exchange", "bfloat16", "bytes_over_matrices"), "{:.3f}"),
     Col("error (f32 / bf16)", lambda r: (r["ours"]["exchange"]["float32"]["rel_err"],
                                          r["ours"]["exchange"]["bfloat16"]["rel_err"]),

@@ -5,19 +5,17 @@ The top level holds the optimizers, the transforms they are chained from, routin
 ``optax_lmo.contrib``.
 """
 
-import warnings as _warnings
-
 from optax_lmo import contrib, norms
+from optax_lmo._src import renamed as _renamed
 from optax_lmo._src.alias import muon, normalized_sgd, scion, sign_descent, unconstrained_scion
 from optax_lmo._src.describe import describe
 from optax_lmo._src.infer import infer_rules
 from optax_lmo._src.initialize import init_params
-from optax_lmo._src.momentum import MomentumState, momentum
+from optax_lmo._src.momentum import momentum
 from optax_lmo._src.polar import Polar
-from optax_lmo._src.route import RouteState, route
 from optax_lmo._src.rules import Group, Rules, default_rules, muon_rules
-from optax_lmo._src.schedules import norm_transfer_schedule
 from optax_lmo._src.spec import MatrixSpec
+from optax_lmo._src.transfer import norm_transfer_schedule
 from optax_lmo._src.transforms import (
     add_constrained_decay,
     orthogonalize,
@@ -26,7 +24,7 @@ from optax_lmo._src.transforms import (
     sign,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     # optimizers
@@ -37,15 +35,12 @@ __all__ = [
     "normalized_sgd",
     # transforms
     "momentum",
-    "MomentumState",
     "scale_by_norm",
     "orthogonalize",
     "sign",
     "scale_by_radius",
     "add_constrained_decay",
     "norm_transfer_schedule",
-    "route",
-    "RouteState",
     # routing
     "Group",
     "Rules",
@@ -61,17 +56,26 @@ __all__ = [
     "contrib",
 ]
 
-# Names that left the top level in 0.2.0 (CHANGELOG.md): they still work, with a warning,
-# until 0.3.0. Names that were never at the top level (new in contrib) are not among them.
-_NEW_IN_CONTRIB = frozenset({"qk_clip"})
-_MOVED = {name: "optax_lmo.contrib" for name in contrib.__all__ if name not in _NEW_IN_CONTRIB}
+# Old spellings: they still work, with a DeprecationWarning naming the new one (CHANGELOG.md).
+_OLD = {
+    # moved to contrib in 0.2.0, until 0.3.0 ...
+    **{name: (f"optax_lmo.contrib:{name}", f"use optax_lmo.contrib.{name}")
+       for name in ("polargrad", "drop_leaves", "adaptive_batch", "optimal_lr", "transfer_lr",
+                    "transfer_batch", "fit_transfer_exponents", "TransferFit", "norm_report")},
+    # ... or further, in 0.3.0 (until 0.4.0)
+    **{name: (where, instead) for name, (where, instead) in contrib.REMOVED.items()},
+    "route": ("optax_lmo._src.route:route", "it is internal in 0.3.0; chain ol.scale_by_norm,"
+              " ol.scale_by_radius and the other transforms yourself, or pass rules= to an"
+              " optimizer"),
+    "RouteState": ("optax_lmo._src.route:RouteState", "it is internal in 0.3.0; ol.describe"
+                   " reads it for you"),
+    "MomentumState": ("optax_lmo._src.momentum:MomentumState", "it is the type of"
+                      " ol.momentum's state"),
+}
+_old_getattr = _renamed.module_getattr("optax_lmo", _OLD)
 
 
 def __getattr__(name: str):
-  if name in _MOVED:
-    _warnings.warn(f"optax_lmo.{name} is deprecated: use {_MOVED[name]}.{name} (moved in"
-                   " 0.2.0; the old name goes in 0.3.0).", DeprecationWarning, stacklevel=2)
-    return getattr(contrib, name)
   if name == "gpt_rules":
     raise AttributeError("optax_lmo.gpt_rules moved to the GPT trainer (benchmarks/gpt/model.py,"
                          " gpt_rules) in 0.2.0; for your own model use"
@@ -79,4 +83,4 @@ def __getattr__(name: str):
   if name in ("Plan", "Description"):
     raise AttributeError(f"optax_lmo.{name} is no longer public (0.2.0): it is what"
                          f" {'Rules.plan' if name == 'Plan' else 'ol.describe'} returns.")
-  raise AttributeError(f"module 'optax_lmo' has no attribute {name!r}")
+  return _old_getattr(name)

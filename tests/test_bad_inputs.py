@@ -8,6 +8,7 @@ import pytest
 
 import optax_lmo as ol
 from optax_lmo import norms
+from optax_lmo._src import polar as polar_lib
 
 SVD = ol.Polar(method="svd")
 ALL_NORMS = [
@@ -263,12 +264,12 @@ def test_norm_less_group_is_refused_at_init_by_scion_not_muon():
 )
 def test_invalid_coefficient_sets(coeffs, match):
   with pytest.raises(ValueError, match=match):
-    ol.contrib.polar(jnp.ones((4, 4)), coeffs=coeffs)
+    polar_lib.polar(jnp.ones((4, 4)), coeffs=coeffs)
 
 
 def test_zero_steps_and_unknown_method():
   with pytest.raises(ValueError, match="steps >= 1"):
-    ol.contrib.polar(jnp.ones((4, 4)), steps=0)
+    polar_lib.polar(jnp.ones((4, 4)), steps=0)
   with pytest.raises(ValueError, match="Unknown polar method"):
     ol.Polar(method="qr")
 

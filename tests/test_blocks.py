@@ -14,6 +14,7 @@ import pytest
 
 import optax_lmo as ol
 from optax_lmo import norms
+from optax_lmo._src import spec as spec_lib
 
 SVD = ol.Polar(method="svd")
 
@@ -63,12 +64,12 @@ def test_blocks_of_stacked_layers_stay_inside_each_layer():
 def test_to_and_from_matrices_round_trip_through_the_blocks():
   x = jnp.arange(2 * 6 * 12, dtype=jnp.float32).reshape(2, 6, 12)
   spec = ol.MatrixSpec(fan_in=(1,), fan_out=(2,), in_blocks=2, out_blocks=3)
-  m = ol.contrib.to_matrices(x, spec)
+  m = spec_lib.to_matrices(x, spec)
   assert m.shape == (12, 3, 4)
   np.testing.assert_array_equal(m[0], x[0, :3, :4])  # layer 0, fan-in block 0, fan-out block 0
   np.testing.assert_array_equal(m[1], x[0, :3, 4:8])  # ... fan-out block 1
   np.testing.assert_array_equal(m[3], x[0, 3:, :4])  # fan-in block 1
-  np.testing.assert_array_equal(ol.contrib.from_matrices(m, x.shape, spec), x)
+  np.testing.assert_array_equal(spec_lib.from_matrices(m, x.shape, spec), x)
 
 
 def test_scion_steps_each_block_and_describe_shows_them():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import optax_lmo as ol
+from optax_lmo._src import polar as polar_lib
 
 # The bands this file asserts, as the docs show them.
 POLAR_PAGE = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "polar.md").read_text()
@@ -17,7 +18,7 @@ POLAR_PAGE = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "polar.md")
 NS_METHODS = ("newton_schulz", "gram_newton_schulz")
 
 # (preset, steps) -> (Gaussian band, condition-1e3 band): the table in the
-# docstring of optax_lmo.contrib.polar, which test_docstring_table_matches pins.
+# docstring of ``Polar``'s polar function, which test_docstring_table_matches pins.
 BANDS = {
     ("polar_express", 5): ((0.86, 1.13), (0.40, 1.13)),
     ("polar_express", 8): ((0.99, 1.01), (0.99, 1.01)),
@@ -33,7 +34,7 @@ BANDS = {
     jax.jit, static_argnames=("method", "coeffs", "steps", "dtype", "restart_every")
 )
 def _polar(x, method="auto", coeffs="polar_express", steps=5, dtype=None, restart_every=3):
-  return ol.contrib.polar(
+  return polar_lib.polar(
       x, method=method, coeffs=coeffs, steps=steps, dtype=dtype, restart_every=restart_every
   )
 
@@ -264,7 +265,7 @@ def test_bf16_iteration(method):
 def test_eager_matches_jit():
   # Eager, with every option left at its default (polar_express, 5 steps, auto).
   np.testing.assert_allclose(
-      np.asarray(ol.contrib.polar(G)), np.asarray(_polar(G, method="gram_newton_schulz")), atol=1e-5
+      np.asarray(polar_lib.polar(G)), np.asarray(_polar(G, method="gram_newton_schulz")), atol=1e-5
   )
 
 
@@ -281,11 +282,11 @@ def test_polar_object_matches_function():
 @pytest.mark.parametrize("shape", [(), (5,)])
 def test_ndim_below_two_raises(shape):
   with pytest.raises(ValueError, match="ndim >= 2"):
-    ol.contrib.polar(jnp.ones(shape))
+    polar_lib.polar(jnp.ones(shape))
 
 
 def test_unknown_method_raises():
   with pytest.raises(ValueError, match="newton_schulz"):
-    ol.contrib.polar(G, method="qr")
+    polar_lib.polar(G, method="qr")
   with pytest.raises(ValueError, match="newton_schulz"):
     ol.Polar(method="qr")

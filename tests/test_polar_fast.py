@@ -63,7 +63,7 @@ X = _stack()
 
 @functools.partial(jax.jit, static_argnames=("method", "coeffs", "steps", "dtype"))
 def _polar(x, method, coeffs="polar_express", steps=5, dtype=None):
-  return ol.contrib.polar(x, method=method, coeffs=coeffs, steps=steps, dtype=dtype)
+  return polar_lib.polar(x, method=method, coeffs=coeffs, steps=steps, dtype=dtype)
 
 
 def _sv(x):
@@ -198,7 +198,7 @@ def test_iteration_is_a_loop_not_unrolled(method, restart_every, shape):
   x = jnp.ones(shape)
   counts = []
   for steps in (5, 10):
-    fn = functools.partial(ol.contrib.polar, method=method, steps=steps,
+    fn = functools.partial(polar_lib.polar, method=method, steps=steps,
                            restart_every=restart_every)
     n_while, dots = _count(fn, x)
     assert n_while >= 1
@@ -210,7 +210,7 @@ def test_iteration_is_a_loop_not_unrolled(method, restart_every, shape):
 @pytest.mark.parametrize("method", METHODS)
 def test_precision_reaches_every_matmul(method):
   fn = functools.partial(
-      ol.contrib.polar, method=method, precision=jax.lax.Precision.HIGHEST, dtype=jnp.bfloat16
+      polar_lib.polar, method=method, precision=jax.lax.Precision.HIGHEST, dtype=jnp.bfloat16
   )
   _, dots = _count(fn, jnp.ones((24, 64)))
   assert dots

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import pytest
 from _simulated import run_worker
 
+from optax_lmo._src import momentum as momentum_lib
+
 N_DEVICES = 8
 # Relative to the largest entry: float32 Newton–Schulz on batches of another
 # size sums in another order (measured ~1e-5); a shard orthogonalized on its own
@@ -189,7 +191,7 @@ def _worker() -> dict:
     with jax.set_mesh(mesh):
       eager = chain.init(params)
       state_shardings = (
-          ol.MomentumState(count=NamedSharding(mesh, P()), trace=shardings),
+          momentum_lib.MomentumState(count=NamedSharding(mesh, P()), trace=shardings),
           optax.EmptyState(),
       )
       jitted = jax.jit(chain.init, out_shardings=state_shardings)(params)
@@ -402,7 +404,7 @@ def test_exchange_dtype_under_inject_hyperparams_needs_static_args():
   assert "exchange_dtype" not in tx.init(params).hyperparams
 
 
-# -- the plan (pure Python, no devices) -----------------------------------------------
+# -- the owner assignment (pure Python, no devices) -----------------------------------
 
 
 def _abstract_mesh(shape, names):
@@ -412,12 +414,12 @@ def _abstract_mesh(shape, names):
 
 
 def test_plan_balances_leftovers_across_groups():
-  from optax_lmo._src import plan as plan_lib
+  from optax_lmo._src import owners as owners_lib
 
   rows = ((), ("fsdp",), ())
   d = 64
   groups = [[((1, i, o), rows)] * 4 for i, o in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d))]
-  plan = plan_lib.make_plan(groups, _abstract_mesh((8,), ("fsdp",)))
+  plan = owners_lib.assign(groups, _abstract_mesh((8,), ("fsdp",)))
   # Padding every group to 8 would cost max = sum of one matrix of each: 2x the ideal.
   assert plan.imbalance < 1.2, plan
   assert sum(plan.load) == pytest.approx(8 * plan.ideal)
@@ -426,25 +428,25 @@ def test_plan_balances_leftovers_across_groups():
 
 
 def test_plan_full_rounds_are_perfectly_balanced():
-  from optax_lmo._src import plan as plan_lib
+  from optax_lmo._src import owners as owners_lib
 
   rows = ((), ("fsdp", "tp"), ())
   groups = [[((2, 32, 64), rows)] * 4, [((1, 64, 64), rows)] * 16]
-  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = owners_lib.assign(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.imbalance == pytest.approx(1.0)
   assert [u.rounds for u in plan.units] == [1, 2]
 
 
 def test_plan_lone_matrix_is_not_spread_over_replicated_axes():
-  from optax_lmo._src import plan as plan_lib
+  from optax_lmo._src import owners as owners_lib
 
   # Rows over fsdp, replicated over tp: one matrix has 4 candidate owners on fsdp
   # already, so tp adds none (no slice in, no all-gather out).
   groups = [[((1, 64, 64), ((), ("fsdp",), ()))]]
-  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = owners_lib.assign(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.units[0].replicated == ()
   groups = [[((8, 64, 64), ((), ("fsdp",), ()))]]
-  plan = plan_lib.make_plan(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
+  plan = owners_lib.assign(groups, _abstract_mesh((4, 2), ("fsdp", "tp")))
   assert plan.units[0].replicated == ("tp",)
 
 

@@ -217,14 +217,14 @@ def test_slot_positions_cover_every_matrix_once():
 
   import jax
 
-  from optax_lmo._src import plan as plan_lib
+  from optax_lmo._src import owners as owners_lib
 
   mesh = jax.sharding.AbstractMesh((4, 2), ("fsdp", "tp"))
   rows = ((), ("fsdp", "tp"), ())
   for counts in itertools.product((1, 3, 8, 13), (2, 5)):
     groups = [[((n, 32, 64), rows)] for n in counts]
-    for unit in plan_lib.make_plan(groups, mesh).units:
-      pos = plan_lib.slot_positions(unit, 8)
+    for unit in owners_lib.assign(groups, mesh).units:
+      pos = owners_lib.slot_positions(unit, 8)
       assert sorted(pos[pos >= 0].tolist()) == list(range(unit.n))
       assert (pos[:, : unit.rounds] >= 0).all()  # full rounds hold no padding
       if unit.extra:

@@ -87,8 +87,8 @@ def test_to_matrices_matches_numpy_view(name):
 def test_round_trip(name):
   shape, spec, _, _ = CASES[name]
   x = jnp.asarray(_arange(shape))
-  m = ol.contrib.to_matrices(x, spec)
-  back = ol.contrib.from_matrices(m, shape, spec)
+  m = spec_lib.to_matrices(x, spec)
+  back = spec_lib.from_matrices(m, shape, spec)
   assert back.shape == x.shape
   np.testing.assert_array_equal(np.asarray(back), np.asarray(x))
 
@@ -108,7 +108,7 @@ def test_round_trip_under_jit():
 
   @jax.jit
   def f(x):
-    return ol.contrib.from_matrices(2.0 * ol.contrib.to_matrices(x, spec), shape, spec)
+    return spec_lib.from_matrices(2.0 * spec_lib.to_matrices(x, spec), shape, spec)
 
   np.testing.assert_array_equal(np.asarray(f(x)), 2.0 * np.asarray(x))
 
@@ -158,7 +158,7 @@ def test_out_of_range_axis_raises(spec):
     spec.resolve(3, "layers/kernel")
   assert "layers/kernel" in str(e.value)
   with pytest.raises(ValueError, match="out of range"):
-    ol.contrib.to_matrices(jnp.ones((2, 3, 4)), spec)
+    spec_lib.to_matrices(jnp.ones((2, 3, 4)), spec)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_duplicate_axis_raises(spec):
     spec.resolve(3, "layers/kernel")
   assert "layers/kernel" in str(e.value)
   with pytest.raises(ValueError, match="twice"):
-    ol.contrib.to_matrices(jnp.ones((2, 3, 4)), spec)
+    spec_lib.to_matrices(jnp.ones((2, 3, 4)), spec)
 
 
 def test_path_str():

@@ -9,6 +9,7 @@ import pytest
 
 import optax_lmo as ol
 from optax_lmo import norms
+from optax_lmo._src import momentum as momentum_lib
 
 SVD = ol.Polar(method="svd")
 STACKED = ol.MatrixSpec(fan_in=(1,), fan_out=(2,))
@@ -396,7 +397,7 @@ def test_momentum_state_dtype(param_dtype, mu_dtype, state_dtype):
   tx = ol.momentum(0.9, mu_dtype=mu_dtype)
   state = tx.init(params)
   assert all(x.dtype == state_dtype for x in jax.tree.leaves(state.trace))
-  assert ol.contrib.state_dtype(param_dtype, mu_dtype) == state_dtype
+  assert momentum_lib.state_dtype(param_dtype, mu_dtype) == state_dtype
   out, new_state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state)
   chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)  # stays stable across steps
   assert all(x.dtype == param_dtype for x in jax.tree.leaves(out))
@@ -407,7 +408,7 @@ def test_momentum_state_follows_float64_params_under_x64():
     params = jnp.zeros((3, 4), jnp.float64)
     tx = ol.momentum(0.9)
     state = tx.init(params)
-    assert state.trace.dtype == jnp.float64 and ol.contrib.state_dtype(jnp.float64) == jnp.float64
+    assert state.trace.dtype == jnp.float64 and momentum_lib.state_dtype(jnp.float64) == jnp.float64
     g = jnp.full((3, 4), 1.0 + 2.0**-40, jnp.float64)  # not representable in float32
     out, state = jax.jit(tx.update)(g, state)
     assert state.trace.dtype == jnp.float64 and out.dtype == jnp.float64

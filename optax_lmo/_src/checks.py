@@ -60,7 +60,7 @@ def hyperparams(where: str, **values: Any) -> None:
     _check(where, name, x)
 
 
-def per_leaf(where: str, name: str, tree: Any) -> None:
+def each_leaf(where: str, name: str, tree: Any) -> None:
   """:func:`hyperparams` on every leaf of a per-leaf tree (``None`` entries are skipped).
 
   The message names the leaf: ``scale_by_radius: radius at fc/kernel must be ...``.
@@ -127,4 +127,4 @@ def _check(where: str, name: str, x: Any, path: tuple = ()) -> None:
     raise ValueError(f"{where}: {label} must be {must}, got {shown}.")
 
 
-__all__ = ["hyperparams", "per_leaf"]
+__all__ = ["each_leaf", "hyperparams"]

@@ -137,7 +137,7 @@ def _routings(state) -> list[Routing]:
   if not routings:
     raise ValueError(
         "describe() found no optax_lmo optimizer in this transformation (no state of"
-        " ol.route / scion / muon / ...); pass the optimizer that contains one, or Rules."
+        " scion / muon / ...); pass the optimizer that contains one, or Rules."
     )
   return routings
 

@@ -55,9 +55,10 @@ def rms_to_inf(w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") 
     A float32 array of the batch shape (a scalar for a 2-D leaf).
 
   Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> import jax.numpy as jnp
+    >>> from optax_lmo._src import diagnostics
     >>> w = jnp.array([[3., 0.], [4., 1.]])   # columns of norm 5 and 1
-    >>> float(ol.norms.rms_to_inf(w))          # sqrt(2) * 5
+    >>> float(diagnostics.rms_to_inf(w))          # sqrt(2) * 5
     7.07106...
 
   References:
@@ -81,9 +82,10 @@ def one_to_rms(w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") 
     A float32 array of the batch shape (a scalar for a 2-D leaf).
 
   Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> import jax.numpy as jnp
+    >>> from optax_lmo._src import diagnostics
     >>> w = jnp.array([[3., 4.], [0., 1.]])   # rows of norm 5 and 1
-    >>> float(ol.norms.one_to_rms(w))          # 5 / sqrt(2)
+    >>> float(diagnostics.one_to_rms(w))          # 5 / sqrt(2)
     3.53553...
 
   References:
@@ -198,9 +200,10 @@ def rms_to_rms(
     A float32 array of the batch shape (a scalar for a 2-D leaf).
 
   Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
+    >>> import jax.numpy as jnp
+    >>> from optax_lmo._src import diagnostics
     >>> w = jnp.diag(jnp.array([2., 1., 0.5, 0.25]))[:, :2]   # d_in=4, d_out=2
-    >>> round(float(ol.norms.rms_to_rms(w)), 5)                 # sqrt(4/2) * 2
+    >>> round(float(diagnostics.rms_to_rms(w)), 5)                 # sqrt(4/2) * 2
     2.82843
 
   References:
@@ -227,8 +230,9 @@ def sup_norm(w: jax.Array, spec: MatrixSpec | None = None, *, path: str = "") ->
     A float32 array of the batch shape (a scalar when ``spec`` is ``None``).
 
   Examples:
-    >>> import jax.numpy as jnp, optax_lmo as ol
-    >>> float(ol.norms.sup_norm(jnp.array([[1., -3.], [2., 0.]])))
+    >>> import jax.numpy as jnp
+    >>> from optax_lmo._src import diagnostics
+    >>> float(diagnostics.sup_norm(jnp.array([[1., -3.], [2., 0.]])))
     3.0
   """
   if spec is None:  # the whole leaf as one (1, size) matrix

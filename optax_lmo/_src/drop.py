@@ -69,7 +69,7 @@ def drop_leaves(
     >>> u["a"].tolist(), u["b"].tolist()  # "a" almost never moves, "b" always
     ([0.0, 0.0], [-1.0, -1.0])
   """
-  checks.per_leaf("drop_leaves", "keep_prob", keep_prob)
+  checks.each_leaf("drop_leaves", "keep_prob", keep_prob)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

@@ -6,7 +6,7 @@ polar factor of Spectral and SpectralConv); the function it runs is the norm's o
 
 Under plain GSPMD a sharded matrix is re-gathered inside every Newton–Schulz
 step and the work is replicated. Here, on a mesh, the stacks handed in are
-carried to the owners :func:`~optax_lmo._src.plan.make_plan` picks:
+carried to the owners :func:`~optax_lmo._src.owners.assign` picks:
 
 1. one ``all_to_all`` over the mesh axes that shard the matrix dimensions gives
    each device whole matrices (mesh axes over which a stack is replicated just
@@ -15,7 +15,7 @@ carried to the owners :func:`~optax_lmo._src.plan.make_plan` picks:
    owns, with no collective inside the Newton–Schulz loop; devices holding only
    padding skip it (``lax.cond``). Stacks given a keep bit (randomized layer
    updates) run one ``lax.cond`` per matrix instead, so a dropped matrix costs
-   nothing on its owner: the plan says which matrix each slot holds, and the
+   nothing on its owner: the assignment says which matrix each slot holds, and the
    keep bits are replicated;
 3. one ``all_to_all`` back (and an ``all_gather`` over replicated axes) returns
    every stack in its own layout.
@@ -49,8 +49,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from optax_lmo._src import plan as plan_lib
-from optax_lmo._src.plan import Axes, Layout, Unit
+from optax_lmo._src import owners as owners_lib
+from optax_lmo._src.owners import Axes, Layout, Unit
 
 StackFn = Callable[[jax.Array], jax.Array]  # float32 (B, d_in, d_out) -> (B, d_in, d_out)
 
@@ -74,7 +74,7 @@ def find_mesh(arrays: Sequence[jax.Array], distribute: bool | None = None) -> An
   if len(meshes) != 1:
     return None  # no mesh, or several: leave the placement to XLA
   mesh = meshes.pop()
-  if mesh is None or math.prod(mesh.shape[a] for a in plan_lib.usable_axes(mesh)) < 2:
+  if mesh is None or math.prod(mesh.shape[a] for a in owners_lib.usable_axes(mesh)) < 2:
     return None
   return mesh
 
@@ -128,10 +128,10 @@ def _layout(x, mesh, ndim: int) -> Layout | None:
     spec = x.sharding.spec
   else:
     types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
-    if any(types[a] == AxisType.Auto for a in plan_lib.usable_axes(mesh)):
+    if any(types[a] == AxisType.Auto for a in owners_lib.usable_axes(mesh)):
       return None
     spec = jax.typeof(x).sharding.spec
-  return plan_lib.spec_layout(spec, ndim)
+  return owners_lib.spec_layout(spec, ndim)
 
 
 def _index(axes: Axes, sizes: dict[str, int]) -> jax.Array:
@@ -209,7 +209,7 @@ def _own(
   chunk = _index(unit.replicated + unit.split, sizes)
   outs = []
   if keep is not None:  # the keep bit of each slot's matrix, false on padding
-    pos = plan_lib.slot_positions(unit, owners)
+    pos = owners_lib.slot_positions(unit, owners)
     outs.append(_each(fn, w, jnp.where(pos >= 0, keep[np.maximum(pos, 0)], False)[chunk]))
   elif q:
     outs.append(fn(w[:q]))
@@ -332,8 +332,8 @@ def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None, slots=None)
   With ``slots`` (per group, per stack: ``None`` or the index of its keep bit)
   holding any index, the program takes the vector of keep bits last.
   """
-  plan = plan_lib.make_plan(metas, mesh)
-  sizes = dict(zip(plan.axes, plan.sizes, strict=True))
+  owned = owners_lib.assign(metas, mesh)
+  sizes = dict(zip(owned.axes, owned.sizes, strict=True))
   starts = np.cumsum([0] + [len(m) for m in metas]).tolist()
   slots = slots or [[None] * len(m) for m in metas]
   sampled = any(k is not None for ks in slots for k in ks)
@@ -342,7 +342,7 @@ def _local_fn(fns: Sequence[StackFn], metas, mesh, wire: Any = None, slots=None)
     bits = blocks[-1] if sampled else None
     blocks = blocks[:-1] if sampled else blocks
     res = list(blocks)
-    for unit in plan.units:
+    for unit in owned.units:
       base = starts[unit.group]
       mine = [blocks[base + p] for p in unit.members]
       ks = [slots[unit.group][p] for p in unit.members]
@@ -388,7 +388,7 @@ def _partitioned(fns, groups, mesh, wire: Any = None, slots=None, extra=()) -> t
   def partition(mesh, arg_shapes, result_shape):
     del result_shape
     layouts = [
-        plan_lib.fit_layout(plan_lib.spec_layout(a.sharding.spec, 3), a.shape, mesh)
+        owners_lib.fit_layout(owners_lib.spec_layout(a.sharding.spec, 3), a.shape, mesh)
         for a in arg_shapes[:n]
     ]
     metas = [[(arg_shapes[k].shape, layouts[k]) for k in ks] for ks in regroup(range(n))]

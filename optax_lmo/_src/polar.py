@@ -135,7 +135,7 @@ def polar(
   Examples:
     >>> import jax, jax.numpy as jnp, optax_lmo as ol
     >>> g = jax.random.normal(jax.random.key(0), (64, 128))
-    >>> s = jnp.linalg.svd(ol.contrib.polar(g), compute_uv=False)
+    >>> s = jnp.linalg.svd(ol.Polar().apply(g), compute_uv=False)
     >>> bool(jnp.all(jnp.abs(s - 1) < 0.15))
     True
 

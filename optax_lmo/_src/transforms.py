@@ -140,7 +140,7 @@ def scale_by_norm(
   """
 
   wire = exchange_lib.check_dtype(exchange_dtype, "scale_by_norm")
-  checks.per_leaf("scale_by_norm", "dual_clip", dual_clip)
+  checks.each_leaf("scale_by_norm", "dual_clip", dual_clip)
 
   def init_fn(params):
     del params
@@ -219,7 +219,7 @@ def orthogonalize(
   (route them elsewhere with ``optax.partition`` or use :func:`scale_by_norm`).
 
   Args:
-    method, coeffs, steps, dtype, precision: see :func:`optax_lmo.contrib.polar`.
+    method, coeffs, steps, dtype, precision: see :class:`~optax_lmo.Polar`.
     input_layer: use the input-layer factor ``max(1, sqrt(d_out/d_in))``.
     scaled: apply the dimension factor.
     specs: matrix views, as in :func:`scale_by_norm`.
@@ -267,7 +267,7 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
     >>> u["a"].tolist(), u["b"].tolist()
     ([2.0, 2.0], [1.0, 1.0])
   """
-  checks.per_leaf("scale_by_radius", "radius", radius)
+  checks.each_leaf("scale_by_radius", "radius", radius)
 
   def init_fn(params):
     del params
@@ -309,7 +309,7 @@ def add_constrained_decay(weight_decay: chex.Numeric | PerLeaf = 1.0):
     >>> u.tolist()
     [1.0, 1.0]
   """
-  checks.per_leaf("add_constrained_decay", "weight_decay", weight_decay)
+  checks.each_leaf("add_constrained_decay", "weight_decay", weight_decay)
 
   def init_fn(params):
     del params
@@ -345,7 +345,8 @@ def with_float32_state(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = ol.contrib.with_float32_state(optax.adam(0.1))
+    >>> from optax_lmo._src.transforms import with_float32_state
+    >>> tx = with_float32_state(optax.adam(0.1))
     >>> tx.init(jnp.zeros(2, jnp.bfloat16))[0].nu.dtype
     dtype('float32')
   """

@@ -1,14 +1,16 @@
-"""Which device owns which matrix: the plan of the whole-matrix exchange (pure Python).
+"""Which device owns which matrix: the assignment the whole-matrix exchange carries out.
+
+Pure Python.
 
 A polar factor needs the whole matrix, so every spectral matrix gets one owner
 device, as in Disco, Dion and modded-nanogpt. Same-shape, same-layout matrices
 form a *unit* that each owner handles in one batched call. Work is balanced by
 flops: a unit with ``n`` matrices on ``G`` owners takes ``n // G`` full rounds
 on every device; the ``n % G`` left over go to the least loaded devices across
-all units (:func:`make_plan`). ``exchange.py`` carries the plan out.
+all units (:func:`assign`). ``exchange.py`` carries the assignment out.
 
 A *layout* names the mesh axes of the (batch, fan-in, fan-out) dimensions of a
-matrix stack. Nothing here runs a jax operation: the plan reads only mesh
+matrix stack. Nothing here runs a jax operation: the assignment reads only mesh
 shapes and layouts.
 """
 
@@ -122,7 +124,7 @@ class Unit:
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class Assignment:
   """Which device owns which matrix, with the flops each device is left with.
 
   Attributes:
@@ -169,9 +171,9 @@ def slot_positions(unit: Unit, owners: int) -> np.ndarray:
     An ``int`` array ``(owners, slots)``, ``-1`` where a slot is padding.
 
   Examples:
-    >>> from optax_lmo._src import plan as plan_lib
-    >>> unit = plan_lib.Unit(0, (0,), ((), ("x",), ()), (8, 8), 6, (), ("x",), 1, (1, 2))
-    >>> plan_lib.slot_positions(unit, 4).tolist()
+    >>> from optax_lmo._src import owners as owners_lib
+    >>> unit = owners_lib.Unit(0, (0,), ((), ("x",), ()), (8, 8), 6, (), ("x",), 1, (1, 2))
+    >>> owners_lib.slot_positions(unit, 4).tolist()
     [[0, -1], [1, 4], [2, 5], [3, -1]]
   """
   slots = unit.rounds + bool(unit.extra)
@@ -182,9 +184,9 @@ def slot_positions(unit: Unit, owners: int) -> np.ndarray:
   return pos
 
 
-def make_plan(
+def assign(
     groups: Sequence[Sequence[tuple[tuple[int, int, int], Layout]]], mesh
-) -> Plan:
+) -> Assignment:
   """Assigns matrices to owner devices, balancing the left-over ones by flops.
 
   Args:
@@ -192,21 +194,21 @@ def make_plan(
     mesh: the mesh (its usable axes are the owners).
 
   Returns:
-    A :class:`Plan`.
+    An :class:`Assignment`.
 
   Examples:
     Four layers' qkv and attention-out kernels, sharded ``P('fsdp')``, on 8
     devices: the qkv matrices go to devices 0-3, the cheaper ones to 4-7.
 
     >>> import jax
-    >>> from optax_lmo._src import plan as plan_lib
+    >>> from optax_lmo._src import owners as owners_lib
     >>> mesh = jax.sharding.AbstractMesh((8,), ("fsdp",))
     >>> rows = ((), ("fsdp",), ())  # (batch, fan-in, fan-out) mesh axes
     >>> qkv, out = [((1, 64, 192), rows)] * 4, [((1, 64, 64), rows)] * 4
-    >>> plan = plan_lib.make_plan([qkv, out], mesh)
-    >>> [unit.extra for unit in plan.units]
+    >>> owned = owners_lib.assign([qkv, out], mesh)
+    >>> [unit.extra for unit in owned.units]
     [(0, 1, 2, 3), (4, 5, 6, 7)]
-    >>> round(plan.imbalance, 2)
+    >>> round(owned.imbalance, 2)
     1.33
   """
   axes = usable_axes(mesh)
@@ -254,7 +256,7 @@ def make_plan(
       load += cost * np.isin(chunks, extra)
       unit = dataclasses.replace(unit, extra=extra)
     units[k] = unit
-  return Plan(
+  return Assignment(
       axes,
       tuple(sizes.values()),
       tuple(units),
@@ -264,6 +266,6 @@ def make_plan(
 
 
 __all__ = [
-    "Axes", "Layout", "Plan", "Unit", "fit_layout", "make_plan", "polar_cost", "spec_layout",
+    "Assignment", "Axes", "Layout", "Unit", "assign", "fit_layout", "polar_cost", "spec_layout",
     "slot_positions", "usable_axes",
 ]

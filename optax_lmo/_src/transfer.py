@@ -290,9 +290,10 @@ def group_lr_multipliers(preset: str = "nt") -> dict[str, float]:
 
   Examples:
     >>> import optax_lmo as ol
-    >>> ol.contrib.group_lr_multipliers()
+    >>> from optax_lmo._src.transfer import group_lr_multipliers
+    >>> group_lr_multipliers()
     {'input': 1.0, 'hidden': 0.125, 'output': 1.0}
-    >>> hidden = ol.Group(ol.norms.Spectral(), 3.0, ol.contrib.group_lr_multipliers()["hidden"])
+    >>> hidden = ol.Group(ol.norms.Spectral(), 3.0, group_lr_multipliers()["hidden"])
 
   References:
     Filatov et al., Optimal Scaling Needs Optimal Norm, arXiv:2510.03871, 2025.

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from absl.testing import absltest, parameterized
 
-from optax_lmo._src import schedules as sch
+from optax_lmo._src import transfer as sch
 
 # (B0, D0, B, D): B in 4096-token sequences, D in tokens.
 POINTS = [(32, 2**30, 128, 2**33), (256, 1e11, 16, 3e9), (64, 2.5e9, 64, 1.38e11)]
