@@ -318,3 +318,17 @@ def test_ndim3_without_spec_is_an_error_naming_the_leaf():
   for i in range(2):  # per stacked matrix: each one's LMO, never across the stack
     expected = -0.1 * np_lmo("fc/kernel", g["blocks"]["kernel"][i])
     np.testing.assert_allclose(u["blocks"]["kernel"][i], expected, atol=1e-5)
+
+
+def test_unconstrained_scion_defaults_take_scions_step():
+  """uSCG's default radii (3, 10) at 2**-7 step a hidden matrix by Scion's 48 x 2**-11."""
+  params = {"embed": {"embedding": jnp.ones((32, 16))}, "fc": {"kernel": jnp.eye(16)},
+            "head": {"kernel": jnp.ones((16, 32)) / 32}}
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+  tx = ol.unconstrained_scion(2**-7, beta=0.0, polar=ol.Polar(method="svd"))
+  u, _ = tx.update(grads, tx.init(params), params)
+  step = float(ol.norms.Spectral().norm(u["fc"]["kernel"]))
+  assert step == pytest.approx(48 * 2**-11, rel=1e-3) == pytest.approx(3 * 2**-7, rel=1e-3)
+  assert float(ol.norms.RowNorm().norm(u["head"]["kernel"])) == pytest.approx(10 * 2**-7, rel=1e-3)
+  rows = {r["path"]: r["radius"] for r in ol.describe(tx, params)}
+  assert rows == {"embed/embedding": 1.0, "fc/kernel": 3.0, "head/kernel": 10.0}

@@ -1,8 +1,10 @@
 r"""The optimizers: Scion, unconstrained Scion, Muon, sign descent, normalized SGD.
 
-Each is only a chain of the public transforms (no math and no routing logic here):
-:func:`~optax_lmo.route` resolves the rules into a plan, the rest reads it. For leaf ``W`` with
-gradient ``g``, radius ``rho``, learning rate ``gamma_t`` and decay ``mu``:
+Each fills one frozen ``Options`` value and chains the public transforms (no math
+here; ``lmo_chain.py`` builds the chain, ``route.py`` resolves the rules into the
+plan it reads). Muon adds one partition: leaves whose group has no norm go to AdamW.
+For leaf ``W`` with gradient ``g``, radius ``rho``, learning rate ``gamma_t`` and
+weight decay ``mu``:
 
 .. math::
   d \leftarrow \beta d + (1-\beta) g, \qquad
@@ -55,19 +57,18 @@ def scion(
 
   Every leaf stays in its norm ball ``||W|| <= rho`` once inside it. The
   unconstrained form, with weight decay, is :func:`unconstrained_scion`; a
-  group's ``decay`` overrides the constrained shrink (1) for its leaves.
+  group's ``weight_decay`` overrides the constrained shrink (1) for its leaves.
+
+  The learning rate is both the decay of the weights (a memory of ``1/gamma``
+  steps) and, times the radius, the step. At the default radii (hidden 48, head
+  160) start from ``2**-11`` for about a thousand steps of 16 x 128 tokens,
+  decaying over the last half; ``docs/radii.md`` says how it moves with the
+  run's length and batch. Every numeric argument is checked here, naming a bad
+  one (the API reference's *Checked hyperparameters*).
 
   Args:
     learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule
-      (evaluated at every update, under ``jit``: not checked here). At the
-      default radii (hidden 48, head 160) start from ``2**-11`` for about a
-      thousand steps, decaying over the last half; ``gamma`` is both the decay
-      of the weights (memory ``1/gamma`` steps) and, times the radius, the step
-      (``docs/radii.md``). Every numeric
-      argument is checked here, naming a bad one; an injected value only where
-      it is concrete: a non-finite one traced under ``jit`` makes the update
-      non-finite, which ``optax.apply_if_finite`` chained *after* the optimizer
-      skips (see the API reference's *Checked hyperparameters*).
+      (evaluated at every update, under ``jit``: not checked here).
     rules: which leaf gets which norm, radius, lr multiplier, decay and view: a
       :class:`~optax_lmo.Rules` (e.g. from :func:`~optax_lmo.infer_rules`), a
       ``[(regex, Group), ...]`` list or a callable ``(path, leaf) -> Group``;
@@ -155,13 +156,20 @@ def unconstrained_scion(
   With ``weight_decay = mu`` this equals :func:`scion` with radius ``rho / mu``
   and learning rate ``mu gamma``.
 
+  Without weight decay only the step ``gamma rho`` matters: the default rules
+  (radii 1 / 3 / 10 / 1, not Scion's 1 / 48 / 160 / 1) at ``2**-7`` step a
+  hidden matrix by 0.023 as Scion does at its defaults, and ``2**-7`` was the
+  best of a 1000-step learning-rate sweep at these radii (``docs/radii.md``);
+  with :func:`~optax_lmo.infer_rules`' radii divide it by 16.
+
   Args:
     learning_rate: ``gamma``, a finite number ``>= 0`` or an optax schedule;
       checked as in :func:`scion`.
-    rules: routing, as in :func:`scion`.
+    rules: routing, as in :func:`scion`; ``None`` uses
+      ``default_rules(hidden_radius=3.0, output_radius=10.0)``.
     beta: momentum (decay of the running average); 0 disables it.
     nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
-    weight_decay: ``mu``; a group's ``decay`` overrides it for its leaves.
+    weight_decay: ``mu``; a group's ``weight_decay`` overrides it for its leaves.
     clip_to_dual_norm: clipped step ``gamma min(rho, ||d||_*) lmo(d)``.
     polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
@@ -179,6 +187,9 @@ def unconstrained_scion(
     >>> [round(float(v), 4) for v in u["b"]]  # -0.5 * b / rms(b)
     [-0.4243, 0.5657]
   """
+  if rules is None:
+    rules = rules_lib.default_rules(hidden_radius=rules_lib.USCG_HIDDEN_RADIUS,
+                                    output_radius=rules_lib.USCG_OUTPUT_RADIUS)
   return lmo_chain.optimizer(settings.Options(
       "unconstrained_scion", learning_rate, beta=beta, nesterov=nesterov,
       weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
@@ -309,7 +320,7 @@ def polargrad(
     rules: routing, as in :func:`scion` (radii are ignored).
     beta: momentum (decay of the running average); 0 disables it.
     nesterov: feed ``beta d + (1 - beta) g`` to the LMO.
-    weight_decay: ``mu``; a group's ``decay`` overrides it for its leaves.
+    weight_decay: ``mu``; a group's ``weight_decay`` overrides it for its leaves.
     polar: :class:`~optax_lmo.Polar` options for every spectral leaf.
     mu_dtype: dtype of the momentum state (``None``: as in :func:`scion`).
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.

@@ -60,7 +60,7 @@ def chain(opts: Options, plan: rules_lib.Plan) -> optax.GradientTransformationEx
       transforms.scale_by_radius(None if opts.dual_scale else radius),
       transforms.add_constrained_decay(
           plan.treedef.unflatten([_unless(leaf.weight_decay, 0) for leaf in leaves])),
-      transforms.scale_by_radius(plan.settings("lr_mult")),  # per-group lr multiplier
+      transforms.scale_each("lr_mult", "lr_mult", plan.settings("lr_mult")),
       optax.scale_by_learning_rate(opts.learning_rate),
   )
   # Wrapped whenever a keep probability is given (a number, or an injected traced value),

@@ -273,6 +273,9 @@ def _warn_without_head(plan: Plan) -> None:
 # The default radius per role: constrained Scion's best runs of ``benchmarks/ablation.py``
 # (1000 steps of a 4-layer character GPT, at lr 2^-11; docs/radii.md).
 EMBED_RADIUS, HIDDEN_RADIUS, OUTPUT_RADIUS, BIAS_RADIUS = 1.0, 48.0, 160.0, 1.0
+# Unconstrained Scion's default hidden and head radii: with no weight decay only lr x radius
+# matters, and its best 1000-step learning rate at these radii was 2^-7 (convergence.json).
+USCG_HIDDEN_RADIUS, USCG_OUTPUT_RADIUS = 3.0, 10.0
 
 
 @functools.cache

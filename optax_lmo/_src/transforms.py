@@ -1,7 +1,8 @@
-"""Core gradient transformations: LMO per leaf, radius, momentum, constrained decay.
+"""The template's per-leaf transformations: the LMO, the radius, the constrained decay.
 
-Each is an ``optax.GradientTransformationExtraArgs``; the optimizers in
-``alias.py`` only chain them. A step of the template is::
+Each is an ``optax.GradientTransformationExtraArgs`` taking one value per leaf
+(or one for every leaf); the optimizers chain them after the momentum
+(``momentum.py``)::
 
     momentum(beta) -> scale_by_norm(norms) -> scale_by_radius(rho)
       [-> add_constrained_decay(1.0)]  -> optax.scale_by_learning_rate(lr)
@@ -267,7 +268,16 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
     >>> u["a"].tolist(), u["b"].tolist()
     ([2.0, 2.0], [1.0, 1.0])
   """
-  checks.each_leaf("scale_by_radius", "radius", radius)
+  return scale_each("scale_by_radius", "radius", radius)
+
+
+def scale_each(where: str, name: str, factors: PerLeaf) -> optax.GradientTransformationExtraArgs:
+  """Multiplies each leaf by its factor (``None``: left alone); ``name`` picks the check.
+
+  The radius (:func:`scale_by_radius`) and a group's learning-rate multiplier are such
+  factors.
+  """
+  checks.each_leaf(where, name, factors)
 
   def init_fn(params):
     del params
@@ -275,11 +285,11 @@ def scale_by_radius(radius: chex.Numeric | PerLeaf) -> optax.GradientTransformat
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    rad = per_leaf(radius, updates, what="radius")
+    fac = per_leaf(factors, updates, what=name)
     leaves, treedef = jax.tree.flatten(updates)
     out = [
         g if r is None else (jnp.asarray(r, jnp.float32) * g).astype(g.dtype)
-        for g, r in zip(leaves, rad, strict=True)
+        for g, r in zip(leaves, fac, strict=True)
     ]
     return jax.tree.unflatten(treedef, out), state
 
