@@ -278,8 +278,7 @@ def muon(
 
   def build(plan):
     labels = plan.treedef.unflatten(
-        ["adam" if g is None or g.norm is None else "lmo" for g in plan.groups]
-    )
+        ["adam" if leaf.norm is None else "lmo" for leaf in plan.leaves])
     return optax.partition({"lmo": lmo_chain.chain(opts, plan), "adam": adam_tx}, labels)
 
   return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",

@@ -26,7 +26,7 @@ import optax
 
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src import spec as spec_lib
-from optax_lmo._src.settings import Options, settle
+from optax_lmo._src.settings import Options, bind, settle
 
 
 class Routing:
@@ -119,9 +119,8 @@ def route(
     rules: a :class:`~optax_lmo.Rules`, a ``[(regex, Group), ...]`` list, a
       callable ``(path, leaf) -> Group`` or ``None`` (:func:`~optax_lmo.default_rules`).
     build: ``plan -> GradientTransformation``; called at ``init`` and at every
-      ``update`` trace with the plan settled at ``init`` (its leaves' settings
-      settled again with the options of that call, so it may read injected
-      hyperparameters).
+      ``update`` trace with the plan settled at ``init`` (a value injected with
+      ``optax.inject_hyperparams`` is the one of that call).
     name: the optimizer's name, used in error messages and by ``describe``.
     options: the optimizer's :class:`~optax_lmo._src.settings.Options`; ``None``:
       the groups' own settings only.
@@ -145,13 +144,12 @@ def route(
   def init_fn(params):
     leaves = jax.tree.leaves(params)
     dtypes = tuple(getattr(x, "dtype", None) for x in leaves)
-    plan = r.plan(params)
-    _check(plan, params, name, needs_norm)
+    kept = settle(r.plan(params), options, dtypes, static=True)
+    _check(kept, params, name, needs_norm)
     # A placeholder (optax.tree.map_params inits on one placeholder node, with no leaves)
     # has no shapes to check updates against.
     real = bool(leaves) and all(hasattr(x, "shape") for x in leaves)
-    kept = settle(plan, options, dtypes, static=True)
-    state = build(settle(plan, options, dtypes)).init(params)
+    state = build(bind(kept, options)).init(params)
     return RouteState(state, Routing(kept, name, fallback, dtypes, real))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -166,13 +164,10 @@ def route(
       treedef = jax.tree.structure(updates)
       if treedef != plan.treedef:  # same paths, other containers (nnx.State of Variables)
         plan = dataclasses.replace(plan, treedef=treedef)
-      dtypes = routing.dtypes
     else:  # initialized on a placeholder: resolve for these updates
-      plan, dtypes = r.plan(updates), None
-    # This call's options (injected values are live here; the stored plan shows them as
-    # "injected"), on the groups resolved at init.
-    plan = settle(plan, options, dtypes)
-    tx = optax.with_extra_args_support(build(plan))
+      plan = settle(r.plan(updates), options, static=True)
+    # The plan settled at init; a value injected with inject_hyperparams is this call's.
+    tx = optax.with_extra_args_support(build(bind(plan, options)))
     updates, inner = tx.update(updates, state.inner, params, **extra_args)
     return updates, RouteState(inner, state.routing)
 
@@ -182,8 +177,8 @@ def route(
 def _check(plan: rules_lib.Plan, params, name: str, needs_norm: bool) -> None:
   """Raises at ``init`` for a leaf the optimizer cannot handle, naming it and the fix."""
   leaves = jax.tree.leaves(params)
-  for path, leaf, g in zip(plan.paths, leaves, plan.groups, strict=True):
-    if g is None or g.norm is None:
+  for path, leaf, settled in zip(plan.paths, leaves, plan.leaves, strict=True):
+    if settled.norm is None:
       if needs_norm:
         raise ValueError(
             f"{path}: {name} needs a norm for every leaf; give this leaf a Group with a norm"

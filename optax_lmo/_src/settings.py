@@ -151,4 +151,19 @@ def settle(plan, options: Options | None = None, dtypes=None, *, static: bool = 
   return dataclasses.replace(plan, leaves=tuple(leaves), sampled=sampled)
 
 
-__all__ = ["INJECTED", "Leaf", "Options", "settle"]
+def bind(plan, options: Options | None):
+  """``plan`` (settled with ``static=True``) with each :data:`INJECTED` setting replaced by
+  the value ``options`` holds now (a traced value inside an update of an optimizer under
+  ``optax.inject_hyperparams``); every other setting is the plan's own."""
+  if options is None or plan.leaves is None:
+    return plan
+  live = {"weight_decay": options.weight_decay, "keep_prob": options.keep_prob}
+
+  def one(leaf: Leaf) -> Leaf:
+    changes = {k: v for k, v in live.items() if getattr(leaf, k) is INJECTED}
+    return dataclasses.replace(leaf, **changes) if changes else leaf
+
+  return dataclasses.replace(plan, leaves=tuple(one(leaf) for leaf in plan.leaves))
+
+
+__all__ = ["INJECTED", "Leaf", "Options", "bind", "settle"]
