@@ -23,7 +23,7 @@ from optax_lmo import norms
 SVD = ol.Polar(method="svd")
 SCALES = (1e-20, 1e-3, 1.0, 1e3, 1e20)
 # Singular values of polar_express with its default 5 steps on Gaussian inputs
-# (the docstring band of optax_lmo.contrib.polar for a 64x128 Gaussian).
+# (the band of docs/polar.md for a 64x128 Gaussian).
 NS_BAND = (0.86, 1.13)
 
 

@@ -17,8 +17,8 @@ POLAR_PAGE = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "polar.md")
 
 NS_METHODS = ("newton_schulz", "gram_newton_schulz")
 
-# (preset, steps) -> (Gaussian band, condition-1e3 band): the table in the
-# docstring of ``Polar``'s polar function, which test_docstring_table_matches pins.
+# (preset, steps) -> (Gaussian band, condition-1e3 band): the table of docs/polar.md,
+# which test_docs_table_matches pins.
 BANDS = {
     ("polar_express", 5): ((0.86, 1.13), (0.40, 1.13)),
     ("polar_express", 8): ((0.99, 1.01), (0.99, 1.01)),

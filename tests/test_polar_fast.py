@@ -1,6 +1,6 @@
 """Fast orthogonalization: Gram and standard Newton–Schulz against SVD, per dtype, batched.
 
-Checks the per-dtype band table in the docstring of ``optax_lmo.contrib.polar`` (both
+Checks the per-dtype band table of docs/polar.md (both
 methods, well- and ill-conditioned and rank-deficient inputs, bfloat16 inputs),
 that zero matrices inside a batch stay exactly zero, that ``scale_by_norm``
 gives the same updates batched and per leaf on a GPT-shaped tree, and that the
@@ -29,7 +29,7 @@ M, N, RANK = 128, 512, 32
 
 
 def _table():
-  """``(preset, steps, dtype) -> (gaussian, cond, rank, null)`` from the docstring."""
+  """``(preset, steps, dtype) -> (gaussian, cond, rank, null)`` from docs/polar.md."""
   band = r"\[([\d.]+), ([\d.]+)\]"
   rows = re.findall(
       rf"^\|\s*(\w+)\s*\|\s*(\d+)\s*\|\s*(float32|bfloat16)\s*\|\s*{band}\s*\|\s*{band}\s*\|\s*{band}\s*\|\s*([\d.]+)\s*\|\s*$",
