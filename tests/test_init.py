@@ -56,6 +56,36 @@ def test_embedding_rows_have_rms_one():
   np.testing.assert_allclose(np.sqrt(np.mean(np.square(np.asarray(w)), axis=1)), 1.0, rtol=1e-5)
 
 
+class _TiedWithPositions(nn.Module):
+  """GPT-2's layout: token table tied to the head, a learned position table added to it."""
+
+  @nn.compact
+  def __call__(self, ids):
+    wte = nn.Embed(65, 32, name="wte")
+    x = wte(ids) + nn.Embed(16, 32, name="wpe")(jnp.arange(ids.shape[-1]))
+    x = nn.LayerNorm(name="ln")(nn.Dense(32, name="fc")(x))
+    return wte.attend(x)
+
+
+def test_a_table_added_to_a_tied_embedding_starts_at_its_row_rms():
+  model, ids = _TiedWithPositions(), jnp.zeros((2, 16), jnp.int32)
+  params = model.init(jax.random.key(0), ids)["params"]
+  rules = ol.infer_rules(lambda p, x: model.apply({"params": p}, x), params, ids)
+  roles = {r["path"]: r["role"] for r in ol.describe(rules, params)}
+  assert roles["wte/embedding"] == "tied" and roles["wpe/embedding"] == "embedding"
+  new = ol.init_params(rules, params, jax.random.key(1))
+  row_rms = lambda w: np.sqrt(np.mean(np.square(np.asarray(w, np.float64)), axis=1))
+  np.testing.assert_allclose(row_rms(new["wte"]["embedding"]), 1 / math.sqrt(32), rtol=1e-5)
+  np.testing.assert_allclose(row_rms(new["wpe"]["embedding"]), 1 / math.sqrt(32), rtol=1e-5)
+  # The head keeps the RMS of its (normalized) input: logits of RMS 1.
+  x = np.random.default_rng(0).normal(size=(4096, 32))
+  logits = x @ np.asarray(new["wte"]["embedding"], np.float64).T
+  assert float(np.sqrt(np.mean(logits**2))) == pytest.approx(1.0, rel=0.05)
+  # Without a tied table the position table's rows keep RMS 1 (test_embedding_rows_have_rms_one).
+  radius = ol.init_params(rules, params, jax.random.key(1), scale="radius")
+  assert float(np.max(row_rms(radius["wpe"]["embedding"]))) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_scale_is_checked():
   with pytest.raises(ValueError, match="scale must be one of"):
     ol.init_params(None, {"w": jnp.zeros((4, 4))}, jax.random.key(0), scale="boundary")

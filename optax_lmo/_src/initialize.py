@@ -28,9 +28,13 @@ def init_params(rules, params, key: jax.Array, *, scale: str = "rms", keep_gains
   convolution kernel, an output head included, maps inputs of RMS 1 to outputs
   of RMS 1 on average (``||W||_F = sqrt(d_out)`` for its matrix view, as Flax's
   default initializers do in expectation), and an embedding row has RMS 1
-  (``u = 1`` for ColNorm). So a model starts where it would from Flax's init
-  (first loss near ``ln V`` plus half a nat for a head on normalized features)
-  at any radius. The constraint only asks ``||W|| <= rho``; constrained Scion
+  (``u = 1`` for ColNorm). When the token embedding is tied to the output head
+  (a leaf of ``role="tied"``), its rows start at the head's scale,
+  ``1/sqrt(d)``, and the other embedding tables (a learned position table added
+  to it, as in GPT-2) start at that same row RMS: tables that are summed start
+  at one scale, so neither drowns the other. So a model starts where it would
+  from Flax's init (first loss near ``ln V`` plus half a nat for a head on
+  normalized features) at any radius. The constraint only asks ``||W|| <= rho``; constrained Scion
   then moves each leaf toward its radius at the rate of the learning rate.
 
   ``scale="radius"`` draws every matrix on its ball's boundary, ``||W|| == rho``
@@ -68,7 +72,7 @@ def init_params(rules, params, key: jax.Array, *, scale: str = "rms", keep_gains
   rules = rules_lib.as_rules(rules)
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   keys = jax.random.split(key, max(len(flat), 1))
-  out = []
+  out, tables, tied_rms = [], [], None
   for (path, leaf), k in zip(flat, keys, strict=False):
     p = spec_lib.path_str(path)
     g = rules.group_for(p, leaf)
@@ -78,6 +82,12 @@ def init_params(rules, params, key: jax.Array, *, scale: str = "rms", keep_gains
     unit = g.norm.init(k, tuple(np.shape(leaf)), spec=g.spec)  # norm 1 per matrix
     norm = g.radius if scale == "radius" else jnp.minimum(g.radius, rms_norm(g, unit))
     out.append((norm * unit).astype(leaf.dtype))
+    if scale == "rms" and g.role == "tied" and tied_rms is None:
+      tied_rms = jnp.sqrt(jnp.mean(jnp.square(norm * unit)))  # its rows' RMS (Sign: all equal)
+    if scale == "rms" and g.role == "embedding" and isinstance(g.norm, norms_lib.ColNorm):
+      tables.append((len(out) - 1, g, unit, leaf.dtype))
+  for i, g, unit, dtype in tables if tied_rms is not None else ():  # the tied table's scale
+    out[i] = (jnp.minimum(g.radius, tied_rms) * unit).astype(dtype)
   return treedef.unflatten(out)
 
 
