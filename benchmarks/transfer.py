@@ -79,7 +79,7 @@ MUON_POINTS = ("base", "h250", "h2000")  # where optax's Muon runs too
 # The law the predictions come from, fixed before any point ran: [NT]'s exponents, as
 # ol.contrib.transfer_lr shipped them.
 LAW = dict(name="[NT]", batch_exponent=0.62, tokens_exponent=-0.56)
-MAX_EXTEND = 2
+MAX_EXTEND = 4  # points past a winning edge, at most
 VAL_WINDOWS = 256  # validation windows of `seq` tokens at every point
 EVALS = 20  # evaluations per run (and one at the end)
 
