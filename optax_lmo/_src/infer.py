@@ -271,10 +271,14 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
   if unknown:
     raise trace.Unresolved("used by an op the tracer does not know: "
                            + ", ".join(sorted({u.detail for u in unknown})))
+  reduced = sorted({u.detail for u in uses if u.kind == "reduce"})
   uses = [u for u in uses if u.kind not in ("reduce", "selected")]
   matrix = [u for u in uses if u.kind in ("embed", "dot", "conv")]
-  elementwise = [u for u in uses if u.kind == "elementwise"]
+  elementwise = [u for u in uses if u.kind in ("elementwise", "token")]
   if not uses:
+    if ndim >= 2 and reduced:
+      raise trace.Unresolved(f"a matrix leaf used only by reductions ({', '.join(reduced)}):"
+                             " no product gives its matrix view")
     if ndim >= 2:
       raise trace.Unresolved("a matrix leaf that the traced function never uses")
     return rules_lib.Group(norms_lib.BiasRMS(), radii["vector"], role="vector",
@@ -283,7 +287,7 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
     ops = sorted({u.detail for u in matrix + elementwise})
     raise trace.Unresolved("used both as a matrix and elementwise: " + ", ".join(ops))
   if elementwise:
-    gone = set().union(*(u.batch for u in elementwise))
+    gone = {a for u in elementwise for a in u.batch if shape[a] > 1}  # size 1: no batch
     spec = None
     if gone:
       spec = MatrixSpec((), tuple(a for a in range(ndim) if a not in gone))
@@ -291,8 +295,10 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
     role = "gain" if gain else "vector"
     ops = ", ".join(sorted({u.detail for u in elementwise}))
     batch = f"; batch {tuple(sorted(gone))}" if gone else ""
+    what = "a learned token" if any(u.kind == "token" for u in elementwise) else \
+        "elementwise only"
     return rules_lib.Group(norms_lib.BiasRMS(), radii[role], spec=spec, role=role,
-                           evidence=f"elementwise only ({ops}){batch}; {role}")
+                           evidence=f"{what} ({ops}){batch}; {role}")
   groups = [_matrix_group(u, shape, head, radii, blocks) for u in matrix]
   roles = {g.role for g in groups}
   if "embedding" in roles and ("output" in roles or "tied" in roles):
