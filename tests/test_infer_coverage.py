@@ -1,13 +1,18 @@
-"""infer_rules on each structural primitive, and on masks and ids along the data path.
+"""infer_rules on each structural primitive, on masks and ids along the data path, on the
+values models return and on example arguments that do not fit.
 
 Every expectation is written by hand from the function traced: which product a
 leaf meets, what its other operand is, which axes it contracts.
 """
 
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import linen as nn
+from flax import nnx
 
 import optax_lmo as ol
 
@@ -197,3 +202,59 @@ def test_a_primitive_that_changes_the_geometry_is_refused_naming_the_leaf(name):
   leaf, fn, why = NOT_COVERED[name]
   with pytest.raises(ValueError, match=rf"^w: .*{why}.*rules=\[\(r\"\^w\$\""):
     ol.infer_rules(_stack(fn), {"w": leaf, "head": HEAD}, X)
+
+
+# -- what the model returns -----------------------------------------------------------------
+
+MLP = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+MLP_PARAMS = MLP.init(jax.random.key(0), X)["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:  # like transformers' ModelOutput: a frozen dataclass
+  logits: jax.Array
+  hidden: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  scores: jax.Array
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda y: Output(y, y), lambda y: {"logits": y, "aux": 0}, lambda y: ((y, y[:, 0]), {}),
+    lambda y: (Output(y), {"batch_stats": {}})], ids=["dataclass", "mapping", "nested", "pair"])
+def test_logits_are_read_from_model_outputs(wrap):
+  rules = ol.infer_rules(lambda p, x: wrap(MLP.apply({"params": p}, x)), MLP_PARAMS, X)
+  assert rules.group_for("layers_2/kernel", MLP_PARAMS["layers_2"]["kernel"]).role == "output"
+
+
+def test_an_output_without_logits_is_refused_with_the_fix_and_no_crash():
+  apply = lambda p, x: Scores(MLP.apply({"params": p}, x))
+  with pytest.raises(ValueError, match=r"cannot tell which part .* it returned Scores\(scores="
+                                       r"f32\[2,3\]\)\. Pass output="):
+    ol.infer_rules(apply, MLP_PARAMS, X)
+  rules = ol.infer_rules(apply, MLP_PARAMS, X, output=lambda out: out.scores)
+  assert rules.group_for("layers_2/kernel", MLP_PARAMS["layers_2"]["kernel"]).role == "output"
+
+
+# -- example arguments that do not fit ------------------------------------------------------
+
+
+def test_example_arguments_that_do_not_fit_say_so_and_which_call_failed():
+  def apply(p, x):
+    return MLP.apply({"params": p}, x)
+
+  with pytest.raises(ValueError, match=r"^infer_rules: the example arguments do not fit the"
+                                       r" model: apply\(params, f32\[2,5\]\) failed in"
+                                       r" Dense.__call__ \(.*linear.py:\d+\) with") as e:
+    ol.infer_rules(apply, MLP_PARAMS, jnp.ones((2, 5)))
+  assert e.value.__cause__ is not None  # the model's own error, chained
+  model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match=re.escape("Linear(f32[2,5]) failed in Linear.__call__")
+                     + r".*dot_general requires contracting dimensions") as e:
+    ol.infer_rules(model, jnp.ones((2, 5)))
+  assert isinstance(e.value.__cause__, TypeError)
+  with pytest.raises(TypeError, match=r"cannot be traced on the example arguments.*Python"
+                                      r" values \(train=True\)"):
+    ol.infer_rules(lambda p, x: apply(p, x) if x.sum() > 0 else x, MLP_PARAMS, X)

@@ -146,12 +146,14 @@ def test_loss_with_weight_decay_and_aux_routes_the_layer_before_the_loss():
 
 def test_output_argument_picks_the_model_output():
   params, x = _mlp()
-  apply = lambda p, x: {"features": x, "logits": MLP.apply({"params": p}, x)}
-  with pytest.raises(ValueError, match=r"cannot tell which part.*'logits': f(loat)?32\[4,10\]"
+  apply = lambda p, x: {"features": x, "scores": MLP.apply({"params": p}, x)}
+  with pytest.raises(ValueError, match=r"cannot tell which part.*'scores': f(loat)?32\[4,10\]"
                                        r".*output=lambda out"):
     ol.infer_rules(apply, params, x)
-  by_key = ol.infer_rules(apply, params, x, output=lambda out: out["logits"])
+  by_key = ol.infer_rules(apply, params, x, output=lambda out: out["scores"])
   assert _table(by_key, params) == MLP_TABLE
+  named = lambda p, x: {"features": x, "logits": MLP.apply({"params": p}, x)}
+  assert _table(ol.infer_rules(named, params, x), params) == MLP_TABLE  # logits: read as is
   swapped = lambda p, x: (jnp.zeros(()), MLP.apply({"params": p}, x))
   assert _table(ol.infer_rules(swapped, params, x, output=1), params) == MLP_TABLE
   with pytest.raises(ValueError, match=r"holds no floating-point array"):

@@ -48,8 +48,10 @@ from optax_lmo._src.trace_ops import (
   sub_jaxpr,
   view_through,
 )
+from optax_lmo._src.traced_call import call_failed, select_output, shapes, split_static
 
-__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "trace_uses"]
+__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "select_output",
+           "trace_uses"]
 
 
 class Frame:
@@ -332,73 +334,15 @@ class Tracer:
       carry = new
 
 
-def _is_array(x) -> bool:
-  return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (int, float, bool))
-
-
-def _split_static(tree):
-  """``(arrays, rebuild)``: the array leaves of ``tree`` and a function putting them back."""
-  leaves, treedef = jax.tree.flatten(tree)
-  where = [k for k, x in enumerate(leaves) if _is_array(x)]
-
-  def rebuild(arrays):
-    out = list(leaves)
-    for k, a in zip(where, arrays, strict=True):
-      out[k] = a
-    return treedef.unflatten(out)
-
-  return [leaves[k] for k in where], rebuild
-
-
-def select_output(out, output=None):
-  """The model output in a traced function's return value (see ``infer_rules(output=...)``).
-
-  Args:
-    out: what the function returned.
-    output: ``None`` (an array, or the first element of a tuple that starts with
-      one), an index into the returned tuple, or a callable on the returned value.
-
-  Returns:
-    A pytree whose floating-point arrays are the model output.
-  """
-  if callable(output):
-    picked = output(out)
-  elif output is not None:
-    picked = out[output]
-  elif _is_array(out):
-    picked = out
-  elif isinstance(out, (tuple, list)) and out and _is_array(out[0]):
-    picked = out[0]  # (logits, state updates), (loss, aux)
-  else:
-    raise ValueError(
-        f"infer_rules cannot tell which part of the function's return value is the model"
-        f" output: it returned {_shapes(out)}. Pass output=<index> or output=lambda out:"
-        " <the logits or the loss>, e.g. output=lambda out: out['logits'].")
-  if not any(_is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
-             for x in jax.tree.leaves(picked)):
-    raise ValueError(
-        f"infer_rules: the model output {_shapes(picked)} holds no floating-point array, so no"
-        " layer can be its output layer. Select the logits or the loss with output=...")
-  return picked
-
-
-def _shapes(tree) -> str:
-  """``"(f32[2,10], {'batch_stats': ...})"``: a returned value, arrays as their types."""
-  def short(x):
-    return x.aval.str_short() if hasattr(x, "aval") else repr(x)
-  return repr(jax.tree.map(lambda x: _Short(short(x)), tree))
-
-
-class _Short(str):
-  def __repr__(self):
-    return str(self)
-
-
 def trace_uses(fn_or_module, args, kwargs,
                output=None) -> tuple[list[tuple[str, Any]], dict[int, list[Use]]]:
   """``([(path, leaf)], {leaf index: [Use]})`` for the parameters of a traced call.
 
   ``output`` picks the model output from the returned value (:func:`select_output`).
+
+  Raises:
+    TypeError, ValueError: the call failed on the example arguments (the model's
+      own error chained), or its output cannot be told apart.
   """
   extra, call = [], None
   if callable(fn_or_module) and not _is_nnx_module(fn_or_module):
@@ -406,6 +350,8 @@ def trace_uses(fn_or_module, args, kwargs,
       raise TypeError("infer_rules(fn, params, *args): pass the parameters after the function.")
     params, args = args[0], args[1:]
     call = lambda p, e, a: fn_or_module(p, *a[0], **a[1])
+    name = getattr(fn_or_module, "__name__", None) or type(fn_or_module).__name__
+    shown = f"{name}(params{''.join(', ' + shapes(a) for a in args)}"
   else:
     from flax import nnx
 
@@ -415,24 +361,29 @@ def trace_uses(fn_or_module, args, kwargs,
     graphdef, params, rest = nnx.split(fn_or_module, nnx.Param, ...)
     extra = rest
     call = lambda p, e, a: nnx.merge(graphdef, p, e)(*a[0], **a[1])
+    shown = f"{type(fn_or_module).__name__}({', '.join(shapes(a) for a in args)}"
+  shown += "".join(f", {k}={shapes(v)}" for k, v in kwargs.items()) + ")"
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [(spec_lib.path_str(p), x) for p, x in flat]
   leaves = [x for _, x in flat]
   extra_leaves, extra_def = jax.tree.flatten(extra)
-  data, rebuild = _split_static((args, kwargs))
+  data, rebuild = split_static((args, kwargs))
 
   def wrapped(leaves, extra_leaves, data):
-    out = call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    try:
+      out = call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    except Exception as e:  # noqa: BLE001  (said again with the call that failed, and chained)
+      raise call_failed(e, shown) from e
     return select_output(out, output)
 
   closed = jax.make_jaxpr(wrapped)(leaves, extra_leaves, data)
   jaxpr = closed.jaxpr
-  shapes = [tuple(np.shape(x)) for x in leaves]
+  shapes_ = [tuple(np.shape(x)) for x in leaves]
   facts = [Fact(View(k, tuple(frozenset({a}) for a in range(len(s)))), False, False, False)
-           for k, s in enumerate(shapes)]
+           for k, s in enumerate(shapes_)]
   facts += [NONE] * len(extra_leaves)
   facts += [Fact(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True, False) for x in data]
-  tracer = Tracer(shapes)
+  tracer = Tracer(shapes_)
   top, _ = tracer.forward(jaxpr, facts)
   tracer.backward(top, [jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in jaxpr.outvars])
   uses: dict[int, list[Use]] = {}
