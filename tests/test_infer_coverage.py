@@ -7,6 +7,7 @@ leaf meets, what its other operand is, which axes it contracts.
 
 import dataclasses
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from flax import linen as nn
 from flax import nnx
 
 import optax_lmo as ol
+from optax_lmo import norms
 
 H, O = 48.0, 160.0
 X = jnp.ones((2, 4))
@@ -202,6 +204,34 @@ def test_a_primitive_that_changes_the_geometry_is_refused_naming_the_leaf(name):
   leaf, fn, why = NOT_COVERED[name]
   with pytest.raises(ValueError, match=rf"^w: .*{why}.*rules=\[\(r\"\^w\$\""):
     ol.infer_rules(_stack(fn), {"w": leaf, "head": HEAD}, X)
+
+
+# -- undecided leaves: one error, and the vector fallback -----------------------------------
+
+
+def test_every_undecided_leaf_is_named_in_one_error():
+  params = {f"w{i}": jnp.ones((4, 8)) for i in range(3)} | {"head": HEAD}
+  apply = lambda p, x: sum(jnp.tanh(x @ jnp.sort(p[f"w{i}"], 0)) for i in range(3)) @ p["head"]
+  with pytest.raises(ValueError) as e:
+    ol.infer_rules(apply, params, X)
+  lines = str(e.value).splitlines()
+  assert lines[0] == "infer_rules: the trace does not decide 3 leaves:"
+  assert lines[1:4] == [f"  w{i}: used by an op the tracer does not know: sort" for i in range(3)]
+  assert all(f'(r"^w{i}$", ol.Group(...))' in str(e.value) for i in range(3))
+  assert "strict=False" in lines[-1]
+
+
+def test_a_vector_shaped_leaf_falls_back_to_biasrms_not_frobenius():
+  params = {"token": jnp.ones((1, 1, 8)), "w": jnp.ones((4, 8)), "head": HEAD}
+  apply = lambda p, x: jnp.tanh(x @ p["w"] + jnp.sort(p["token"], -1)[0]) @ p["head"]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    rules = ol.infer_rules(apply, params, X, strict=False)
+  g = rules.group_for("token", params["token"])
+  assert (g.norm, g.radius, g.role) == (norms.BiasRMS(), 1.0, "vector")
+  assert g.evidence == "vector fallback: used by an op the tracer does not know: sort"
+  assert [str(w.message).split(";")[0] for w in caught] == [
+      "token: used by an op the tracer does not know: sort"]
 
 
 # -- what the model returns -----------------------------------------------------------------
