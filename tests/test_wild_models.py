@@ -15,6 +15,8 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 from _wild_other import GNN, DlrmSmall, Transformer, TransformerConfig, small_graph
 from _wild_speech import Conformer, DeepSpeech, SpeechConfig, speech_batch
@@ -86,6 +88,7 @@ def mismatches(rules, params, table) -> list[str]:
 def check(table, fn, params, *args, **kwargs):
   rules = ol.infer_rules(fn, params, *args, **kwargs)  # strict: an undecided leaf raises
   assert mismatches(rules, params, table) == []
+  return rules
 
 
 def _variables(model, *args, **kwargs):
@@ -254,7 +257,19 @@ def test_hf_gpt2_conv1d_layout_and_tied_embedding(hf):
       (r"wpe/embedding$", embedding()),  # gathered by the position ids
       (r"(c_attn|c_proj|c_fc)/kernel$", conv1d),
   ] + NORMS
-  check(table, _hf_train(model), model.params, ids, attention_mask=jnp.ones_like(ids))
+  rules = check(table, _hf_train(model), model.params, ids, attention_mask=jnp.ones_like(ids))
+  # QK-clip on the real layout: the routing's fan-out (axis 0) holds [q | k | v] and the heads.
+  tx = ol.contrib.qk_clip(1.0, query=(r"c_attn/kernel$", 0, 3), key=(r"c_attn/kernel$", 1, 3),
+                          heads=4, rules=rules)
+  params = model.params
+  zero = jax.tree.map(jnp.zeros_like, params)
+  u, _ = tx.update(zero, tx.init(params), params,
+                   max_logits={"transformer/h/0/attn": jnp.full((4,), 4.0)})  # all at 4 x tau
+  old = params["transformer"]["h"]["0"]["attn"]["c_attn"]
+  new = optax.apply_updates(params, u)["transformer"]["h"]["0"]["attn"]["c_attn"]
+  for leaf in ("kernel", "bias"):  # q and k rows scaled by sqrt(1/4), the v rows untouched
+    np.testing.assert_allclose(new[leaf][:64], old[leaf][:64] / 2, rtol=1e-6)
+    np.testing.assert_array_equal(new[leaf][64:], old[leaf][64:])
 
 
 def test_hf_bert_masked_lm(hf):
