@@ -199,6 +199,14 @@ NOT_COVERED = {  # name: (leaf, function, the reason the error gives)
 }
 
 
+def test_a_vector_used_only_through_a_cumulative_op_is_a_vector():
+  params = {"w": W, "cuts": jnp.ones(3)}  # ordinal regression: ordered thresholds
+  apply = lambda p, x: (x @ p["w"])[:, :1] - jnp.cumsum(jax.nn.softplus(p["cuts"]))
+  g = ol.infer_rules(apply, params, X).group_for("cuts", params["cuts"])
+  assert (type(g.norm).__name__, g.role) == ("BiasRMS", "vector")
+  assert g.evidence == "used only by reductions (cumsum); vector"
+
+
 @pytest.mark.parametrize("name", sorted(NOT_COVERED))
 def test_a_primitive_that_changes_the_geometry_is_refused_naming_the_leaf(name):
   leaf, fn, why = NOT_COVERED[name]

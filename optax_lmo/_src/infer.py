@@ -324,8 +324,8 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
                              " no product gives its matrix view")
     if ndim >= 2:
       raise trace.Unresolved("a matrix leaf that the traced function never uses")
-    return rules_lib.Group(norms_lib.BiasRMS(), radii["vector"], role="vector",
-                           evidence="never used")
+    used = f"used only by reductions ({', '.join(reduced)}); vector" if reduced else "never used"
+    return rules_lib.Group(norms_lib.BiasRMS(), radii["vector"], role="vector", evidence=used)
   if matrix and elementwise:
     ops = sorted({u.detail for u in matrix + elementwise})
     raise trace.Unresolved("used both as a matrix and elementwise: " + ", ".join(ops))
