@@ -37,6 +37,32 @@ def test_bad_learning_rate_is_refused_at_construction(make, bad):
 
 
 @pytest.mark.parametrize("make", OPTIMIZERS, ids=lambda f: f.__name__)
+def test_a_schedule_negative_at_step_0_is_refused_at_construction(make):
+  with pytest.raises(ValueError, match=rf"^{make.__name__}: learning_rate is a schedule whose"
+                                       r" value at step 0 is -0.1; a learning rate must be a"
+                                       r" finite number >= 0 .*Fix the schedule"):
+    make(optax.linear_schedule(-0.1, 0.1, 100))
+  with pytest.raises(ValueError, match="value at step 0 is nan"):
+    make(lambda count: jnp.nan * count)
+  make(optax.linear_schedule(0.0, 0.1, 100))  # a warmup from 0 is fine
+  make(lambda count: jnp.where(count > 10, 0.1, 0.0))
+
+
+def test_muon_refuses_a_negative_adam_schedule():
+  with pytest.raises(ValueError, match=r"^muon: adam_learning_rate is a schedule whose value at"
+                                       r" step 0 is -0.001"):
+    ol.muon(0.02, adam_learning_rate=optax.constant_schedule(-1e-3))
+
+
+@pytest.mark.parametrize("lr", [-0.1, optax.constant_schedule(-0.1)], ids=["number", "schedule"])
+def test_an_injected_negative_learning_rate_is_refused_at_init(lr):
+  tx = optax.inject_hyperparams(ol.scion)(learning_rate=lr)
+  with pytest.raises(ValueError, match=r"^scion: learning_rate must be a finite number >= 0 or an"
+                                       r" optax schedule, got -0.1\.$"):
+    tx.init(_params())
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS, ids=lambda f: f.__name__)
 def test_string_learning_rate_is_a_type_error_saying_what_to_pass(make):
   with pytest.raises(TypeError, match=rf"^{make.__name__}: learning_rate must be a number or an"
                                       r" optax schedule, got '0.01' \(a str\)\. Pass the number"

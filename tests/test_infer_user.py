@@ -146,12 +146,14 @@ def test_loss_with_weight_decay_and_aux_routes_the_layer_before_the_loss():
 
 def test_output_argument_picks_the_model_output():
   params, x = _mlp()
-  apply = lambda p, x: {"features": x, "logits": MLP.apply({"params": p}, x)}
-  with pytest.raises(ValueError, match=r"cannot tell which part.*'logits': f(loat)?32\[4,10\]"
+  apply = lambda p, x: {"features": x, "scores": MLP.apply({"params": p}, x)}
+  with pytest.raises(ValueError, match=r"cannot tell which part.*'scores': f(loat)?32\[4,10\]"
                                        r".*output=lambda out"):
     ol.infer_rules(apply, params, x)
-  by_key = ol.infer_rules(apply, params, x, output=lambda out: out["logits"])
+  by_key = ol.infer_rules(apply, params, x, output=lambda out: out["scores"])
   assert _table(by_key, params) == MLP_TABLE
+  named = lambda p, x: {"features": x, "logits": MLP.apply({"params": p}, x)}
+  assert _table(ol.infer_rules(named, params, x), params) == MLP_TABLE  # logits: read as is
   swapped = lambda p, x: (jnp.zeros(()), MLP.apply({"params": p}, x))
   assert _table(ol.infer_rules(swapped, params, x, output=1), params) == MLP_TABLE
   with pytest.raises(ValueError, match=r"holds no floating-point array"):
@@ -298,11 +300,16 @@ def test_own_rules_listed_first_win_and_the_rest_is_inferred():
     ol.infer_rules(apply, params, x, rules=ol.default_rules())
 
 
-def test_strict_error_names_only_the_undecided_leaf_and_the_fix():
+def test_strict_error_names_every_undecided_leaf_once_with_the_fix():
   params, apply, x = _sorted_model()
-  with pytest.raises(ValueError, match=r"^k: used by an op the tracer does not know: fft\..*"
-                                       r"rules=\[\(r\"\^k\$\""):
+  with pytest.raises(ValueError) as e:
     ol.infer_rules(apply, params, x)
+  lines = str(e.value).splitlines()
+  assert lines[0] == "infer_rules: the trace does not decide 2 leaves:"
+  assert lines[1:3] == ["  k: used by an op the tracer does not know: fft",
+                        "  w: used by an op the tracer does not know: sort"]
+  assert 'rules=[(r"^k$", ol.Group(...)),' in str(e.value) and '(r"^w$", ol.Group' in str(e.value)
+  assert "head:" not in str(e.value) and "^head" not in str(e.value)  # decided: not named
   with pytest.raises(ValueError, match=r"^w: used by an op the tracer does not know: sort\."):
     ol.infer_rules(apply, params, x, rules=[("^k$", ol.Group(norms.Frobenius()))])
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 from _simulated import run_worker
+from flax import linen as nn
 
 import optax_lmo as ol
 
@@ -163,6 +164,71 @@ def test_a_non_finite_logit_clips_nothing(value):
   for a, b in zip(jax.tree.leaves(step(optax.sgd(0.5), params)), jax.tree.leaves(got),
                   strict=True):
     np.testing.assert_array_equal(b, a)
+
+
+# -- a kernel stored fan-out first, with biases (GPT-2's Conv1D) ----------------------
+
+
+class Conv1D(nn.Module):
+  """transformers' FlaxConv1D: the kernel is stored ``(features, in)``, applied transposed."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.normal(0.02), (self.features, x.shape[-1]))
+    bias = self.param("bias", nn.initializers.normal(0.02), (self.features,))
+    return jax.lax.dot_general(x, kernel.T, (((x.ndim - 1,), (0,)), ((), ()))) + bias
+
+
+class GPT2Attention(nn.Module):
+  """GPT-2's causal attention on one fused ``c_attn`` projection, then ``c_proj``."""
+
+  heads: int
+
+  @nn.compact
+  def __call__(self, x):
+    b, n, d = x.shape
+    q, k, v = (t.reshape(b, n, self.heads, d // self.heads)
+               for t in jnp.split(Conv1D(3 * d, name="c_attn")(x), 3, axis=2))
+    o = nn.dot_product_attention(q, k, v, mask=nn.make_causal_mask(jnp.ones((b, n))))
+    return Conv1D(d, name="c_proj")(o.reshape(b, n, d))
+
+
+def gpt2_logits(attn: dict, x: np.ndarray, heads: int) -> np.ndarray:
+  """Each head's largest causal logit, by hand in NumPy: ``q = x W_q^T + b_q``."""
+  w, bias = np.asarray(attn["c_attn"]["kernel"], np.float64), np.asarray(attn["c_attn"]["bias"])
+  d = x.shape[-1]
+  q, k = (x @ w[i * d:(i + 1) * d].T + bias[i * d:(i + 1) * d] for i in (0, 1))
+  q, k = (t.reshape(*t.shape[:2], heads, d // heads) for t in (q, k))
+  logits = np.einsum("bihk,bjhk->bhij", q, k) / np.sqrt(d // heads)
+  causal = np.tril(np.ones(logits.shape[-2:], bool))
+  return np.where(causal, logits, -np.inf).max(axis=(0, 2, 3))
+
+
+def test_a_fan_out_first_kernel_and_its_biases_are_clipped_along_the_routings_fan_out():
+  heads, d, tau = 2, 24, 5.0  # 24 = 3 x 8: the fan-in axis would split too, silently
+  model, x = GPT2Attention(heads), np.random.default_rng(1).standard_normal((2, 6, d))
+  params = model.init(jax.random.key(0), jnp.asarray(x, jnp.float32))["params"]
+  params = jax.tree.map(lambda a: a * 100.0, params)  # logits far above tau
+  rules = ol.infer_rules(lambda p, x: model.apply({"params": p}, x), params,
+                         jnp.asarray(x, jnp.float32))
+  view = rules.group_for("c_attn/kernel", params["c_attn"]["kernel"])
+  assert (view.spec.fan_in, view.spec.fan_out) == ((1,), (0,))  # read as 24 x 72
+  before = gpt2_logits(params, x, heads)
+  assert np.all(before > 20 * tau), before
+  fused = dict(query=(r"c_attn/kernel$", 0, 3), key=(r"c_attn/kernel$", 1, 3), heads=heads)
+  tx = ol.contrib.qk_clip(tau, rules=rules, **fused)
+  zero = jax.tree.map(jnp.zeros_like, params)
+  u, _ = jax.jit(tx.update)(zero, tx.init(params), params,
+                            max_logits={"": jnp.asarray(before, jnp.float32)})
+  after = optax.apply_updates(params, u)
+  np.testing.assert_allclose(gpt2_logits(after, x, heads), tau, rtol=1e-5)
+  np.testing.assert_array_equal(after["c_proj"]["kernel"], params["c_proj"]["kernel"])
+  for leaf in ("kernel", "bias"):  # the value third moves with nothing
+    np.testing.assert_array_equal(after["c_attn"][leaf][2 * d:], params["c_attn"][leaf][2 * d:])
+  with pytest.raises(ValueError, match=r"c_attn/kernel: heads_axis=-1 is not the fan-out axis 0"):
+    ol.contrib.qk_clip(tau, rules=rules, heads_axis=-1, **fused).init(params)
 
 
 # -- errors -------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Each numeric hyperparameter has one rule, looked up by its name:
 
 * ``learning_rate``, ``adam_learning_rate``: a finite number ``>= 0`` or an optax
-  schedule (a callable, evaluated at every step, under ``jit`` too: it cannot be
-  checked here);
+  schedule (a callable, evaluated at every step, under ``jit`` too); a schedule is
+  checked at step 0, where it is evaluated once here (a schedule that cannot be
+  evaluated outside the optimizer is left to run);
 * ``beta``, ``adam_b1``, ``adam_b2``: in ``[0, 1)``;
 * ``keep_prob``: in ``(0, 1]``;
 * ``eta`` (a tolerance), ``tau`` (a logit cap): a finite number ``> 0``;
@@ -12,9 +13,11 @@ Each numeric hyperparameter has one rule, looked up by its name:
   ``dual_clip``, ``adam_eps``, ...): a finite number ``>= 0``.
 
 A Python or NumPy number and a concrete array (every element) are checked; a
-string or any other type is a ``TypeError``. A traced value (a hyperparameter
-injected with ``optax.inject_hyperparams`` and updated under ``jit``) cannot be
-checked: a non-finite one makes the update non-finite, and
+string or any other type is a ``TypeError``. A value injected with
+``optax.inject_hyperparams`` is checked at ``init`` (where the injected number, or
+the schedule's value at step 0, builds the optimizer) when ``init`` runs eagerly.
+A traced value (injected and updated under ``jit``) cannot be checked: a
+non-finite one makes the update non-finite, and
 ``optax.apply_if_finite(optax.identity(), ...)`` chained after the optimizer is
 the guard that skips such a step (wrapped around the optimizer, apply_if_finite
 checks the gradient only).
@@ -101,7 +104,8 @@ def _check(where: str, name: str, x: Any, path: tuple = ()) -> None:
   sched = " or an optax schedule" if name in SCHEDULES else ""
   if callable(x) and not isinstance(x, (jax.Array, np.ndarray, np.generic)):
     if name in SCHEDULES:
-      return  # evaluated at every step (under jit): nothing to check here
+      _check_schedule(where, label, x, in_range)
+      return
     raise TypeError(
         f"{where}: {label} must be a number, got the callable {x!r}. Only a learning rate"
         f" takes a schedule; to schedule {name}, inject it with optax.inject_hyperparams."
@@ -121,10 +125,28 @@ def _check(where: str, name: str, x: Any, path: tuple = ()) -> None:
   v = np.asarray(x)
   if not (jnp.issubdtype(v.dtype, jnp.integer) or jnp.issubdtype(v.dtype, jnp.floating)):
     raise TypeError(f"{where}: {label} must be a real number{sched}, got {x!r} (dtype {v.dtype}).")
-  v = v.astype(np.float64)
-  if not np.all(in_range(v)):
-    shown = v.item() if v.ndim == 0 else v.tolist()
+  if not np.all(in_range(v.astype(np.float64))):
+    shown = str(v[()]) if v.ndim == 0 else v.tolist()  # -0.1, not float32's -0.10000000149
     raise ValueError(f"{where}: {label} must be {must}, got {shown}.")
+
+
+def _check_schedule(where: str, label: str, schedule: Callable, in_range) -> None:
+  """Refuses a learning-rate schedule whose value at step 0 is negative or not finite."""
+  try:
+    value = schedule(0)
+  except Exception:  # noqa: BLE001  (a schedule that needs the optimizer's count runs there)
+    return
+  if isinstance(value, jax.core.Tracer) or not isinstance(
+      value, (numbers.Real, np.ndarray, np.generic, jax.Array)) or isinstance(value, bool):
+    return
+  v = np.asarray(value)
+  if not jnp.issubdtype(v.dtype, jnp.number) or np.all(in_range(v.astype(np.float64))):
+    return
+  shown = str(v[()]) if v.ndim == 0 else v.tolist()
+  raise ValueError(
+      f"{where}: {label} is a schedule whose value at step 0 is {shown}; a learning rate must"
+      " be a finite number >= 0 at every step (a negative one steps uphill). Fix the"
+      " schedule's values (init_value, peak_value, end_value...).")
 
 
 __all__ = ["each_leaf", "hyperparams"]

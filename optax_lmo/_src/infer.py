@@ -11,7 +11,8 @@ ops (reshape, transpose, casts, broadcasts, slices, the per-iteration slice of
 - a ``dot_general``: fan-in = the parameter's contracting dims, batch = its
   batch dims and any scanned or indexed-away axis, fan-out = the rest; an
   input layer when the other operand derives from the function's real-valued
-  inputs without passing another parameter's product -> ``Spectral(input_layer=
+  inputs along the data path, passing no parameter's product (a mask
+  multiplied into a hidden activation leaves it hidden) -> ``Spectral(input_layer=
   True)``; an output layer when the product reaches the function's output
   without passing another parameter's product -> RowNorm (or Sign); otherwise
   hidden -> Spectral;
@@ -20,7 +21,8 @@ ops (reshape, transpose, casts, broadcasts, slices, the per-iteration slice of
   at ``hidden_radius`` times its number of taps unless ``conv_radius`` is given;
   a grouped or depthwise one (``feature_group_count=G``) -> ``SpectralConv(groups=G)``,
   each group its own matrix;
-- only elementwise uses (biases, norm gains) -> BiasRMS.
+- only elementwise uses (biases, norm gains, added tables) or learned tokens
+  -> BiasRMS.
 
 A leaf both gathered and used as an output (tied embedding, ``Embed.attend``)
 gets Sign for both uses [S, Rec. 3.1(iii)].
@@ -79,11 +81,12 @@ def infer_rules(
   of the returned value is the model output is ``output``:
 
   - ``None`` (the default): a returned array is the output (logits, or a
-    scalar loss); a returned tuple whose first element is an array is
-    ``(output, rest)``: a linen ``mutable=`` call's ``(logits, updates)``, a
-    ``has_aux`` loss's ``(loss, aux)``. The rest is ignored (updated batch
-    statistics are not an output). Any other return value is an error asking
-    for ``output``.
+    scalar loss); a returned tuple is ``(output, rest)``, its first element
+    read the same way: a linen ``mutable=`` call's ``(logits, updates)``, a
+    ``has_aux`` loss's ``(loss, aux)``, ``((logits, paddings), updates)``. The
+    rest is ignored (updated batch statistics are not an output). A mapping or
+    dataclass with a ``logits`` entry (a Hugging Face ``ModelOutput``) gives
+    its logits. Any other return value is an error asking for ``output``.
   - an ``int``: that element of the returned tuple.
   - a callable: applied to the returned value, gives the output (a pytree:
     every floating-point array in it is an output), e.g.
@@ -103,14 +106,26 @@ def infer_rules(
   ``MatrixSpec(out_blocks=3)``); ``"per_head"`` one per head of each piece
   (``out_blocks=3 * heads``). The evidence names the cut either way.
 
+  **Learned tokens.** A parameter joined with data (a CLS token concatenated
+  in front of the patches), or the activation side of a product with another
+  parameter (a MAP head's probe, tiled over the batch), is a vector: BiasRMS.
+  Parameters joined by ``concatenate`` before one product (an
+  ``OptimizedLSTMCell``'s gate kernels) each get that product's role.
+
   **Leaves the trace does not decide.** A matrix leaf used in two incompatible
-  roles, never used, or consumed by an op the tracer does not know (say
-  ``jnp.sort(W)``): with ``strict=True`` an error naming that leaf and the ops;
-  with ``strict=False`` a warning naming them, and the leaf gets the name-based
-  :func:`~optax_lmo.default_rules` group (or, for a leaf with ndim >= 3 that the
-  names cannot view, ``Frobenius`` on the whole leaf at ``hidden_radius``),
-  marked ``"name fallback: <why>"`` / ``"Frobenius fallback: <why>"`` in its
-  ``evidence``, as :func:`~optax_lmo.describe` shows.
+  roles, never used, or consumed by an op the tracer does not cover (say
+  ``jnp.sort(W)``): with ``strict=True`` one error naming every such leaf, why,
+  and the ``rules=`` entries to write; with ``strict=False`` a warning per leaf,
+  and the leaf gets BiasRMS at ``bias_radius`` if it is vector-shaped (at most
+  one axis longer than 1), else the name-based :func:`~optax_lmo.default_rules`
+  group (or, for a leaf with ndim >= 3 that the names cannot view,
+  ``Frobenius`` on the whole leaf at ``hidden_radius``), marked ``"vector
+  fallback: <why>"``, ``"name fallback: <why>"`` or ``"Frobenius fallback:
+  <why>"`` in its ``evidence``, as :func:`~optax_lmo.describe` shows.
+
+  **Example arguments that do not fit.** When the model's own call fails on
+  them, the error says so, names the call and the layer where it failed, and
+  chains the model's error.
 
   Args:
     fn_or_module: the apply / loss function, or an NNX module.
@@ -175,21 +190,37 @@ def infer_rules(
   fallback = rules_lib.default_rules(
       embed_radius=embed_radius, hidden_radius=hidden_radius, output_radius=output_radius,
       bias_radius=bias_radius, output_norm=output_norm, strict=True)
-  out = []
+  out, undecided = [], []
   for i, (path, leaf) in enumerate(params):
     if any(re.search(pattern, path) for pattern, _ in user):
       continue
     try:
       group = _decide(uses.get(i, []), np.shape(leaf), head, radii, blocks)
     except trace.Unresolved as e:
+      undecided.append((path, str(e)))
       if strict:
-        raise ValueError(
-            f"{path}: {e}. Route this leaf by hand ahead of the inference, e.g."
-            f" infer_rules(..., rules=[(r\"^{re.escape(path)}$\", ol.Group(...))]), or pass"
-            " strict=False to warn and fall back to the name-based default_rules.") from None
-      group = _fallback(fallback, path, leaf, str(e), hidden_radius)
+        continue
+      group = _fallback(fallback, path, leaf, str(e), hidden_radius, bias_radius)
     out.append(("^" + re.escape(path) + "$", group))
+  if strict and undecided:
+    raise ValueError(_undecided_message(undecided))
   return rules_lib.Rules(user + tuple(out), strict=True)
+
+
+def _undecided_message(undecided: list[tuple[str, str]]) -> str:
+  """The one strict-mode error for every leaf the trace does not decide, with the fix."""
+  rule = lambda path: f"(r\"^{re.escape(path)}$\", ol.Group(...))"
+  fix = ("pass strict=False to warn and fall back to the name-based default_rules (a vector"
+         " leaf, such as a (1, 1, d) token, to BiasRMS).")
+  if len(undecided) == 1:
+    (path, why), = undecided
+    return (f"{path}: {why}. Route this leaf by hand ahead of the inference, e.g."
+            f" infer_rules(..., rules=[{rule(path)}]), or {fix}")
+  lines = [f"  {path}: {why}" for path, why in undecided]
+  rules = ",\n         ".join(rule(path) for path, _ in undecided)
+  return (f"infer_rules: the trace does not decide {len(undecided)} leaves:\n"
+          + "\n".join(lines) + "\nRoute them by hand ahead of the inference:\n"
+          f"  infer_rules(..., rules=[{rules}])\nor {fix}")
 
 
 def _user_rules(rules) -> tuple[tuple[str, rules_lib.Group], ...]:
@@ -206,18 +237,30 @@ def _user_rules(rules) -> tuple[tuple[str, rules_lib.Group], ...]:
                for p, g in pairs)
 
 
-def _fallback(names: rules_lib.Rules, path: str, leaf, why: str,
-              radius: float) -> rules_lib.Group:
-  """The non-strict group of a leaf the trace does not decide, with a warning naming it."""
+def _fallback(names: rules_lib.Rules, path: str, leaf, why: str, radius: float,
+              bias_radius: float) -> rules_lib.Group:
+  """The non-strict group of a leaf the trace does not decide, with a warning naming it.
+
+  A vector (at most one axis longer than 1: a ``(1, 1, d)`` CLS or probe token) gets
+  BiasRMS at ``bias_radius``; any other leaf its name-based group, or Frobenius at
+  ``radius`` where the names cannot view it.
+  """
+  if sum(n > 1 for n in np.shape(leaf)) <= 1:
+    return _warned(path, why, rules_lib.Group(norms_lib.BiasRMS(), bias_radius, role="vector",
+                                              evidence=f"vector fallback: {why}"))
   try:
     g = names.group_for(path, leaf)
     group = dataclasses.replace(g, evidence=f"name fallback: {why}")
   except ValueError:  # the names cannot view it either (ndim >= 3)
     group = rules_lib.Group(norms_lib.Frobenius(), radius,
                             evidence=f"Frobenius fallback: {why}")
+  return _warned(path, why, group)
+
+
+def _warned(path: str, why: str, group: rules_lib.Group) -> rules_lib.Group:
   warnings.warn(f"{path}: {why}; it gets {group.norm.name} at radius {group.radius:g}"
                 f" ({group.evidence.split(':')[0]}). Route it by hand with"
-                " infer_rules(..., rules=[(pattern, Group(...))]).", stacklevel=3)
+                " infer_rules(..., rules=[(pattern, Group(...))]).", stacklevel=4)
   return group
 
 
@@ -271,19 +314,23 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
   if unknown:
     raise trace.Unresolved("used by an op the tracer does not know: "
                            + ", ".join(sorted({u.detail for u in unknown})))
+  reduced = sorted({u.detail for u in uses if u.kind == "reduce"})
   uses = [u for u in uses if u.kind not in ("reduce", "selected")]
   matrix = [u for u in uses if u.kind in ("embed", "dot", "conv")]
-  elementwise = [u for u in uses if u.kind == "elementwise"]
+  elementwise = [u for u in uses if u.kind in ("elementwise", "token")]
   if not uses:
+    if ndim >= 2 and reduced:
+      raise trace.Unresolved(f"a matrix leaf used only by reductions ({', '.join(reduced)}):"
+                             " no product gives its matrix view")
     if ndim >= 2:
       raise trace.Unresolved("a matrix leaf that the traced function never uses")
-    return rules_lib.Group(norms_lib.BiasRMS(), radii["vector"], role="vector",
-                           evidence="never used")
+    used = f"used only by reductions ({', '.join(reduced)}); vector" if reduced else "never used"
+    return rules_lib.Group(norms_lib.BiasRMS(), radii["vector"], role="vector", evidence=used)
   if matrix and elementwise:
     ops = sorted({u.detail for u in matrix + elementwise})
     raise trace.Unresolved("used both as a matrix and elementwise: " + ", ".join(ops))
   if elementwise:
-    gone = set().union(*(u.batch for u in elementwise))
+    gone = {a for u in elementwise for a in u.batch if shape[a] > 1}  # size 1: no batch
     spec = None
     if gone:
       spec = MatrixSpec((), tuple(a for a in range(ndim) if a not in gone))
@@ -291,8 +338,10 @@ def _decide(uses: list[trace.Use], shape, head, radii, blocks: str = "fused") ->
     role = "gain" if gain else "vector"
     ops = ", ".join(sorted({u.detail for u in elementwise}))
     batch = f"; batch {tuple(sorted(gone))}" if gone else ""
+    what = "a learned token" if any(u.kind == "token" for u in elementwise) else \
+        "elementwise only"
     return rules_lib.Group(norms_lib.BiasRMS(), radii[role], spec=spec, role=role,
-                           evidence=f"elementwise only ({ops}){batch}; {role}")
+                           evidence=f"{what} ({ops}){batch}; {role}")
   groups = [_matrix_group(u, shape, head, radii, blocks) for u in matrix]
   roles = {g.role for g in groups}
   if "embedding" in roles and ("output" in roles or "tied" in roles):

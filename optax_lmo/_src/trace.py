@@ -1,17 +1,18 @@
 """Where each parameter leaf goes in a traced model: the jaxpr walk behind ``infer_rules``.
 
-Each jaxpr variable carries three facts: the parameter *view* it is (which leaf,
-and which leaf axes each of its axes holds; ``None`` for activations), whether it
-is *raw* (derived from a real-valued input of the function without passing a
-parameter's product) and whether it is *data* (derived from any input). A
-forward pass records every op that consumes a view (a :class:`Use`, by the
-per-op rules of ``trace_ops.py``); a backward pass marks the variables that
-reach the output without passing a parameter's product, which makes a product
-an output layer.
+Each jaxpr variable carries a :class:`~optax_lmo._src.trace_ops.Fact`: the
+parameter *view* it is (which leaf, and which leaf axes each of its axes holds;
+``None`` for activations), and whether it is *raw* (derived from a real-valued
+input along a path without a parameter's product), *data* (derived from any
+input) or *hidden* (derived from a parameter's product with data). A forward
+pass records every op that consumes a view (a :class:`Use`, by the per-op rules
+of ``trace_ops.py``); a backward pass marks the variables that reach the output
+without passing a parameter's product, which makes a product an output layer.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -21,26 +22,36 @@ from jax.extend import core as jcore
 
 from optax_lmo._src import spec as spec_lib
 from optax_lmo._src.trace_ops import (
-    CALLS,
-    ELEMENTWISE,
-    GAIN_OPS,
-    NONE,
-    REDUCE,
-    VIEW_OPS,
-    Unresolved,
-    Use,
-    View,
-    conv_use,
-    dot_use,
-    gather_use,
-    gathered_view,
-    result_blocks,
-    sorted_tuple,
-    sub_jaxpr,
-    view_through,
+  CALLS,
+  ELEMENTWISE,
+  GAIN_OPS,
+  JOINS,
+  NONE,
+  PASS_THROUGH,
+  REDUCE,
+  VIEW_OPS,
+  Fact,
+  Unresolved,
+  Use,
+  View,
+  conv_use,
+  dot_use,
+  gather_use,
+  gathered_view,
+  is_token,
+  join_facts,
+  joined,
+  mix,
+  parts,
+  result_blocks,
+  sorted_tuple,
+  sub_jaxpr,
+  view_through,
 )
+from optax_lmo._src.traced_call import call_failed, select_output, shapes, split_static
 
-__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "trace_uses"]
+__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "select_output",
+           "trace_uses"]
 
 
 class Frame:
@@ -48,7 +59,7 @@ class Frame:
 
   def __init__(self, jaxpr):
     self.jaxpr = jaxpr
-    self.facts: dict = {}  # var -> (view, raw, data)
+    self.facts: dict = {}  # var -> Fact
     self.children: dict[int, list[Frame]] = {}  # eqn index -> frames of its sub-jaxprs
     self.products: set[int] = set()  # eqn indices that are parameter products
     self.out: set = set()  # vars that reach the function's output past no product
@@ -73,12 +84,12 @@ class Frame:
         yield from f.all_uses()
 
 
-
 class Tracer:
   """Forward and backward passes over a traced function's jaxpr."""
 
-  def __init__(self, ndims: list[int]):
-    self.ndims = ndims
+  def __init__(self, shapes: list[tuple[int, ...]]):
+    self.shapes = shapes
+    self.ndims = [len(s) for s in shapes]
 
   # -- forward ----------------------------------------------------------------
   def forward(self, jaxpr, in_facts, gathered=()) -> tuple[Frame, list]:
@@ -100,6 +111,12 @@ class Tracer:
       use.frame, use.result = fr, eqn.outvars[0]
     fr.uses.append(use)
 
+  def _uses(self, fr: Frame, views, kind: str, detail: str, gain: bool = False):
+    """A use of ``kind`` for every leaf view in ``views`` (views, tuples of views or None)."""
+    for v in views:
+      for p in parts(v):
+        self._use(fr, Use(p.leaf, kind, detail, batch=sorted_tuple(p.gone), gain=gain))
+
   def _guarded(self, fr, leaf, make):
     try:
       return make()
@@ -109,9 +126,7 @@ class Tracer:
 
   def _eqn(self, fr: Frame, i: int, eqn, ins) -> list:
     name = eqn.primitive.name
-    views = [f[0] for f in ins]
-    raw = any(f[1] for f in ins)
-    data = any(f[2] for f in ins)
+    views = [f.view for f in ins]
     n_out = len(eqn.outvars)
     if name in CALLS or (sub_jaxpr(eqn) is not None and name not in ("scan", "while", "cond")):
       sub = sub_jaxpr(eqn)
@@ -131,48 +146,60 @@ class Tracer:
     if fr.gathered:
       self._selected(fr, eqn, ins)
     if all(v is None for v in views):
-      return [(None, raw, data)] * n_out
+      return [mix(ins)] * n_out
+    if name in PASS_THROUGH and len(ins) == n_out:
+      return list(ins)
     if name in VIEW_OPS and views[0] is not None and all(v is None for v in views[1:]):
-      return [(v, False, data) for v in view_through(eqn, views[0])]
+      data = any(f.data for f in ins)
+      outs = zip(*(view_through(eqn, p) for p in parts(views[0])), strict=True)
+      return [Fact(joined(v), False, data, False) for v in outs]
+    if name in JOINS:
+      return self._join(fr, eqn, ins, JOINS[name])
     if name == "dot_general":
-      return self._product(fr, i, eqn, ins, lambda k, v, o: dot_use(eqn, k, v, o,
-                                                                     self.ndims[v.leaf]))
+      return self._product(fr, i, eqn, ins, lambda k, v, o, j: dot_use(
+          eqn, k, v, o, self.ndims[v.leaf], joined=j))
     if name == "conv_general_dilated" and views[0] is None:
-      return self._product(fr, i, eqn, ins, lambda k, v, o: conv_use(eqn, v, o,
-                                                                      self.ndims[v.leaf]))
+      return self._product(fr, i, eqn, ins, lambda k, v, o, j: conv_use(
+          eqn, v, o, self.ndims[v.leaf]))
     if name == "gather" and views[1] is None and jnp.issubdtype(eqn.invars[1].aval.dtype,
                                                                  jnp.integer):
-      outs = self._product(fr, i, eqn, ins, lambda k, v, o: gather_use(eqn, v,
-                                                                        self.ndims[v.leaf]))
+      outs = self._product(fr, i, eqn, ins, lambda k, v, o, j: gather_use(
+          eqn, v, self.ndims[v.leaf]))
       lookup = fr.uses[-1] if fr.uses and fr.uses[-1].result is eqn.outvars[0] else None
-      slices = gathered_view(eqn, views[0])
+      slices = gathered_view(eqn, views[0]) if isinstance(views[0], View) else None
       if lookup is not None and lookup.kind == "embed" and slices is not None:
         fr.gathered[eqn.outvars[0]] = (slices, lookup)
       return outs
     if name in ELEMENTWISE:
-      if data:
-        for v in views:
-          if v is not None:
-            self._use(fr, Use(v.leaf, "elementwise", name, batch=sorted_tuple(v.gone),
-                              gain=name in GAIN_OPS))
-        return [(None, raw, True)] * n_out
+      if any(f.data for f in ins):
+        self._uses(fr, views, "elementwise", name, gain=name in GAIN_OPS)
+        return [mix(ins)] * n_out
       shape = eqn.outvars[0].aval.shape
       keep = next((v for v, x in zip(views, eqn.invars, strict=True)
                    if v is not None and x.aval.shape == shape), None)
-      for v in views:
-        if v is not None and v is not keep:
-          self._use(fr, Use(v.leaf, "elementwise", name, batch=sorted_tuple(v.gone),
-                            gain=name in GAIN_OPS))
-      return [(keep, False, False)] * n_out
+      self._uses(fr, [v for v in views if v is not keep], "elementwise", name,
+                 gain=name in GAIN_OPS)
+      return [Fact(keep, False, False, False)] * n_out
     if name in REDUCE:
-      for v in views:
-        if v is not None:
-          self._use(fr, Use(v.leaf, "reduce", name))
-      return [(None, raw, data)] * n_out
-    for v in views:
-      if v is not None:
-        self._use(fr, Use(v.leaf, "unknown", name))
-    return [(None, raw, data)] * n_out
+      self._uses(fr, views, "reduce", name)
+      return [mix(ins)] * n_out
+    self._uses(fr, views, "unknown", name)
+    return [mix(ins)] * n_out
+
+  def _join(self, fr: Frame, eqn, ins, placed) -> list:
+    """Arrays placed side by side: parameters stay views, a parameter among data is a token."""
+    name = eqn.primitive.name
+    placed = range(len(ins)) if placed is None else [k for k in placed if k < len(ins)]
+    facts = [ins[k] for k in placed]
+    if name.startswith("scatter") and ins[2].view is not None:
+      self._uses(fr, [ins[2].view], "unknown",
+                 f"{name} (a parameter's entries written into another array)")
+      facts = facts[:1]
+    if any(f.data for f in facts):
+      self._uses(fr, [f.view for f in facts], "token", f"{name} with data")
+      return [mix(facts)] * len(eqn.outvars)
+    views = [p for f in facts for p in parts(f.view)]
+    return [Fact(joined(views), False, False, False)] * len(eqn.outvars)
 
   def _selected(self, fr: Frame, eqn, ins) -> None:
     """Follows gathered slices of a leaf through view ops into a product with data.
@@ -191,7 +218,7 @@ class Tracer:
       return
     for k in (0, 1):
       other = ins[1 - k]
-      if held[k] is None or other[0] is not None or not other[2]:
+      if held[k] is None or other.view is not None or not other.data:
         continue  # a lookup multiplied by a parameter is an embedding's activation
       view, lookup = held[k]
       use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other: dot_use(
@@ -202,25 +229,31 @@ class Tracer:
 
   def _product(self, fr, i, eqn, ins, make) -> list:
     fr.products.add(i)
-    for k, (view, _, _) in enumerate(ins[:2]):
-      if view is not None:
-        other = ins[1 - k] if k < 2 else NONE
-        use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other:
-                            make(k, view, other))
+    both = eqn.primitive.name == "dot_general" and all(
+        isinstance(f.view, View) and not f.data for f in ins[:2])
+    for k, f in enumerate(ins[:2]):
+      if both and is_token(eqn, k, f.view, self.shapes[f.view.leaf]):
+        self._uses(fr, [f.view], "token", "dot_general with another parameter, as its activation")
+        continue
+      for view in parts(f.view):
+        other, j = ins[1 - k], len(parts(f.view)) > 1
+        use = self._guarded(fr, view.leaf, lambda k=k, view=view, other=other, j=j:
+                            make(k, view, other, j))
         if use is not None:
           self._use(fr, use, eqn)
-    return [(None, False, any(f[2] for f in ins))] * len(eqn.outvars)
+    data = any(f.data for f in ins)
+    return [Fact(None, False, data, data)] * len(eqn.outvars)
 
   def _loop(self, fr, i, body, consts, carry, xs, n_carry, slice_xs: bool):
     """Forward fixpoint over a loop body: carries join their initial and updated facts."""
-    carry = [(None, c[1], c[2]) for c in carry]  # a view does not travel through a carry
+    carry = [c._replace(view=None) for c in carry]  # a view does not travel through a carry
     if slice_xs:
-      xs = [(None if v is None else View(v.leaf, v.axes[1:], v.gone | v.axes[0]), r, d)
-            for v, r, d in xs]
+      xs = [f._replace(view=joined(View(p.leaf, p.axes[1:], p.gone | p.axes[0])
+                                   for p in parts(f.view))) for f in xs]
     for _ in range(n_carry + 2):
       child, outs = self.forward(body, list(consts) + carry + list(xs))
-      new = [(None, a[1] or b[1], a[2] or b[2]) for a, b in zip(carry, outs[:n_carry],
-                                                                 strict=True)]
+      new = [join_facts(a, b._replace(view=None)) for a, b in zip(carry, outs[:n_carry],
+                                                                  strict=True)]
       if new == carry:
         break
       carry = new
@@ -231,8 +264,8 @@ class Tracer:
     nc, nk = eqn.params["num_consts"], eqn.params["num_carry"]
     body = eqn.params["jaxpr"].jaxpr
     carry, ys = self._loop(fr, i, body, ins[:nc], ins[nc:nc + nk], ins[nc + nk:], nk, True)
-    ys = [(None if v is None else View(v.leaf, (frozenset(),) + v.axes, v.gone), r, d)
-          for v, r, d in ys]
+    ys = [f._replace(view=joined(View(p.leaf, (frozenset(),) + p.axes, p.gone)
+                                 for p in parts(f.view))) for f in ys]
     return carry + ys
 
   def _while(self, fr, i, eqn, ins) -> list:
@@ -251,12 +284,7 @@ class Tracer:
       child, outs = self.forward(branch.jaxpr, ins[1:])
       fr.children[i].append(child)
       results.append(outs)
-    joined = []
-    for outs in zip(*results, strict=True):
-      views = {o[0] for o in outs}
-      joined.append((outs[0][0] if len(views) == 1 else None, any(o[1] for o in outs),
-                     any(o[2] for o in outs)))
-    return joined
+    return [functools.reduce(join_facts, outs) for outs in zip(*results, strict=True)]
 
   # -- backward ---------------------------------------------------------------
   def backward(self, fr: Frame, out_flags) -> list[bool]:
@@ -306,73 +334,15 @@ class Tracer:
       carry = new
 
 
-def _is_array(x) -> bool:
-  return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (int, float, bool))
-
-
-def _split_static(tree):
-  """``(arrays, rebuild)``: the array leaves of ``tree`` and a function putting them back."""
-  leaves, treedef = jax.tree.flatten(tree)
-  where = [k for k, x in enumerate(leaves) if _is_array(x)]
-
-  def rebuild(arrays):
-    out = list(leaves)
-    for k, a in zip(where, arrays, strict=True):
-      out[k] = a
-    return treedef.unflatten(out)
-
-  return [leaves[k] for k in where], rebuild
-
-
-def select_output(out, output=None):
-  """The model output in a traced function's return value (see ``infer_rules(output=...)``).
-
-  Args:
-    out: what the function returned.
-    output: ``None`` (an array, or the first element of a tuple that starts with
-      one), an index into the returned tuple, or a callable on the returned value.
-
-  Returns:
-    A pytree whose floating-point arrays are the model output.
-  """
-  if callable(output):
-    picked = output(out)
-  elif output is not None:
-    picked = out[output]
-  elif _is_array(out):
-    picked = out
-  elif isinstance(out, (tuple, list)) and out and _is_array(out[0]):
-    picked = out[0]  # (logits, state updates), (loss, aux)
-  else:
-    raise ValueError(
-        f"infer_rules cannot tell which part of the function's return value is the model"
-        f" output: it returned {_shapes(out)}. Pass output=<index> or output=lambda out:"
-        " <the logits or the loss>, e.g. output=lambda out: out['logits'].")
-  if not any(_is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
-             for x in jax.tree.leaves(picked)):
-    raise ValueError(
-        f"infer_rules: the model output {_shapes(picked)} holds no floating-point array, so no"
-        " layer can be its output layer. Select the logits or the loss with output=...")
-  return picked
-
-
-def _shapes(tree) -> str:
-  """``"(f32[2,10], {'batch_stats': ...})"``: a returned value, arrays as their types."""
-  def short(x):
-    return x.aval.str_short() if hasattr(x, "aval") else repr(x)
-  return repr(jax.tree.map(lambda x: _Short(short(x)), tree))
-
-
-class _Short(str):
-  def __repr__(self):
-    return str(self)
-
-
 def trace_uses(fn_or_module, args, kwargs,
                output=None) -> tuple[list[tuple[str, Any]], dict[int, list[Use]]]:
   """``([(path, leaf)], {leaf index: [Use]})`` for the parameters of a traced call.
 
   ``output`` picks the model output from the returned value (:func:`select_output`).
+
+  Raises:
+    TypeError, ValueError: the call failed on the example arguments (the model's
+      own error chained), or its output cannot be told apart.
   """
   extra, call = [], None
   if callable(fn_or_module) and not _is_nnx_module(fn_or_module):
@@ -380,6 +350,8 @@ def trace_uses(fn_or_module, args, kwargs,
       raise TypeError("infer_rules(fn, params, *args): pass the parameters after the function.")
     params, args = args[0], args[1:]
     call = lambda p, e, a: fn_or_module(p, *a[0], **a[1])
+    name = getattr(fn_or_module, "__name__", None) or type(fn_or_module).__name__
+    shown = f"{name}(params{''.join(', ' + shapes(a) for a in args)}"
   else:
     from flax import nnx
 
@@ -389,24 +361,29 @@ def trace_uses(fn_or_module, args, kwargs,
     graphdef, params, rest = nnx.split(fn_or_module, nnx.Param, ...)
     extra = rest
     call = lambda p, e, a: nnx.merge(graphdef, p, e)(*a[0], **a[1])
+    shown = f"{type(fn_or_module).__name__}({', '.join(shapes(a) for a in args)}"
+  shown += "".join(f", {k}={shapes(v)}" for k, v in kwargs.items()) + ")"
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [(spec_lib.path_str(p), x) for p, x in flat]
   leaves = [x for _, x in flat]
   extra_leaves, extra_def = jax.tree.flatten(extra)
-  data, rebuild = _split_static((args, kwargs))
+  data, rebuild = split_static((args, kwargs))
 
   def wrapped(leaves, extra_leaves, data):
-    out = call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    try:
+      out = call(treedef.unflatten(leaves), extra_def.unflatten(extra_leaves), rebuild(data))
+    except Exception as e:  # noqa: BLE001  (said again with the call that failed, and chained)
+      raise call_failed(e, shown) from e
     return select_output(out, output)
 
   closed = jax.make_jaxpr(wrapped)(leaves, extra_leaves, data)
   jaxpr = closed.jaxpr
-  ndims = [np.ndim(x) if not hasattr(x, "shape") else len(x.shape) for x in leaves]
-  facts = [(View(k, tuple(frozenset({a}) for a in range(nd))), False, False)
-           for k, nd in enumerate(ndims)]
+  shapes_ = [tuple(np.shape(x)) for x in leaves]
+  facts = [Fact(View(k, tuple(frozenset({a}) for a in range(len(s)))), False, False, False)
+           for k, s in enumerate(shapes_)]
   facts += [NONE] * len(extra_leaves)
-  facts += [(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True) for x in data]
-  tracer = Tracer(ndims)
+  facts += [Fact(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True, False) for x in data]
+  tracer = Tracer(shapes_)
   top, _ = tracer.forward(jaxpr, facts)
   tracer.backward(top, [jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in jaxpr.outvars])
   uses: dict[int, list[Use]] = {}

@@ -1,16 +1,19 @@
 """What each jaxpr primitive does to a parameter view: the per-op rules of the ``infer_rules`` walk.
 
 A *view* is a variable that holds one parameter leaf, its axes mapped to the
-leaf's axes. View ops (reshape, transpose, casts, broadcasts, slices) map a view
-to new views; products (``dot_general``, ``conv_general_dilated``, an integer
-``gather``) consume it and say which leaf axes are fan-in, fan-out and batch (a
-:class:`Use`). The walk over a jaxpr that applies these rules is in ``trace.py``.
+leaf's axes (or, after a ``concatenate`` of parameters, a tuple of such views:
+each leaf keeps its own axes). View ops (reshape, transpose, casts, broadcasts,
+tiles, slices, pads) map a view to new views; products (``dot_general``,
+``conv_general_dilated``, an integer ``gather``) consume it and say which leaf
+axes are fan-in, fan-out and batch (a :class:`Use`). The walk over a jaxpr that
+applies these rules is in ``trace.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 from jax.extend import core as jcore
 
@@ -28,12 +31,56 @@ class View:
   gone: frozenset = frozenset()  # leaf axes indexed or scanned away (batch axes)
 
 
+class Fact(NamedTuple):
+  """What the walk knows about one jaxpr variable."""
+
+  view: Any  # the View it is, a tuple of Views (joined parameters), or None (an activation)
+  raw: bool  # derived from a real-valued input along a path without a parameter's product
+  data: bool  # derived from any input of the function
+  hidden: bool  # derived from a parameter's product with data (a parameter-derived activation)
+
+
+NONE = Fact(None, False, False, False)  # a constant: no view, not raw, not data
+
+
+def parts(view) -> tuple[View, ...]:
+  """The leaf views a variable holds: none, one, or those joined by a ``concatenate``."""
+  if view is None:
+    return ()
+  return view if isinstance(view, tuple) else (view,)
+
+
+def joined(views) -> Any:
+  """The view of a variable holding ``views`` (``None``, one :class:`View` or a tuple)."""
+  views = tuple(views)
+  return None if not views else views[0] if len(views) == 1 else views
+
+
+def mix(ins) -> Fact:
+  """The facts of an activation computed from ``ins`` (no view survives).
+
+  Only the data operands count. Raw survives an op only when no operand is a
+  parameter-derived activation: a padding mask multiplied into a hidden
+  activation (``h * (1 - paddings)``) or a mask derived from float ids selecting
+  attention logits leaves the result hidden, not raw input.
+  """
+  data = [f for f in ins if f.data]
+  raw = any(f.raw for f in data) and not any(f.hidden and not f.raw for f in data)
+  return Fact(None, raw, bool(data), any(f.hidden for f in data))
+
+
+def join_facts(a: Fact, b: Fact) -> Fact:
+  """Facts of a variable that is ``a`` on one path and ``b`` on another (loop carries, branches)."""
+  return Fact(a.view if a.view == b.view else None, a.raw or b.raw, a.data or b.data,
+              a.hidden or b.hidden)
+
+
 @dataclasses.dataclass
 class Use:
   """One op that consumes a parameter view."""
 
   leaf: int  # index of the leaf
-  kind: str  # "embed", "dot", "conv", "elementwise", "reduce" or "unknown"
+  kind: str  # "embed", "dot", "conv", "elementwise", "token", "reduce" or "unknown"
   detail: str  # the op, for messages: "dot_general contracting (0,)"
   fan_in: tuple = ()  # leaf axes (matrix uses)
   fan_out: tuple = ()
@@ -53,7 +100,15 @@ class Use:
 
 VIEW_OPS = {"reshape", "transpose", "convert_element_type", "squeeze", "broadcast_in_dim",
              "slice", "dynamic_slice", "copy", "copy_p", "reduce_precision", "rev", "split",
-             "sharding_constraint", "optimization_barrier"}
+             "sharding_constraint", "tile"}
+PASS_THROUGH = {"device_put", "optimization_barrier"}  # each output is its operand
+# Ops that place arrays side by side, and which of their operands they place (the others are
+# indices): parameters joined with parameters keep their views; joined with data, a parameter
+# is a learned token (a CLS token in front of the patches).
+JOINS = {"concatenate": None, "pad": (0, 1), "dynamic_update_slice": (0, 1), "scatter": (0, 2),
+         "scatter-add": (0, 2), "scatter_add": (0, 2), "scatter-mul": (0, 2),
+         "scatter_mul": (0, 2), "scatter-min": (0, 2), "scatter_min": (0, 2),
+         "scatter-max": (0, 2), "scatter_max": (0, 2)}
 ELEMENTWISE = {
     "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "exp", "exp2", "log",
     "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
@@ -67,9 +122,6 @@ REDUCE = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "ar
            "reduce_and", "reduce_or", "cumsum", "cummax", "cummin", "cumprod", "cumlogsumexp"}
 CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
           "custom_vjp_call_jaxpr", "remat2", "checkpoint", "remat", "custom_lin"}
-
-NONE = (None, False, False)  # facts of a constant: no view, not raw, not data
-
 
 def sub_jaxpr(eqn):
   """The call-like sub-jaxpr of ``eqn`` (open jaxpr, consts), or ``None``."""
@@ -215,7 +267,24 @@ def view_through(eqn, view: View) -> list[View]:
   return [view] * len(eqn.outvars)  # casts, slices, split, copy: axes unchanged
 
 
-def dot_use(eqn, k: int, view: View, other, ndim: int, gathered: bool = False) -> Use:
+def is_token(eqn, k: int, view: View, shape) -> bool:
+  """Whether operand ``k`` of a ``dot_general`` of two parameters is a learned token.
+
+  A token is the activation side of the product: its free axes (neither
+  contracted nor batch) hold a single entry of the leaf (a ``(1, 1, d)`` CLS or
+  probe token) or repeat the leaf (tiled or broadcast over a batch: a MAP head's
+  probe, a Perceiver's latents). A weight's free axes hold its fan-out.
+  """
+  (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+  contract, batch = (lc, lb) if k == 0 else (rc, rb)
+  sizes = eqn.invars[k].aval.shape
+  free = [a for a in range(len(sizes)) if a not in contract and a not in batch]
+  size = lambda a: math.prod(shape[la] for la in view.axes[a])
+  return math.prod(size(a) for a in free) == 1 or any(sizes[a] > size(a) for a in free)
+
+
+def dot_use(eqn, k: int, view: View, other, ndim: int, gathered: bool = False,
+            joined: bool = False) -> Use:
   (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
   contract, batch = (lc, lb) if k == 0 else (rc, rb)
   free = tuple(a for a in range(len(view.axes)) if a not in contract and a not in batch)
@@ -233,10 +302,12 @@ def dot_use(eqn, k: int, view: View, other, ndim: int, gathered: bool = False) -
     detail += f" of the slices gathered on {sorted_tuple(view.gone)}"
   out_axis = None
   mine = [a for a in free if set(view.axes[a]) & set(fan_out)]
-  if len(fan_out) == 1 and len(mine) == 1:  # result axes: batch, lhs free, rhs free
+  if len(fan_out) == 1 and len(mine) == 1 and not joined:  # result: batch, lhs free, rhs free
     lhs_free = eqn.invars[0].aval.ndim - len(lc) - len(lb)
     out_axis = len(lb) + (0 if k == 0 else lhs_free) + free.index(mine[0])
-  return Use(view.leaf, "dot", detail, c["fan_in"], fan_out, batch, input=other[1],
+  if joined:
+    detail += " of parameters joined by concatenate"
+  return Use(view.leaf, "dot", detail, c["fan_in"], fan_out, batch, input=other.raw,
              out_axis=out_axis)
 
 
@@ -276,7 +347,7 @@ def conv_use(eqn, view: View, other, ndim: int) -> Use:
     raise Unresolved(f"{detail}: the out-feature axis holds leaf axes {c['fan_out']}; the"
                      " groups need one leaf axis to split")
   fan_in = tuple(la for d in tuple(rhs[2:]) + (rhs[1],) for la in sorted(view.axes[d]))
-  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other[1],
+  return Use(view.leaf, "conv", detail, fan_in, c["fan_out"], c["batch"], input=other.raw,
              groups=groups)
 
 
