@@ -50,7 +50,7 @@ from optax_lmo._src.trace_ops import (
 )
 from optax_lmo._src.traced_call import call_failed, select_output, shapes, split_static
 
-__all__ = ["Frame", "Tracer", "Unresolved", "Use", "View", "result_blocks", "select_output",
+__all__ = ["Frame", "JaxprWalk", "Unresolved", "Use", "View", "result_blocks", "select_output",
            "trace_uses"]
 
 
@@ -84,8 +84,9 @@ class Frame:
         yield from f.all_uses()
 
 
-class Tracer:
-  """Forward and backward passes over a traced function's jaxpr."""
+class JaxprWalk:
+  """Forward and backward passes over a traced function's jaxpr (a walk of its equations;
+  not a ``jax.core.Tracer``)."""
 
   def __init__(self, shapes: list[tuple[int, ...]]):
     self.shapes = shapes
@@ -383,9 +384,9 @@ def trace_uses(fn_or_module, args, kwargs,
            for k, s in enumerate(shapes_)]
   facts += [NONE] * len(extra_leaves)
   facts += [Fact(None, bool(jnp.issubdtype(x.dtype, jnp.inexact)), True, False) for x in data]
-  tracer = Tracer(shapes_)
-  top, _ = tracer.forward(jaxpr, facts)
-  tracer.backward(top, [jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in jaxpr.outvars])
+  walk = JaxprWalk(shapes_)
+  top, _ = walk.forward(jaxpr, facts)
+  walk.backward(top, [jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in jaxpr.outvars])
   uses: dict[int, list[Use]] = {}
   for u in top.all_uses():
     if u.frame is not None:
