@@ -36,7 +36,7 @@ def _composed(triples, x, safety=1.0):
 
 
 def test_registry_names():
-  assert set(coeffs_lib.REGISTRY) == {"polar_express", "jordan", "you5", "cubic"}
+  assert set(coeffs_lib.REGISTRY) == {"polar_express", "jordan", "you5", "cubic", "aol"}
 
 
 @pytest.mark.parametrize("name", sorted(coeffs_lib.REGISTRY))

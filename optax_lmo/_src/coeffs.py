@@ -59,8 +59,26 @@ _PE_RAW = (
     (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
     (1.875, -1.25, 0.375),
 )
-# Polar Express safety factor: every triple but the last is damped by 1.01.
-_PE = tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in _PE_RAW[:-1]) + _PE_RAW[-1:]
+
+
+def _damped(raw):
+  """The Polar Express safety factor: every triple but the last damped by 1.01."""
+  return tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in raw[:-1]) + raw[-1:]
+
+
+_PE = _damped(_PE_RAW)
+# For AOL preconditioning (polar(..., preconditioning="aol")): Polar Express's greedy
+# construction (each step the odd quintic closest to 1 in the max norm on the interval the
+# previous steps leave), run for 4 steps from [8e-3, 1] without a cushion. AOL lifts the
+# small singular values, so the construction may start from a lower bound 8 times the 1e-3
+# of Polar Express's coefficients, and reaches its 5-step error one step earlier on Gaussian
+# and condition-1e2 inputs (docs/polar.md; tests/test_aol.py re-derives these numbers).
+_AOL_RAW = (
+    (8.17431312112634, -23.939684576662334, 17.699989207717962),
+    (3.7414727086503343, -2.79742834890224, 0.5451359158804492),
+    (2.8272901183474475, -2.111131063881436, 0.46754571598483496),
+    (2.009459227755841, -1.3924486523641093, 0.38950582392104605),
+)
 
 REGISTRY: dict[str, Coefficients] = {
     # KellerJordan/Muon and optax.contrib.muon; does not converge (sigma in ~[0.68, 1.13]).
@@ -79,6 +97,8 @@ REGISTRY: dict[str, Coefficients] = {
     ),
     # Amsel et al., The Polar Express, Alg. 1, with the 1.01 safety factor.
     "polar_express": Coefficients("polar_express", _PE, 5, safety=1.01),
+    # Made for AOL preconditioning (above), with the same 1.01 safety: 4 steps.
+    "aol": Coefficients("aol", _damped(_AOL_RAW), 4, safety=1.01),
     # The classical cubic Newton–Schulz iteration: exact in the limit, slow.
     "cubic": Coefficients("cubic", ((1.5, -0.5, 0.0),), 30),
 }

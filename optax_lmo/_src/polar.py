@@ -21,6 +21,10 @@ from optax_lmo._src import coeffs as coeffs_lib
 from optax_lmo._src import numerics
 
 METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")
+# How the input is scaled before Newton–Schulz: by its Frobenius norm, or (``"aol"``) row by
+# row in the first step (Turbo-Muon's AOL rescaling, docs/polar.md).
+PRECONDITIONINGS = ("frobenius", "aol")
+AOL_EPS = 1e-8  # floor of the AOL row sums (of the Frobenius-normalized input): zero rows stay 0
 
 # `method="auto"` takes the Gram iteration at this aspect ratio or more (docs/polar.md).
 GRAM_MIN_ASPECT = 2.0
@@ -48,6 +52,9 @@ class Polar:
     restart_every: Gram iteration only: re-form the Gram matrix from the
       current iterate after this many steps (rounding accumulates in it);
       ``None`` picks 5 for exact float32 products, else 3.
+    preconditioning: ``"frobenius"`` (divide by the Frobenius norm) or ``"aol"``
+      (Turbo-Muon's row scaling in the first step; pair it with ``coeffs="aol"``,
+      4 steps): see :func:`polar`.
   """
 
   method: str = "auto"
@@ -56,10 +63,12 @@ class Polar:
   dtype: Any = None
   precision: Any = None
   restart_every: int | None = None
+  preconditioning: str = "frobenius"
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"Unknown polar method {self.method!r}; choose one of {METHODS}.")
+    _check_preconditioning(self.preconditioning, self.method)
     if not isinstance(self.coeffs, (str, coeffs_lib.Coefficients)):
       object.__setattr__(self, "coeffs", tuple(tuple(float(v) for v in t) for t in self.coeffs))
     coeffs_lib.get_coefficients(self.coeffs, self.steps)  # validate early
@@ -80,6 +89,7 @@ class Polar:
         dtype=self.dtype,
         precision=self.precision,
         restart_every=self.restart_every,
+        preconditioning=self.preconditioning,
     )
 
 
@@ -92,6 +102,7 @@ def polar(
     dtype: Any = None,
     precision: Any = None,
     restart_every: int | None = None,
+    preconditioning: str = "frobenius",
 ) -> jax.Array:
   r"""Approximates the polar factor of each matrix in ``x`` (last two axes).
 
@@ -113,6 +124,15 @@ def polar(
   always kept in float32: rounded to bfloat16 it loses positive
   semi-definiteness, and the iteration blows up on ill-conditioned inputs.
 
+  With ``preconditioning="aol"`` (Turbo-Muon) the first step, on the short side
+  ``X`` with Gram matrix ``A = X X^T``, first scales each row of ``X`` by
+  ``s_i = 1 / sqrt(max(eps, sum_j |A_ij|)) / safety`` and ``A`` by ``s_i s_j``
+  (reused, not re-formed), which bounds ``||X||_2 <= 1 / safety`` more tightly than
+  the Frobenius norm (a rank-1 input reaches the bound), so the small singular values
+  start higher and one step can go (``coeffs="aol"``: 4 steps). The row scaling
+  changes the matrix: the iteration converges to ``polar(diag(s) G)``, which differs
+  from ``polar(G)`` when the rows' Gram sums differ (see docs/polar.md).
+
   How close each preset gets to the exact polar factor (singular-value bands
   against SVD, per dtype and method) is in the docs page "The polar factor:
   accuracy and speed" (``docs/polar.md``), which the tests read.
@@ -128,6 +148,8 @@ def polar(
     restart_every: Gram method: steps between re-forming the Gram matrix.
       ``None``: 5 when products are exact float32 (float32 iterates on CPU, or
       ``precision="highest"``), else 3 (bfloat16 iterates, TF32 on GPU).
+    preconditioning: ``"frobenius"`` or ``"aol"`` (both Newton–Schulz methods;
+      not ``"svd"``, which is exact).
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -150,6 +172,7 @@ def polar(
     raise ValueError(f"Unknown polar method {method!r}; choose one of {METHODS}.")
   if restart_every is not None and restart_every < 1:
     raise ValueError(f"restart_every must be >= 1, got {restart_every}.")
+  _check_preconditioning(preconditioning, method)
   out_dtype = x.dtype
   if x.size == 0:
     return x
@@ -160,16 +183,17 @@ def polar(
   work = jnp.dtype(dtype) if dtype is not None else jnp.float32
 
   tall = x.shape[-2] > x.shape[-1]
-  x0 = _normalize(x, c.safety).astype(work)
+  aol = c.safety if preconditioning == "aol" else None  # AOL applies the safety factor itself
+  x0 = _normalize(x, 1.0 if aol else c.safety).astype(work)
   if method == "auto":
     method = choose_method(x.shape, work, precision)
   if method == "newton_schulz":
-    iterate = lambda x: _newton_schulz(x, table, precision, tall)
+    iterate = lambda x: _newton_schulz(x, table, precision, tall, aol)
   else:
     if restart_every is None:
       restart_every = GRAM_WINDOW_FULL if _exact_f32(work, precision) else GRAM_WINDOW_REDUCED
     restarts = range(restart_every, table.shape[0], restart_every)
-    iterate = lambda x: _gram_newton_schulz(x, table, precision, tall, restarts)
+    iterate = lambda x: _gram_newton_schulz(x, table, precision, tall, restarts, aol)
   if x0.ndim > 2 and jax.default_backend() == "cpu":
     # XLA:CPU runs the matrices one at a time as fast or faster than batched dots
     # (measured: 7-15% on lone 4 x 768 x n stacks, 2-5% on the GPT trees of
@@ -225,6 +249,27 @@ def _exact_f32(work, precision) -> bool:
   return _exact_name(precision)
 
 
+def _check_preconditioning(preconditioning: str, method: str) -> None:
+  if preconditioning not in PRECONDITIONINGS:
+    raise ValueError(f"Unknown preconditioning {preconditioning!r}; choose one of"
+                     f" {PRECONDITIONINGS}.")
+  if preconditioning == "aol" and method == "svd":
+    raise ValueError("preconditioning='aol' scales the input of Newton–Schulz; method='svd'"
+                     " is exact and takes none. Use method='newton_schulz' (or 'auto', or"
+                     " 'gram_newton_schulz'), or preconditioning='frobenius'.")
+
+
+def _aol(x: jax.Array, gram: jax.Array, tall: bool, safety: float):
+  """AOL rescaling of the wide view ``X`` (rows) and of its float32 Gram matrix ``A = X X^T``.
+
+  ``s_i = 1 / sqrt(max(eps, sum_j |A_ij|)) / safety``; returns ``(diag(s) X, diag(s) A diag(s))``.
+  A tall stack is the transpose of its wide view: its columns are scaled.
+  """
+  s = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.abs(gram), axis=-1), AOL_EPS)) / safety
+  x = (x * (s[..., None, :] if tall else s[..., :, None])).astype(x.dtype)
+  return x, gram * s[..., :, None] * s[..., None, :]
+
+
 def _normalize(x: jax.Array, safety: float) -> jax.Array:
   """``x / (||x||_F * safety)`` per matrix, in float32, without underflow or a 0/0."""
   return numerics.unit(x.astype(jnp.float32), (-2, -1))[0] / safety
@@ -264,27 +309,36 @@ def _sides(precision, tall: bool):
   return (lambda x: mm(x, _mT(x))), mm
 
 
-def _newton_schulz(x: jax.Array, table: np.ndarray, precision, tall: bool) -> jax.Array:
+def _newton_schulz(
+    x: jax.Array, table: np.ndarray, precision, tall: bool, aol: float | None = None
+) -> jax.Array:
   """Standard iteration, 3 matmuls a step: ``X <- a X + (b A + c A A) X``, ``A = X X^T``.
 
   ``x`` is a stack whose wide view (``m <= n``) is ``x`` itself or, if ``tall``, its transpose.
+  With ``aol`` (the safety factor) the first step rescales ``X`` and ``A`` first (:func:`_aol`).
   """
   table = jnp.asarray(table, dtype=jnp.float32)
   mm = _matmul(precision)
   gram_of, left = _sides(precision, tall)
   work = x.dtype
 
-  def step(i, x):
+  def step(i, x, aol=None):
     a, b, c = table[i]
-    gram = gram_of(x).astype(work)
+    gram = gram_of(x)
+    if aol is not None:
+      x, gram = _aol(x, gram, tall, aol)
+    gram = gram.astype(work)
     poly = (b * gram + c * mm(gram, gram)).astype(work)
     return (a * x + left(poly, x)).astype(work)
 
-  return _loop(0, table.shape[0], step, x)
+  if aol is None:
+    return _loop(0, table.shape[0], step, x)
+  return _loop(1, table.shape[0], step, step(0, x, aol))  # the first step, peeled
 
 
 def _gram_newton_schulz(
-    x: jax.Array, table: np.ndarray, precision, tall: bool, restarts: Sequence[int]
+    x: jax.Array, table: np.ndarray, precision, tall: bool, restarts: Sequence[int],
+    aol: float | None = None,
 ) -> jax.Array:
   """Gram iteration: only ``m x m`` products inside a window (``m`` the short side).
 
@@ -295,7 +349,8 @@ def _gram_newton_schulz(
   step only ``R R`` (``Q = P``). A window starts from ``R = X X^T`` and ends with
   ``X <- Q X`` (the restart at each step in ``restarts``): rounding that builds
   up in ``R`` lasts one window. ``R`` is kept in float32 whatever the iterate's
-  dtype: it must stay positive semi-definite, which bfloat16 rounding breaks.
+  dtype: it must stay positive semi-definite, which bfloat16 rounding breaks. With ``aol``
+  the first window starts from the AOL-rescaled ``X`` and ``R`` (:func:`_aol`).
   """
   steps = table.shape[0]
   bounds = [0] + sorted({int(r) for r in restarts if 0 < r < steps}) + [steps]
@@ -308,9 +363,11 @@ def _gram_newton_schulz(
   work = x.dtype
   eye = jnp.eye(min(x.shape[-2:]), dtype=jnp.float32)
 
-  def run_window(w, x):
+  def run_window(w, x, aol=None):
     start = starts[w]
     gram = gram_of(x)
+    if aol is not None:
+      x, gram = _aol(x, gram, tall, aol)
     a, b, c = table[start]
     q = (a * eye + b * gram + c * mm(gram, gram)).astype(work)  # Q = P_0: one product
 
@@ -324,7 +381,9 @@ def _gram_newton_schulz(
     q, *_ = _loop(1, ends[w] - start, step, (q, gram, q))
     return left(q, x).astype(work)
 
-  return _loop(0, len(bounds) - 1, run_window, x)
+  if aol is None:
+    return _loop(0, len(bounds) - 1, run_window, x)
+  return _loop(1, len(bounds) - 1, run_window, run_window(0, x, aol))  # the first window
 
 
 def _polar_svd(x: jax.Array) -> jax.Array:
