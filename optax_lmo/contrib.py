@@ -1,4 +1,5 @@
-"""Research extras: layer dropping, adaptive batch size, PolarGrad, QK-clip, norm transfer.
+"""Research extras: layer dropping, adaptive batch size, PolarGrad, QK-clip, norm transfer,
+NorMuon's row normalization.
 
 Everything here is as tested as the top level; it is kept apart so that the top level stays
 the few names an optax user needs (the optimizers, the transforms, routing, ``norms``).
@@ -7,8 +8,10 @@ the few names an optax user needs (the optimizers, the transforms, routing, ``no
 from optax_lmo._src import renamed as _renamed
 from optax_lmo._src.adaptive_batch import adaptive_batch
 from optax_lmo._src.alias import polargrad
+from optax_lmo._src.contrib_alias import normuon
 from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.drop import drop_leaves
+from optax_lmo._src.normuon import scale_by_row_rms
 from optax_lmo._src.qk_clip import qk_clip
 from optax_lmo._src.transfer import (
     TransferFit,
@@ -24,9 +27,11 @@ __all__ = [
     "drop_leaves",
     "fit_transfer_exponents",
     "norm_report",
+    "normuon",
     "optimal_lr",
     "polargrad",
     "qk_clip",
+    "scale_by_row_rms",
     "transfer_batch",
     "transfer_lr",
 ]

@@ -24,8 +24,11 @@ OPTIMIZERS = [
     (ol.muon, {"learning_rate": 0.05}),
     (ol.sign_descent, {"learning_rate": 0.05}),
     (ol.normalized_sgd, {"learning_rate": 0.05}),
+    (ol.scion, {"learning_rate": 2**-9, "row_norm": True}),
+    (ol.contrib.normuon, {"learning_rate": 0.05}),
 ]
-IDS = ["scion", "scion_clipped", "unconstrained_scion", "muon", "sign_descent", "normalized_sgd"]
+IDS = ["scion", "scion_clipped", "unconstrained_scion", "muon", "sign_descent", "normalized_sgd",
+       "scion_row_norm", "normuon"]
 each_optimizer = pytest.mark.parametrize("factory, kwargs", OPTIMIZERS, ids=IDS)
 
 # Every numeric hyperparameter of each factory: (value to start from, value to switch to).
@@ -45,6 +48,11 @@ HYPERPARAMS = {
                       "weight_decay": (0.01, 0.5)},
     ol.normalized_sgd: {"learning_rate": (0.05, 0.02), "beta": (0.9, 0.3),
                         "weight_decay": (0.01, 0.5)},
+    ol.contrib.normuon: {
+        "learning_rate": (0.05, 0.02), "beta": (0.95, 0.3), "beta2": (0.95, 0.5),
+        "weight_decay": (0.01, 0.5), "adam_learning_rate": (0.01, 0.03), "adam_b1": (0.9, 0.5),
+        "adam_b2": (0.999, 0.9), "adam_eps": (1e-8, 1e-1), "adam_weight_decay": (0.01, 0.5),
+    },
 }
 
 

@@ -80,6 +80,7 @@ def test_each_keyword_is_read_where_the_flow_page_says(reads):
       ol.unconstrained_scion(0.1, weight_decay=0.1, keep_prob=0.5, rules=rules,
                              clip_to_dual_norm=True, exchange_dtype=jnp.bfloat16),
       ol.muon(0.02, bias_correction=True),
+      ol.scion(0.1, rules=rules, row_norm=True),
       ol.contrib.polargrad(0.1),
       ol.sign_descent(0.1),
       ol.normalized_sgd(0.1),

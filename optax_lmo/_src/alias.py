@@ -48,6 +48,7 @@ def scion(
     exchange_dtype: Any = None,
     keep_prob: chex.Numeric | None = None,
     seed: int = 0,
+    row_norm: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Scion: stochastic conditional gradient under a per-layer norm (SCG).
 
@@ -103,6 +104,9 @@ def scion(
       (``optax.inject_hyperparams``) it samples every spectral leaf, even at 1.
     seed: seed of those draws (static: under ``optax.inject_hyperparams`` name
       it in ``static_args``, or it is taken as a number and still only seeds).
+    row_norm: NorMuon's row normalization between the LMO and the radius: each
+      neuron's step divided by its running RMS, the Frobenius norm kept
+      (:func:`~optax_lmo.contrib.scale_by_row_rms`, second-moment decay 0.95).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. Every numeric argument can be
@@ -129,6 +133,7 @@ def scion(
       "scion", learning_rate, beta=beta, nesterov=nesterov, weight_decay=1.0,
       clip_to_dual_norm=clip_to_dual_norm, polar=polar, mu_dtype=mu_dtype,
       distribute=distribute, exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
+      row_norm=row_norm,
   ), rules)
 
 
@@ -146,6 +151,7 @@ def unconstrained_scion(
     exchange_dtype: Any = None,
     keep_prob: chex.Numeric | None = None,
     seed: int = 0,
+    row_norm: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Unconstrained Scion (uSCG): steepest descent under a per-layer norm.
 
@@ -176,6 +182,9 @@ def unconstrained_scion(
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
     exchange_dtype: the dtype of that exchange, as in :func:`scion`.
     keep_prob, seed: randomized layer updates, as in :func:`scion`.
+    row_norm: NorMuon's row normalization between the LMO and the radius: each
+      neuron's step divided by its running RMS, the Frobenius norm kept
+      (:func:`~optax_lmo.contrib.scale_by_row_rms`, second-moment decay 0.95).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -194,7 +203,7 @@ def unconstrained_scion(
       "unconstrained_scion", learning_rate, beta=beta, nesterov=nesterov,
       weight_decay=weight_decay, clip_to_dual_norm=clip_to_dual_norm, polar=polar,
       mu_dtype=mu_dtype, distribute=distribute, exchange_dtype=exchange_dtype,
-      keep_prob=keep_prob, seed=seed,
+      keep_prob=keep_prob, seed=seed, row_norm=row_norm,
   ), rules)
 
 
@@ -218,6 +227,7 @@ def muon(
     exchange_dtype: Any = None,
     keep_prob: chex.Numeric | None = None,
     seed: int = 0,
+    row_norm: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Muon: the spectral LMO on hidden matrices, AdamW on everything else.
 
@@ -246,6 +256,9 @@ def muon(
     distribute: whole-matrix ownership on a mesh, as in :func:`scion`.
     exchange_dtype: the dtype of that exchange, as in :func:`scion`.
     keep_prob, seed: randomized updates of the spectral leaves, as in :func:`scion`.
+    row_norm: NorMuon's row normalization between the LMO and the radius: each
+      neuron's step divided by its running RMS, the Frobenius norm kept
+      (:func:`~optax_lmo.contrib.scale_by_row_rms`, second-moment decay 0.95).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; every numeric argument can be
@@ -266,7 +279,7 @@ def muon(
   opts = settings.Options(
       "muon", learning_rate, beta=beta, nesterov=nesterov, bias_correction=bias_correction,
       weight_decay=weight_decay, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
-      exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed,
+      exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed, row_norm=row_norm,
   )
   checks.hyperparams("muon", adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
                      adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay)

@@ -36,7 +36,7 @@ import numpy as np
 from optax_lmo._src import spec as spec_lib
 
 SCHEDULES = frozenset({"learning_rate", "adam_learning_rate"})  # may be callables
-UNIT = frozenset({"beta", "adam_b1", "adam_b2"})  # decays of running averages: [0, 1)
+UNIT = frozenset({"beta", "adam_b1", "adam_b2", "beta2", "row_norm_beta2"})  # decays: [0, 1)
 POSITIVE = frozenset({"eta", "tau"})  # finite and > 0
 OPTIONAL = frozenset({"adam_learning_rate", "keep_prob", "weight_decay"})  # None has a meaning
 

@@ -7,7 +7,8 @@ every leaf's settings (``settings.settle``), and carries it in the state.
 :func:`chain` reads the optimizer-wide settings (momentum, learning rate, the
 exchange) from the options and every per-leaf value from the plan's leaves::
 
-    momentum -> LMO per leaf -> radius -> decay -> lr multiplier -> learning rate
+    momentum -> LMO per leaf [-> row normalization] -> radius -> decay -> lr multiplier
+      -> learning rate
 
 ``docs/flow.md`` draws the whole path.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import optax
 
-from optax_lmo._src import drop, transforms
+from optax_lmo._src import drop, normuon, transforms
 from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.route import route
@@ -57,6 +58,9 @@ def chain(opts: Options, plan: rules_lib.Plan) -> optax.GradientTransformationEx
           distribute=opts.distribute,
           exchange_dtype=opts.exchange_dtype,
       ),
+      # NorMuon's row normalization (normuon.py), only where asked for
+      *([normuon.scale_by_row_rms(opts.row_norm_beta2, norms=plan.settings("norm"),
+                                  specs=plan.settings("spec"))] if opts.row_norm else []),
       transforms.scale_by_radius(None if opts.dual_scale else radius),
       transforms.add_constrained_decay(
           plan.treedef.unflatten([_unless(leaf.weight_decay, 0) for leaf in leaves])),

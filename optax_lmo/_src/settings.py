@@ -48,6 +48,9 @@ class Options:
     exchange_dtype: the dtype of that exchange (``None``: float32).
     keep_prob: probability a whole-matrix leaf is updated at a step (``None``: always).
     seed: seed of the ``keep_prob`` draws.
+    row_norm: NorMuon's row normalization of the spectral leaves' directions
+      (``normuon.scale_by_row_rms``), between the LMO and the radius.
+    row_norm_beta2: the decay of its per-neuron second moment.
   """
 
   name: str
@@ -64,10 +67,13 @@ class Options:
   exchange_dtype: Any = None
   keep_prob: Any = None
   seed: int = 0
+  row_norm: bool = False
+  row_norm_beta2: Any = 0.95
 
   def __post_init__(self):
     checks.hyperparams(self.name, learning_rate=self.learning_rate, beta=self.beta,
-                       weight_decay=self.weight_decay, keep_prob=self.keep_prob)
+                       weight_decay=self.weight_decay, keep_prob=self.keep_prob,
+                       row_norm_beta2=self.row_norm_beta2)
     exchange_lib.check_dtype(self.exchange_dtype, self.name)
 
 
