@@ -1,5 +1,5 @@
 """Research extras: layer dropping, adaptive batch size, PolarGrad, QK-clip, norm transfer,
-NorMuon's row normalization.
+NorMuon's row normalization and the hyperball.
 
 Everything here is as tested as the top level; it is kept apart so that the top level stays
 the few names an optax user needs (the optimizers, the transforms, routing, ``norms``).
@@ -8,7 +8,7 @@ the few names an optax user needs (the optimizers, the transforms, routing, ``no
 from optax_lmo._src import renamed as _renamed
 from optax_lmo._src.adaptive_batch import adaptive_batch
 from optax_lmo._src.alias import polargrad
-from optax_lmo._src.contrib_alias import normuon
+from optax_lmo._src.contrib_alias import hyperball, normuon
 from optax_lmo._src.diagnostics import norm_report
 from optax_lmo._src.drop import drop_leaves
 from optax_lmo._src.normuon import scale_by_row_rms
@@ -26,6 +26,7 @@ __all__ = [
     "adaptive_batch",
     "drop_leaves",
     "fit_transfer_exponents",
+    "hyperball",
     "norm_report",
     "normuon",
     "optimal_lr",
