@@ -313,6 +313,13 @@ BAD_FLAGS = [
      "--qkv-view split: adamw does not route by the example's rules"),
     (["--optimizer", "optax_muon", "--qkv-view", "per_head"],
      "--qkv-view per_head: optax_muon does not route by the example's rules"),
+    (["--optimizer", "adamw", "--row-norm"], "--row-norm normalizes the spectral directions"),
+    (["--optimizer", "hyperball", "--row-norm"], "hyperball has none (use --optimizer scion"),
+    (["--optimizer", "optax_muon", "--ns-precondition", "aol"], "optax_muon does not take them"),
+    (["--polar", "svd", "--ns-precondition", "aol"], "--polar svd runs none"),
+    (["--ns-precondition", "spectral"], "--ns-precondition: invalid choice: 'spectral'"),
+    (["--optimizer", "hyperball", "--weight-decay", "0.1"], "hyperball has none to set"),
+    (["--optimizer", "hyperball", "--adaptive-batch", "0.5"], "hyperball's retraction is not"),
 ]
 
 
@@ -344,6 +351,21 @@ def test_optimizer_flags_reach_the_optimizer(monkeypatch):
   cfg = train_lib.make_config(steps=10)
   train_lib.make_optimizer(cfg, train_lib.model_config(cfg, vocab_size=7))
   assert "nesterov" not in seen and seen["polar"] is None  # the library's own defaults
+  assert "row_norm" not in seen
+  seen.clear()
+  cfg = train_lib.make_config(row_norm=True, ns_precondition="aol", ns_coeffs="aol", steps=10)
+  train_lib.make_optimizer(cfg, train_lib.model_config(cfg, vocab_size=7))
+  assert seen["row_norm"] is True
+  assert seen["polar"] == ol.Polar(coeffs="aol", preconditioning="aol")  # 4 steps: the preset's
+  for name, target in (("muon", ol), ("scion_hybrid", ol), ("hyperball", ol.contrib)):
+    seen.clear()
+    attr = "hyperball" if name == "hyperball" else "muon"
+    monkeypatch.setattr(target, attr, lambda lr, **kw: seen.update(kw) or optax.identity())
+    row = {} if name == "hyperball" else dict(row_norm=True)
+    cfg = train_lib.make_config(optimizer=name, ns_precondition="aol", steps=10, **row)
+    train_lib.make_optimizer(cfg, train_lib.model_config(cfg, vocab_size=7))
+    assert seen["polar"] == ol.Polar(preconditioning="aol"), name
+    assert seen.get("row_norm") is (None if name == "hyperball" else True), name
 
 
 def test_head_init_scale_scales_the_initial_head_only():

@@ -30,23 +30,28 @@ from benchmarks.gpt import checkpoint as ckpt_lib
 from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import progressive
 
-OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon", "scion_hybrid")
+OPTIMIZERS = ("scion", "unconstrained_scion", "muon", "adamw", "optax_muon", "scion_hybrid",
+              "hyperball")
 POLAR_METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "svd")  # auto: the library's
-NS_COEFFS = ("polar_express", "jordan", "you5", "cubic")  # ol.Polar's coefficient presets
+NS_COEFFS = ("polar_express", "jordan", "you5", "cubic", "aol")  # ol.Polar's coefficient presets
+NS_PRECONDITIONINGS = ("frobenius", "aol")  # ol.Polar's preconditioning
 # The defaults that depend on the optimizer, each the best run of a measured sweep (1000 steps
 # of a 4-layer, width-128 GPT) at exactly these settings: scion (benchmarks/ablation.py) at the
 # library's radii (48, 160) from ol.init_params, its lr decaying over the last 50% of the steps;
 # scion_hybrid (ablation.py) at hidden radius 48 from Flax's init; unconstrained_scion
 # (benchmarks/convergence.py) at radii 3 and 10 from the init on the norm sphere; AdamW and both
 # Muons (convergence.py) from Flax's init.
+# hyperball: not measured yet; the centre of its grid in benchmarks/newest.py (a relative step:
+# Muon's 0.01 moves a Flax-initialized 128 x 128 matrix by about 1% of its norm).
 DEFAULT_LR = {"scion": 2**-11, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
-              "optax_muon": 0.01, "scion_hybrid": 2**-12}
+              "optax_muon": 0.01, "scion_hybrid": 2**-12, "hyperball": 2**-6}
 # (hidden, output): the model's defaults, gpt_rules()'s and infer_rules()'s
 LIBRARY_RADII = (model_lib.GPTConfig.hidden_radius, model_lib.GPTConfig.output_radius)
 DEFAULT_RADII = {"unconstrained_scion": (3.0, 10.0)}  # the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 DEFAULT_INIT = {"scion": "rms", "unconstrained_scion": "scion"}  # the others: Flax's (standard)
-ROUTED = ("scion", "unconstrained_scion", "muon", "scion_hybrid")  # by rules: take --qkv-view
+ROUTED = ("scion", "unconstrained_scion", "muon", "scion_hybrid", "hyperball")  # --qkv-view
+ROW_NORM = ("scion", "unconstrained_scion", "muon", "scion_hybrid")  # take --row-norm
 
 
 def resolve(cfg):
@@ -55,7 +60,7 @@ def resolve(cfg):
 
   Idempotent: a field already set is kept.
   """
-  muon_like = cfg.optimizer in ("muon", "optax_muon")
+  muon_like = cfg.optimizer in ("muon", "optax_muon", "hyperball")
   hidden, output = DEFAULT_RADII.get(cfg.optimizer, LIBRARY_RADII)
   init = DEFAULT_INIT.get(cfg.optimizer, "standard")
 
@@ -88,11 +93,13 @@ def make_schedule(cfg, peak) -> optax.Schedule:
 
 
 def polar_of(cfg) -> ol.Polar | None:
-  """The ``ol.Polar`` that ``--polar``, ``--ns-coeffs`` and ``--ns-steps`` ask for; ``None``
-  when all three are at their defaults (the library's own polar factor)."""
-  if (cfg.polar, cfg.ns_coeffs, cfg.ns_steps) == ("auto", "polar_express", None):
+  """The ``ol.Polar`` that ``--polar``, ``--ns-coeffs``, ``--ns-steps`` and ``--ns-precondition``
+  ask for; ``None`` when all four are at their defaults (the library's own polar factor)."""
+  if (cfg.polar, cfg.ns_coeffs, cfg.ns_steps, cfg.ns_precondition) == (
+      "auto", "polar_express", None, "frobenius"):
     return None
-  return ol.Polar(method=cfg.polar, coeffs=cfg.ns_coeffs, steps=cfg.ns_steps)
+  return ol.Polar(method=cfg.polar, coeffs=cfg.ns_coeffs, steps=cfg.ns_steps,
+                  preconditioning=cfg.ns_precondition)
 
 
 def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.GradientTransformation:
@@ -100,17 +107,23 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
   polar = polar_of(cfg)
   nesterov = {} if cfg.nesterov is None else dict(nesterov=cfg.nesterov)
   kw = dict(beta=cfg.beta, weight_decay=cfg.weight_decay, **nesterov)
+  row = dict(row_norm=True) if cfg.row_norm else {}  # NorMuon's row normalization
   if cfg.optimizer == "scion":  # constrained: its decay is fixed (weight_decay must be 0)
-    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar, **nesterov)
+    return ol.scion(lr, rules=model_lib.rules(gcfg), beta=cfg.beta, polar=polar, **nesterov,
+                    **row)
   if cfg.optimizer == "unconstrained_scion":
-    return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw)
+    return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw, **row)
   if cfg.optimizer == "muon":  # ol.muon's own routing, with the model's qkv view
     rules = model_lib.with_qkv_view(ol.muon_rules(), gcfg)
-    return ol.muon(lr, rules=rules, adam_learning_rate=adam_lr, polar=polar, **kw)
+    return ol.muon(lr, rules=rules, adam_learning_rate=adam_lr, polar=polar, **kw, **row)
   if cfg.optimizer == "scion_hybrid":  # constrained Scion on the hidden matrices, AdamW elsewhere
     rules = model_lib.with_qkv_view(ol.muon_rules(radius=cfg.hidden_radius), gcfg)
     return ol.muon(lr, rules=rules, beta=cfg.beta, nesterov=bool(cfg.nesterov), weight_decay=1.0,
-                   adam_learning_rate=adam_lr, polar=polar)
+                   adam_learning_rate=adam_lr, polar=polar, **row)
+  if cfg.optimizer == "hyperball":  # MuonH on the hidden matrices, AdamH on the head, AdamW else
+    rules = model_lib.with_qkv_view(ol.muon_rules(), gcfg)
+    return ol.contrib.hyperball(lr, rules=rules, beta=cfg.beta, adam_learning_rate=adam_lr,
+                                polar=polar, **nesterov)
   if cfg.optimizer == "optax_muon":
     return optax.contrib.muon(lr, adam_learning_rate=adam_lr, **kw,
                               muon_weight_dimension_numbers=model_lib.optax_muon_dims)

@@ -43,9 +43,11 @@ from benchmarks.gpt.optim import (
   DEFAULT_RADII,
   LIBRARY_RADII,
   NS_COEFFS,
+  NS_PRECONDITIONINGS,
   OPTIMIZERS,
   POLAR_METHODS,
   ROUTED,
+  ROW_NORM,
   adaptive_stats,
   make_optimizer,
   make_schedule,
@@ -93,10 +95,16 @@ class TrainConfig:
                        " (3 x --heads blocks); not adamw, optax_muon", model_lib.QKV_VIEWS)
   nesterov: bool | None = flag(None, "Nesterov momentum (feed beta d + (1 - beta) g to the LMO);"
                               " unset: the optimizer's (on for muon, off for the Scions)")
+  row_norm: bool = flag(False, "NorMuon's row normalization of the spectral directions (each"
+                        " neuron's step over its running RMS); not adamw, optax_muon, hyperball")
   polar: str = flag("auto", "polar-factor method of the spectral LMOs", POLAR_METHODS)
   ns_coeffs: str = flag("polar_express", "Newton-Schulz coefficients of the polar factor",
                         NS_COEFFS)
-  ns_steps: int | None = flag(None, "Newton-Schulz steps; unset: the coefficients' default (5)")
+  ns_steps: int | None = flag(None, "Newton-Schulz steps; unset: the coefficients' default (5;"
+                             " aol: 4)")
+  ns_precondition: str = flag("frobenius", "Newton-Schulz's input scaling: by the Frobenius norm,"
+                              " or AOL's row scaling in the first step (Turbo-Muon; with"
+                              " --ns-coeffs aol)", NS_PRECONDITIONINGS)
   dtype: str = flag("float32", "activation dtype (parameters: float32)", ("float32", "bfloat16"))
   drop: bool = flag(False, "Drop-Muon: each step freeze the blocks below a uniform random cutoff"
                     " (progressive.py)")
@@ -165,9 +173,21 @@ def validate(cfg: TrainConfig) -> None:
                      f" example's rules; use it with --optimizer {', '.join(ROUTED)}, or leave"
                      " it fused.")
   if cfg.optimizer not in ROUTED and (cfg.nesterov is not None or polar_of(cfg) is not None):
-    raise ValueError(f"--nesterov, --polar, --ns-coeffs and --ns-steps set our LMO optimizers;"
-                     f" {cfg.optimizer} does not take them (use --optimizer"
+    raise ValueError(f"--nesterov, --polar, --ns-coeffs, --ns-steps and --ns-precondition set"
+                     f" our LMO optimizers; {cfg.optimizer} does not take them (use --optimizer"
                      f" {', '.join(ROUTED)}).")
+  if cfg.row_norm and cfg.optimizer not in ROW_NORM:
+    raise ValueError(f"--row-norm normalizes the spectral directions of our LMO chain;"
+                     f" {cfg.optimizer} has none (use --optimizer {', '.join(ROW_NORM)}).")
+  if cfg.ns_precondition == "aol" and cfg.polar == "svd":
+    raise ValueError("--ns-precondition aol scales the input of Newton-Schulz; --polar svd runs"
+                     " none (use --polar auto, newton_schulz or gram_newton_schulz).")
+  if cfg.optimizer == "hyperball" and cfg.weight_decay:
+    raise ValueError("--weight-decay: hyperball has none to set (its weights stay on the sphere"
+                     " of their initial norm).")
+  if cfg.optimizer == "hyperball" and cfg.adaptive_batch is not None:
+    raise ValueError("--adaptive-batch scales each update by the schedule, which needs an"
+                     " optimizer linear in its learning rate; hyperball's retraction is not.")
   if cfg.drop and cfg.depth < 2:
     raise ValueError("--drop freezes the blocks below a cutoff: it needs --depth >= 2.")
   if cfg.drop and cfg.adaptive_batch is not None:
@@ -328,7 +348,7 @@ def train(cfg: TrainConfig, *, on_eval: Callable[[int, float, Any], None] | None
     step_fn = mesh_lib.jit_step(train_step if cfg.qk_clip is None else train_step_qk_clip,
                                 model, optimizer, mesh, cfg.batch, extra=cfg.drop)
     params = nnx.state(model, nnx.Param)
-    if lead and cfg.optimizer in ("scion", "unconstrained_scion", "muon"):
+    if lead and cfg.optimizer in ("scion", "unconstrained_scion", "muon", "hyperball"):
       with open(os.path.join(cfg.workdir, "describe.txt"), "w") as f:
         f.write(f"{ol.describe(tx, params)}\n")
 
