@@ -82,7 +82,7 @@ def normuon(
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
     >>> params = {"w": jnp.eye(8), "b": jnp.zeros(8)}
-    >>> tx = ol.contrib.normuon(0.02)
+    >>> tx = ol.contrib.normuon(0.02, polar=ol.Polar(method="svd"))
     >>> u, _ = tx.update(params, tx.init(params), params)
     >>> round(float(jnp.linalg.norm(u["w"])), 4)  # 0.02 ||polar(I)||_F = 0.02 sqrt(8)
     0.0566

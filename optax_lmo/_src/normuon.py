@@ -85,11 +85,12 @@ def scale_by_row_rms(
 
   Examples:
     >>> import jax.numpy as jnp, optax, optax_lmo as ol
-    >>> tx = optax.chain(ol.orthogonalize(method="svd"), ol.contrib.scale_by_row_rms())
+    >>> tx = optax.chain(ol.orthogonalize(method="svd", scaled=False),
+    ...                  ol.contrib.scale_by_row_rms())
     >>> g = jnp.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # (d_in, d_out) = (3, 2)
     >>> u, state = tx.update(g, tx.init(g))
     >>> [round(float(v), 4) for v in state[1].nu[0]]  # 0.05 x each column's mean square
-    [0.0333, 0.0333]
+    [0.0167, 0.0167]
     >>> round(float(jnp.linalg.norm(u)), 4)  # the orthogonalized step's Frobenius norm
     1.4142
 
