@@ -498,7 +498,10 @@ def test_batch_that_does_not_split_over_the_mesh_is_refused():
 
 
 @pytest.mark.parametrize("flags", [dict(drop=True), dict(adaptive_batch=0.5, max_micro_batches=3),
-                                   dict(qk_clip=2.0)], ids=["drop", "adaptive_batch", "qk_clip"])
+                                   dict(qk_clip=2.0),
+                                   dict(row_norm=True, ns_precondition="aol", ns_coeffs="aol"),
+                                   dict(optimizer="hyperball")],
+                         ids=["drop", "adaptive_batch", "qk_clip", "row_norm_aol", "hyperball"])
 def test_new_flags_train_and_resume_bitwise(tmp_path, flags):
   """A short run with the flag learns; stopped and resumed, it ends bit for bit where it would."""
   kw = dict(steps=12, eval_every=6, ckpt_every=6, log_every=1, **flags)
