@@ -17,11 +17,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 import optax_lmo as ol
-from optax_lmo._src import coeffs as coeffs_lib
-from optax_lmo._src import polar as polar_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -170,14 +167,9 @@ def polar_flops(shape, pol: ol.Polar) -> int:
   window plus ``2 m^3`` for a window's first step and ``8 m^3`` for each later one.
   """
   m, n = sorted(shape[-2:])
-  steps = coeffs_lib.get_coefficients(pol.coeffs, pol.steps).schedule(pol.steps).shape[0]
-  work = jnp.dtype(pol.dtype or jnp.float32)
-  method = polar_lib.choose_method(shape, work) if pol.method == "auto" else pol.method
-  if method == "newton_schulz":
+  r = pol.resolve(shape)  # the method, steps and Gram window these options run at this shape
+  steps = r.steps
+  if r.method == "newton_schulz":
     return steps * (4 * m * m * n + 2 * m**3)
-  window = pol.restart_every
-  if window is None:
-    exact = polar_lib._exact_f32(work, pol.precision)
-    window = polar_lib.GRAM_WINDOW_FULL if exact else polar_lib.GRAM_WINDOW_REDUCED
-  windows = math.ceil(steps / window)
+  windows = math.ceil(steps / r.restart_every)
   return windows * 4 * m * m * n + 2 * m**3 * (4 * steps - 3 * windows)

@@ -42,7 +42,6 @@ from optax.contrib import _muon
 
 import optax_lmo as ol
 from benchmarks import _common  # run from the repository root: python -m benchmarks.orthogonalize
-from optax_lmo._src import polar as polar_lib
 
 # -- inputs --------------------------------------------------------------------
 
@@ -156,7 +155,7 @@ def bench_trees(widths, layers, repeats, probe, probe_flops) -> tuple[list, list
   rows, mm_samples = [], []
   for d in widths:
     tree = gpt_tree(d, layers)
-    ref = jax.tree.map(polar_lib._polar_svd, tree)
+    ref = jax.tree.map(ol.Polar(method="svd").apply, tree)
     outs = {k: jax.block_until_ready(f(tree)) for k, f in fns.items()}  # compile + warm up
     times = {k: [] for k in fns}
     for _ in range(repeats):
@@ -239,7 +238,7 @@ def restart_study(m, n, batch, presets, dtypes) -> list:
   inputs = _study_inputs(m, n, batch)
   refs = {}
   for kind, x in inputs.items():
-    ref = np.asarray(polar_lib._polar_svd(x), np.float64)
+    ref = np.asarray(ol.Polar(method="svd").apply(x), np.float64)
     refs[kind] = (ref, np.linalg.svd(ref, compute_uv=False))
   for dtype in dtypes:
     for name, steps in presets:
@@ -314,9 +313,11 @@ def main(argv=None):
       "optax_lmo": ol.__version__,
       "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       "command": _common.command("orthogonalize", argv),
-      "gram_min_aspect": polar_lib.GRAM_MIN_ASPECT,
-      "gram_windows": {"full": polar_lib.GRAM_WINDOW_FULL,
-                       "reduced": polar_lib.GRAM_WINDOW_REDUCED},
+      "auto_method": {f"{m}x{n}": ol.Polar().resolve((m, n)).method
+                      for m, n in ((128, 128), (128, 256), (128, 512))},
+      "gram_windows": {"full": ol.Polar(method="gram_newton_schulz").resolve((8, 16)).restart_every,
+                       "reduced": ol.Polar(method="gram_newton_schulz", dtype=jnp.bfloat16)
+                       .resolve((8, 16)).restart_every},
       "flop_convention": "2*m*n*k per (m,k)@(k,n) matmul actually executed; elementwise not"
       " counted. Standard step 4 m^2 n + 2 m^3; Gram: 4 m^2 n per window + 2 m^3 (4 steps -"
       " 3 windows).",

@@ -57,8 +57,6 @@ from optax.contrib import _muon
 
 import optax_lmo as ol
 from benchmarks import _common  # run from the repository root: python -m benchmarks.polar_accuracy
-from optax_lmo._src import coeffs as coeffs_lib
-from optax_lmo._src import polar as polar_lib
 
 # label -> (iterate dtype, precision passed to ol.contrib.polar / optax's default matmul precision)
 SETTINGS = {
@@ -91,7 +89,7 @@ def reference(x: np.ndarray) -> dict:
   return {"u": u, "s": s, "v": vt.T, "polar": u @ vt}
 
 
-def errors(q, ref: dict, coeffs: coeffs_lib.Coefficients) -> dict:
+def errors(q, ref: dict, coeffs: ol.Polar) -> dict:
   """The error fields of the module docstring for result ``q`` against ``ref``."""
   q = np.asarray(jnp.asarray(q, jnp.float32), np.float64)
   bad = int(np.size(q) - np.count_nonzero(np.isfinite(q)))
@@ -117,7 +115,7 @@ def errors(q, ref: dict, coeffs: coeffs_lib.Coefficients) -> dict:
   }
 
 
-def exact_arith_rel_fro(ref: dict, coeffs: coeffs_lib.Coefficients) -> float:
+def exact_arith_rel_fro(ref: dict, coeffs: ol.Polar) -> float:
   """``rel_fro`` of the composed polynomial applied in exact arithmetic."""
   s = ref["s"]
   return float(np.linalg.norm(coeffs.composed(s / np.linalg.norm(s)) - 1.0) / np.sqrt(s.size))
@@ -197,8 +195,8 @@ def precision_note(backend: str) -> str:
 
 def run(args) -> dict:
   shapes = [parse_shape(s) for s in args.shapes]
-  default = coeffs_lib.get_coefficients("polar_express")
-  jordan = coeffs_lib.get_coefficients("jordan")
+  default = ol.Polar()  # the coefficients of ours (their composed polynomial)
+  jordan = ol.Polar(coeffs="jordan")
   fns = {}  # (impl, method, setting) -> (callable, Polar describing its flops, coefficients)
   for method in OURS:
     for setting in SETTINGS:
@@ -210,7 +208,8 @@ def run(args) -> dict:
   rows, auto = [], {}
   for m, n in shapes:
     for setting, (dtype, precision) in SETTINGS.items():
-      auto[f"{m}x{n}/{setting}"] = polar_lib.choose_method((m, n), dtype, precision)
+      auto[f"{m}x{n}/{setting}"] = ol.Polar(dtype=dtype, precision=precision).resolve(
+          (m, n)).method
     for ci, cond in enumerate(args.conds):
       x_np = make_input(m, n, cond, seed=args.seed + 1000 * ci + m + n)
       ref = reference(x_np)
@@ -227,7 +226,7 @@ def run(args) -> dict:
             "impl": impl, "method": method, "setting": setting,
             "dtype": jnp.dtype(SETTINGS[setting][0]).name,
             "precision": SETTINGS[setting][1] or "default",
-            "coeffs": coeffs.name, "steps": coeffs.default_steps,
+            "coeffs": coeffs.coeffs, "steps": coeffs.resolve((m, n)).steps,
             "shape": [m, n], "cond": cond,
             **errors(outs[key], ref, coeffs),
             "exact_arith_rel_fro": exact[impl],

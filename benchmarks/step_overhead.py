@@ -71,7 +71,6 @@ from benchmarks import _common
 from benchmarks.gpt import data as data_lib
 from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import train as train_lib
-from optax_lmo._src import polar as polar_lib
 
 OPTIMIZERS = ("adamw", "scion", "muon", "optax_muon")
 TARGETS = {"adamw": 1.15, "optax_muon": 0.85}  # scion step / peer step at most
@@ -145,7 +144,7 @@ def flop_counts(args, vocab_size: int) -> dict:
   attention = 12 * args.batch * args.seq**2 * d * args.depth  # QK^T and AV, fwd + bwd, full L^2
   shapes = hidden_shapes(args.width, args.depth)
   ours = ol.Polar()
-  methods = {"x".join(map(str, s)): polar_lib.choose_method(s, jnp.float32) for s in shapes}
+  methods = {"x".join(map(str, s)): ours.resolve(s).method for s in shapes}
   lmo_ours = sum(_common.polar_flops(s, ours) for s in shapes)
   lmo_optax = sum(_common.polar_flops(s, OPTAX_NS) for s in shapes)
   fb = dense + attention

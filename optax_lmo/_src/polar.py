@@ -75,6 +75,43 @@ class Polar:
     if self.restart_every is not None and self.restart_every < 1:
       raise ValueError(f"restart_every must be >= 1, got {self.restart_every}.")
 
+  def resolve(self, shape: Sequence[int]) -> Polar:
+    """These options made concrete for matrices of ``shape`` (the last two axes).
+
+    ``method="auto"`` becomes the method it picks there, ``steps`` the number of
+    Newton–Schulz steps run and, for the Gram iteration, ``restart_every`` its
+    window: what the matmul count of one polar factor depends on.
+
+    Examples:
+      >>> import optax_lmo as ol
+      >>> r = ol.Polar().resolve((128, 512))   # CPU, float32: the Gram iteration
+      >>> r.method, r.steps, r.restart_every
+      ('gram_newton_schulz', 5, 5)
+    """
+    coeffs = coeffs_lib.get_coefficients(self.coeffs, self.steps)
+    steps = coeffs.schedule(self.steps).shape[0]
+    work = jnp.dtype(self.dtype) if self.dtype is not None else jnp.dtype(jnp.float32)
+    method = choose_method(shape, work, self.precision) if self.method == "auto" else self.method
+    window = self.restart_every
+    if method == "gram_newton_schulz" and window is None:
+      window = GRAM_WINDOW_FULL if _exact_f32(work, self.precision) else GRAM_WINDOW_REDUCED
+    return dataclasses.replace(self, method=method, steps=steps, restart_every=window)
+
+  def composed(self, sigma) -> np.ndarray:
+    """What the iteration does to each singular value of the normalized input, in float64.
+
+    The composed Newton–Schulz polynomial of the coefficients (the safety factor
+    included) at ``sigma`` (singular values of ``G / ||G||_F``): the polar factor
+    in exact arithmetic maps them to 1; this is how far these steps get.
+
+    Examples:
+      >>> import optax_lmo as ol
+      >>> [round(float(v), 3) for v in ol.Polar(coeffs="cubic", steps=60).composed([0.1, 1.0])]
+      [1.0, 1.0]
+    """
+    return coeffs_lib.get_coefficients(self.coeffs, self.steps).composed(np.asarray(sigma),
+                                                                         self.steps)
+
   def apply(self, x: jax.Array) -> jax.Array:
     """The polar factor of each matrix of ``x`` with these options (see :func:`polar`).
 
