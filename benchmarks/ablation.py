@@ -26,7 +26,7 @@ it and changes one thing:
 9. ``beta``: momentum 0.8 and 0.95 (against 0.9);
 10. ``warmup``: 50 steps of linear warmup (against none);
 11. ``embed``: the embedding radius 1/2 and 2 (against 1);
-12. ``views``: the fused qkv kernel seen as q, k and v (``--qkv-view split``)
+12. ``views``: the fused qkv kernel seen as q, k and v (``--blocks split``)
     and per head (``per_head``) for the best Scion, and our Muon (``ol.muon``,
     :data:`MUON`: its best in ``convergence.json``, from Flax's init at lr 0.01)
     fused, split and per head;
@@ -79,7 +79,7 @@ STAGES = ("diagonal", "lr", "seed", "short", "init", "schedule", "hybrid", "head
 # Our Muon's best run in convergence.json ("muon standard init"; from the scion init, "muon",
 # its best ended 0.19 nats worse), at the trainer's defaults for it as the sweep ran it.
 MUON = dict(optimizer="muon", init="standard", lr=0.01)
-QKV_VIEWS = model_lib.QKV_VIEWS  # the trainer's --qkv-view; START's: the first, fused
+BLOCKS = model_lib.BLOCKS  # the trainer's --blocks; START's: the first, fused
 ADAMW_SEED1 = {"optimizer": "adamw", "lr": 1.5e-3, "seed": 1}  # AdamW's best lr, at seed 1
 HEAD_PER_HIDDEN = 10 / 3  # head radius / hidden radius along the diagonal
 MAX_EXTEND = 2  # points past a grid's winning edge
@@ -105,7 +105,7 @@ def _resolved(cfg) -> dict:
   r = optim.resolve(cfg)
   return {k: getattr(r, k) for k in ("optimizer", "init", "lr", "adam_lr", "beta",
                                       "hidden_radius", "output_radius", "decay_frac", "steps",
-                                      "seed", "qkv_view", "nesterov", "polar", "ns_coeffs",
+                                      "seed", "blocks", "nesterov", "polar", "ns_coeffs",
                                       "ns_steps", "schedule", "head_init_scale")}
 
 
@@ -169,8 +169,8 @@ def plan(runs: dict) -> dict[str, list[dict]]:
   stages["beta"] = [{**best, "beta": b} for b in (0.8, 0.95)]
   stages["warmup"] = [{**best, "warmup": 50}]
   stages["embed"] = [{**best, "embed_radius": r} for r in (0.5, 2.0)]
-  stages["views"] = ([{**best, "qkv_view": v} for v in QKV_VIEWS[1:]]
-                     + [{**MUON, "qkv_view": v} for v in QKV_VIEWS])
+  stages["views"] = ([{**best, "blocks": v} for v in BLOCKS[1:]]
+                     + [{**MUON, "blocks": v} for v in BLOCKS])
   stages["nesterov"] = [{**best, "nesterov": True}]
   stages["polar"] = [{**best, "ns_coeffs": "jordan"}, {**best, "ns_steps": 3},
                      {**best, "polar": "svd"}]
@@ -181,8 +181,8 @@ def plan(runs: dict) -> dict[str, list[dict]]:
     return stages
   head, view = _best(runs, stages["head"]), _best(runs, views)
   both = {**best, "output_radius": head["output_radius"]}
-  if "qkv_view" in view:
-    both["qkv_view"] = view["qkv_view"]
+  if "blocks" in view:
+    both["blocks"] = view["blocks"]
   if _best(runs, [best] + stages["nesterov"]) is not best:
     both["nesterov"] = True
   combined = _grid(runs, [{**both, "lr": both["lr"] * f} for f in (0.5, 1.0, 2.0)],
@@ -254,10 +254,10 @@ def _ratio(steps, adam_steps):
 def markdown(result: dict) -> str:
   """The ablation table in Markdown (what ``--report`` prints and writes next to the JSON).
 
-  Settings are those that differ from :data:`START` (radii always; its ``qkv_view``:
+  Settings are those that differ from :data:`START` (radii always; its ``blocks``:
   fused); bold: a grid's best.
   """
-  start = {**START, "qkv_view": QKV_VIEWS[0]}
+  start = {**START, "blocks": BLOCKS[0]}
   lines = ["| stage | settings | lr | final val loss | steps to AdamW's best |",
            "|---|---|---|---|---|"]
   for r in summary(result):

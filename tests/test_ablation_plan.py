@@ -25,7 +25,7 @@ def fake_loss(s: dict, best_hidden: float, best_lr_factor: float) -> float:
   head = s["output_radius"] / (s["hidden_radius"] * 5 / 3)  # best at 5/3 of the hidden radius
   return (1.5 + 0.01 * math.log2(s["hidden_radius"] / best_hidden) ** 2
           + 0.02 * math.log2(s["lr"] / (on_diagonal * best_lr_factor)) ** 2
-          + 0.01 * math.log2(head) ** 2 - 0.01 * (s.get("qkv_view") == "split")
+          + 0.01 * math.log2(head) ** 2 - 0.01 * (s.get("blocks") == "split")
           - 0.005 * bool(s.get("nesterov")) + 0.05 * (s.get("init", "rms") != "rms"))
 
 
@@ -66,8 +66,8 @@ def test_the_plan_finds_the_optimum_inside_its_grids_and_ends(best_hidden, best_
   assert list(ab.plan(runs)) == list(ab.STAGES)  # every stage planned, in order
   views = [s for st, s in order if st == "views"]
   best = {k: v for k, v in short.items() if k != "steps"}  # the best Scion run, full length
-  assert views[:2] == [{**best, "qkv_view": v} for v in ("split", "per_head")]
-  assert views[2:] == [{**ab.MUON, "qkv_view": v} for v in ("fused", "split", "per_head")]
+  assert views[:2] == [{**best, "blocks": v} for v in ("split", "per_head")]
+  assert views[2:] == [{**ab.MUON, "blocks": v} for v in ("fused", "split", "per_head")]
   assert [s for st, s in order if st == "nesterov"] == [{**best, "nesterov": True}]
   assert len([s for st, s in order if st == "polar"]) == 3
   # combined: the head stage's best radius, the split view and Nesterov (each won), an lr grid
@@ -75,7 +75,7 @@ def test_the_plan_finds_the_optimum_inside_its_grids_and_ends(best_hidden, best_
   combined = [s for st, s in order if st == "combined"]
   head = min((s for st, s in order if st == "head"), key=lambda s: runs[ab.key(s)]["val_loss"])
   assert stages[-len(combined):] == ["combined"] * len(combined)
-  both = {**best, "output_radius": head["output_radius"], "qkv_view": "split", "nesterov": True}
+  both = {**best, "output_radius": head["output_radius"], "blocks": "split", "nesterov": True}
   grid = sorted(s["lr"] for s in combined[:-1])
   assert all({**s, "lr": best["lr"]} == both for s in combined[:-1])
   assert grid[0] < best["lr"] < grid[-1]
@@ -95,10 +95,10 @@ def test_summary_rows_name_each_stage_best():
   assert table.count("\n| ") == len(rows)  # after the header and its rule, one line a run
   assert sum(r["stage"] == "seed" for r in rows) == 3
   views = [line for line in table.splitlines() if line.startswith("| views |")]
-  assert [("qkv_view split" in v, "qkv_view per_head" in v, "optimizer muon" in v)
+  assert [("blocks split" in v, "blocks per_head" in v, "optimizer muon" in v)
           for v in views] == [(True, False, False), (False, True, False), (False, False, True),
                               (True, False, True), (False, True, True)]
-  assert "qkv_view" not in views[2] and "qkv_view" not in table.split("| views |")[0]
+  assert "blocks" not in views[2] and "blocks" not in table.split("| views |")[0]
 
 
 def test_muon_is_our_muons_best_run_in_the_convergence_sweep():

@@ -19,7 +19,6 @@ from benchmarks.gpt import data as data_lib
 from benchmarks.gpt import model as model_lib
 from benchmarks.gpt import progressive
 from benchmarks.gpt import train as train_lib
-from benchmarks.gpt.model import gpt_rules
 
 # A failed tensorstore read (the corrupt-checkpoint test) leaves an orbax callback on a closed
 # event loop; whichever test is running when it is garbage-collected would report it.
@@ -188,21 +187,26 @@ def test_strict_leaf_check_refuses_dtype_and_structure(tmp_path):
   ck.close()
 
 
-def test_gpt_rules_radii_and_head_norm():
-  rules, sign = gpt_rules(), gpt_rules(output_norm="sign")
-  assert rules.group_for("head/kernel", None).radius == 160.0  # the library's defaults
-  assert rules.group_for("blocks/0/attn/qkv/kernel", None).radius == 48.0
-  assert isinstance(rules.group_for("blocks/0/attn/qkv/bias", None).norm, ol.norms.BiasRMS)
-  assert isinstance(sign.group_for("head/kernel", None).norm, ol.norms.Sign)
+def test_the_rules_are_infer_rules_at_the_library_radii_and_head_norm():
+  cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2)
+  rules = model_lib.rules(cfg)
+  sign = model_lib.rules(dataclasses.replace(cfg, output_norm="sign"))
+  params = nnx.state(model_lib.GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  rows = {r["path"]: r for r in ol.describe(rules, params)}
+  assert rows["head/kernel"]["radius"] == 160.0  # the library's defaults
+  assert rows["blocks/0/attn/qkv/kernel"]["radius"] == 48.0
+  assert rows["blocks/0/norm1/scale"]["norm"] == "BiasRMS"
+  assert "dot_general" in rows["head/kernel"]["evidence"]  # from the trace, not by name
+  assert {r["path"]: r["norm"] for r in ol.describe(sign, params)}["head/kernel"] == "Sign"
   with pytest.raises(ValueError, match="output_norm must be 'rownorm' or 'sign'"):
-    gpt_rules(output_norm="l1")
+    model_lib.GPTConfig(output_norm="l1")
 
 
-def test_parameter_names_match_gpt_rules():
+def test_every_parameter_is_routed_as_the_module_docstring_says():
   cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=2, heads=2, rotary=False,
                             init="scion", hidden_radius=3.0, output_radius=10.0)
   model = model_lib.GPT(cfg, rngs=nnx.Rngs(0))
-  rules = gpt_rules()
+  rules = model_lib.rules(cfg)
   got = {ckpt_lib.leaf_name(p): (x.shape, type(rules.group_for(ckpt_lib.leaf_name(p), x).norm))
          for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
   d, v = 16, 11
@@ -305,14 +309,15 @@ BAD_FLAGS = [
     (["--drop", "--adaptive-batch", "0.5"], "--drop and --adaptive-batch do not combine"),
     (["--drop", "yes"], "unrecognized arguments: yes"),
     (["--qk-clip", "0"], "--qk-clip must be > 0"),
+    (["--lr", "1e300"], "--lr 1e+300 is infinite in float32"),
     (["--qk-clip", "inf"], "--qk-clip must be a finite number"),
     (["--qk-clip", "100", "--drop"], "--qk-clip does not combine with --drop or --adaptive-batch"),
     (["--seq", "1000000"], "pydoc_data.topics: 465048 characters, too few: --seq 1000000 needs"),
-    (["--qkv-view", "heads"], "--qkv-view: invalid choice: 'heads'"),
-    (["--optimizer", "adamw", "--qkv-view", "split"],
-     "--qkv-view split: adamw does not route by the example's rules"),
-    (["--optimizer", "optax_muon", "--qkv-view", "per_head"],
-     "--qkv-view per_head: optax_muon does not route by the example's rules"),
+    (["--blocks", "heads"], "--blocks: invalid choice: 'heads'"),
+    (["--optimizer", "adamw", "--blocks", "split"],
+     "--blocks split: adamw does not route by the example's rules"),
+    (["--optimizer", "optax_muon", "--blocks", "per_head"],
+     "--blocks per_head: optax_muon does not route by the example's rules"),
     (["--optimizer", "adamw", "--row-norm"], "--row-norm normalizes the spectral directions"),
     (["--optimizer", "hyperball", "--row-norm"], "hyperball has none (use --optimizer scion"),
     (["--optimizer", "optax_muon", "--ns-precondition", "aol"], "optax_muon does not take them"),
@@ -457,10 +462,11 @@ NAN_RUN = ["--steps", "20", "--width", "16", "--depth", "1", "--heads", "2", "--
 
 
 @pytest.mark.parametrize("lr, what", [("1e9", "the training loss is"),
-                                      ("1e300", "the update made the parameters non-finite")])
+                                      ("1e37", "the update made the parameters non-finite")])
 def test_non_finite_run_stops_with_one_error_and_saves_no_non_finite_checkpoint(
     tmp_path, capsys, lr, what):
-  """1e9: the loss turns nan a step after a finite (huge) update; 1e300 is inf in float32."""
+  """1e9: the loss turns nan a step after a finite (huge) update; 1e37 times the radius is inf
+  in float32."""
   with pytest.raises(SystemExit) as exit_:
     train_lib.main([*NAN_RUN, "--lr", lr, "--workdir", str(tmp_path)])
   message = str(exit_.value.code)  # SystemExit(str): printed to stderr, exit status 1
@@ -674,7 +680,7 @@ def test_qk_clip_holds_the_attention_logits_near_tau(full_run, tmp_path):
   assert _max_logits(model, x_BxL).min() > 2 * tau  # the same 20 steps without the clip
 
 
-# --qkv-view on the tiny model (width 32, 2 heads): the view of the fused (32, 96) qkv kernel.
+# --blocks on the tiny model (width 32, 2 heads): the view of the fused (32, 96) qkv kernel.
 QKV_SHOWN = {"fused": "32x96", "split": "3x32x32 (fan-out in 3 blocks)",
              "per_head": "6x32x16 (fan-out in 6 blocks)"}
 
@@ -685,22 +691,20 @@ def _qkv_rows(table: str) -> list[str]:
 
 def test_the_fused_qkv_view_is_the_default_and_leaves_the_rules_alone(full_run):
   workdir, _ = full_run
-  assert train_lib.make_config().qkv_view == "fused"
-  assert model_lib.rules(model_lib.GPTConfig()) == gpt_rules()  # the same rule list, no spec
-  base = ol.muon_rules()
-  assert model_lib.with_qkv_view(base, model_lib.GPTConfig()) is base
+  assert train_lib.make_config().blocks == "fused"
+  assert model_lib.GPTConfig().blocks == "fused"
   rows = _qkv_rows(open(workdir / "describe.txt").read())
   assert len(rows) == 2 and all(f" {QKV_SHOWN['fused']} " in r and " in " not in r for r in rows)
   config = json.loads(open(workdir / "log.jsonl").readline())["config"]
-  assert config["qkv_view"] == "fused"
+  assert config["blocks"] == "fused"
 
 
 @pytest.mark.parametrize("optimizer", train_lib.ROUTED)
 def test_every_routed_optimizer_sees_the_qkv_kernel_in_its_view(optimizer):
   """The qkv kernel alone changes view, keeping its norm and radius; other leaves as fused."""
   tables = {}
-  for view in model_lib.QKV_VIEWS:
-    cfg = train_lib.make_config(**{**TINY, "optimizer": optimizer, "qkv_view": view,
+  for view in model_lib.BLOCKS:
+    cfg = train_lib.make_config(**{**TINY, "optimizer": optimizer, "blocks": view,
                                    "depth": 1})
     gcfg = train_lib.model_config(cfg, vocab_size=11)
     params = nnx.state(model_lib.GPT(gcfg, rngs=nnx.Rngs(0)), nnx.Param)
@@ -710,8 +714,11 @@ def test_every_routed_optimizer_sees_the_qkv_kernel_in_its_view(optimizer):
   for view in ("split", "per_head"):
     for fused, other in zip(tables["fused"][2:], tables[view][2:], strict=True):  # no header
       if "/attn/qkv/kernel " in fused:  # after the view: the same norm, radius, lr_mult, ...
-        after_fused = fused.split(QKV_SHOWN["fused"])[1].split()
-        assert other.split(QKV_SHOWN[view])[1].split() == after_fused, (fused, other)
+        # ... up to the role; the evidence then names the view the trace cut.
+        after_fused = fused.split(QKV_SHOWN["fused"])[1].split(" hidden ")[0].split()
+        after = other.split(QKV_SHOWN[view])[1].split(" hidden ")[0].split()
+        assert after == after_fused, (fused, other)
+        assert f"-> {view}" in other, other
       else:
         assert fused.split() == other.split(), (fused, other)
 
@@ -725,7 +732,7 @@ def test_the_inits_make_each_matrix_of_the_qkv_view_semi_orthogonal(init, view, 
   ``d x 3d`` semi-orthogonal matrix): the view reaches the init.
   """
   cfg = model_lib.GPTConfig(vocab_size=11, seq_len=8, width=16, depth=1, heads=2, init=init,
-                            qkv_view=view, hidden_radius=3.0)
+                            blocks=view, hidden_radius=3.0)
   w = np.asarray(model_lib.GPT(cfg, rngs=nnx.Rngs(0)).blocks[0].attn.qkv.kernel[...], np.float64)
   for block in np.split(w, blocks, axis=1):
     sigma = np.linalg.svd(block, compute_uv=False)
@@ -741,12 +748,12 @@ def test_the_inits_make_each_matrix_of_the_qkv_view_semi_orthogonal(init, view, 
 @pytest.mark.parametrize("optimizer, view", [("scion", "split"), ("muon", "per_head")])
 def test_a_qkv_view_trains_and_is_recorded(tmp_path, optimizer, view):
   """Two steps train; describe.txt shows the view and the log's config records it."""
-  out = train_lib.train(_cfg(tmp_path, optimizer=optimizer, qkv_view=view, steps=2,
+  out = train_lib.train(_cfg(tmp_path, optimizer=optimizer, blocks=view, steps=2,
                              eval_every=2, ckpt_every=2, log_every=1))
   assert out["step"] == 2 and all(np.isfinite(p).all() for p in out["params"].values())
   rows = _qkv_rows(open(tmp_path / "describe.txt").read())
   assert len(rows) == 2 and all(f" {QKV_SHOWN[view]} " in r for r in rows), rows
   records = list(map(json.loads, open(tmp_path / "log.jsonl")))
-  assert records[0]["config"]["qkv_view"] == view
+  assert records[0]["config"]["blocks"] == view
   evals = [r["val_loss"] for r in records if r["kind"] == "eval"]
   assert len(evals) == 2 and evals[-1] < evals[0], evals

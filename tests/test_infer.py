@@ -52,10 +52,10 @@ def _linen(model, *args, **kw):
 
 
 def test_default_radii_agree_everywhere():
-  """infer_rules, default_rules and the example's gpt_rules share the documented radii."""
+  """infer_rules, default_rules and the GPT trainer's model share the documented radii."""
   import inspect
 
-  for fn in (ol.infer_rules, ol.default_rules, gpt_model.gpt_rules):
+  for fn in (ol.infer_rules, ol.default_rules):
     sig = inspect.signature(fn).parameters
     got = tuple(sig[k].default for k in ("embed_radius", "hidden_radius", "output_radius",
                                           "bias_radius"))
@@ -293,21 +293,35 @@ def test_einsum_mixture_of_experts():
 
 @pytest.mark.parametrize("rotary", [True, False])
 @pytest.mark.parametrize("output_norm", ["rownorm", "sign"])
-def test_example_gpt_matches_gpt_rules(rotary, output_norm):
+def test_example_gpt_routes_as_its_docstring_table(rotary, output_norm):
+  """The trainer's GPT, traced: each leaf as benchmarks/gpt/model.py's table says (by hand)."""
   cfg = gpt_model.GPTConfig(vocab_size=40, seq_len=12, width=32, depth=2, heads=2,
                             rotary=rotary, output_norm=output_norm)
   model = gpt_model.GPT(cfg, rngs=nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)
-  inferred = ol.infer_rules(model, jnp.zeros((2, 12), jnp.int32), output_norm=output_norm)
-  by_name = gpt_model.rules(cfg)
-  paths = set()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    p = path_str(path)
-    paths.add(p)
-    a, b = inferred.group_for(p, leaf), by_name.group_for(p, leaf)
-    assert (a.norm, a.radius, a.norm.view(leaf.shape, a.spec)) == (
-        b.norm, b.radius, b.norm.view(leaf.shape, b.spec)), p
-  assert ("pos_embed/embedding" in paths) == (not rotary)
+  head = {"rownorm": norms.RowNorm(), "sign": norms.Sign()}[output_norm]
+  want = {"embed/embedding": (norms.ColNorm(), 1.0, (40, 32)),
+          "final_norm/scale": (norms.BiasRMS(), 1.0, (32,)),
+          "head/kernel": (head, O, (32, 40))}
+  if not rotary:
+    want["pos_embed/embedding"] = (norms.ColNorm(), 1.0, (12, 32))
+  for i in range(2):
+    want.update({f"blocks/{i}/norm1/scale": (norms.BiasRMS(), 1.0, (32,)),
+                 f"blocks/{i}/norm2/scale": (norms.BiasRMS(), 1.0, (32,)),
+                 f"blocks/{i}/attn/qkv/kernel": (norms.Spectral(), H, (32, 96)),
+                 f"blocks/{i}/attn/out/kernel": (norms.Spectral(), H, (32, 32)),
+                 f"blocks/{i}/mlp/fc_in/kernel": (norms.Spectral(), H, (32, 128)),
+                 f"blocks/{i}/mlp/fc_out/kernel": (norms.Spectral(), H, (128, 32))})
+  for rules in (ol.infer_rules(model, jnp.zeros((2, 12), jnp.int32), output_norm=output_norm),
+                gpt_model.rules(cfg)):  # on the model, and the trainer's (an abstract model)
+    got = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+      p = path_str(path)
+      g = rules.group_for(p, leaf)
+      shown = "x".join(map(str, leaf.shape if leaf.ndim == 2 else (1, *leaf.shape)))
+      assert g.norm.describe_view(leaf.shape, g.spec) == shown, p  # Flax layout, one matrix
+      got[p] = (g.norm, g.radius, leaf.shape)
+    assert got == want
 
 
 def test_unused_matrix_leaf_is_an_error():

@@ -1,11 +1,11 @@
-"""A decoder-only GPT in Flax NNX, and :func:`gpt_rules`, the name-based rules that match it.
+"""A decoder-only GPT in Flax NNX, routed by ``optax_lmo.infer_rules`` on its own computation.
 
-Parameter paths (what the rules match on)::
+Parameter paths and what the trace makes of them::
 
   embed/embedding            (vocab, d)      token embedding    -> ColNorm
   pos_embed/embedding        (seq, d)        learned positions  -> ColNorm (rotary: absent)
   blocks/i/norm1/scale       (d,)                               -> BiasRMS
-  blocks/i/attn/qkv/kernel   (d, 3d)                            -> Spectral (its view: qkv_view)
+  blocks/i/attn/qkv/kernel   (d, 3d)                            -> Spectral (its view: blocks)
   blocks/i/attn/out/kernel   (d, d)                             -> Spectral
   blocks/i/norm2/scale       (d,)                               -> BiasRMS
   blocks/i/mlp/fc_in/kernel  (d, 4d)                            -> Spectral
@@ -18,11 +18,10 @@ a GELU MLP whose activation can be scaled by sqrt(2) to keep its variance [S].
 ``GPT(tokens, max_logits=True)`` also returns each attention head's largest logit,
 which :func:`qk_clip` (``--qk-clip``) uses to cap them.
 
-``GPTConfig.qkv_view`` (``--qkv-view``) is the fused qkv kernel's matrix view for
-the rules and both inits that read them: ``fused`` one ``d x 3d`` matrix,
-``split`` q, k and v (``MatrixSpec(out_blocks=3)``), ``per_head`` every head of
-each (``MatrixSpec(out_blocks=3 * heads)``: ``jnp.split`` into thirds, then each
-third into heads of ``d / heads`` columns, makes these contiguous blocks).
+``GPTConfig.blocks`` (``--blocks``) is ``infer_rules(blocks=)``: the fused qkv
+kernel's matrices for the rules and both inits that read them: ``fused`` one
+``d x 3d`` matrix, ``split`` q, k and v, ``per_head`` every head of each (the
+trace reads the cut from the model's ``jnp.split`` and reshape into heads).
 """
 
 from __future__ import annotations
@@ -38,10 +37,9 @@ import optax
 from flax import nnx
 
 import optax_lmo
-from optax_lmo import norms
 
 INITS = ("scion", "rms", "standard")
-QKV_VIEWS = ("fused", "split", "per_head")
+BLOCKS = ("fused", "split", "per_head")  # infer_rules(blocks=)
 QKV_KERNEL = r"(^|/)attn/qkv/kernel$"
 
 
@@ -56,14 +54,14 @@ class GPTConfig:
   heads: int = 4  # attention heads; must divide width
   rotary: bool = True  # rotary position embedding (True) or a learned table pos_embed (False)
   scale_gelu: bool = True  # multiply the GELU output by sqrt(2) to keep its variance [S]
-  init: str = "rms"  # "rms": ol.init_params; "scion": norm's init x radius; "standard": Flax
+  init: str = "rms"  # "rms": ol.init_params; "scion": on each ball's sphere; "standard": Flax
   embed_radius: float = 1.0  # radius of the embedding ball (rules, inits)
   hidden_radius: float = 48.0  # radius of the hidden-matrix ball (rules, inits)
   output_radius: float = 160.0  # radius of the output-head ball (rules, inits)
   output_norm: str = "rownorm"  # output-head geometry for the scion init: "rownorm" or "sign"
   head_init_scale: float = 1.0  # the initial head kernel times this (0: a zero head)
   dtype: str = "float32"  # activation (compute) dtype; parameters are always float32
-  qkv_view: str = "fused"  # the qkv kernel as one matrix, as q, k and v, or per head (QKV_VIEWS)
+  blocks: str = "fused"  # the qkv kernel as one matrix, as q, k and v, or per head (BLOCKS)
 
   def __post_init__(self):
     if self.width % self.heads:
@@ -74,8 +72,8 @@ class GPTConfig:
       raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
     if self.output_norm not in ("rownorm", "sign"):
       raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {self.output_norm!r}.")
-    if self.qkv_view not in QKV_VIEWS:
-      raise ValueError(f"qkv_view must be one of {QKV_VIEWS}, got {self.qkv_view!r}.")
+    if self.blocks not in BLOCKS:
+      raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}.")
 
 
 def _rotary(x_BxLxHxK: jax.Array) -> jax.Array:
@@ -176,11 +174,10 @@ class GPT(nnx.Module):
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
     self.final_norm = nnx.RMSNorm(d, dtype=dt, rngs=rngs)
     self.head = nnx.Linear(d, cfg.vocab_size, use_bias=False, dtype=dt, rngs=rngs)
-    if cfg.init == "scion":
-      scion_init(self, cfg, rngs.params())
-    elif cfg.init == "rms":  # the library's init: inside each ball, independent of the radius
+    if cfg.init in ("rms", "scion"):  # the library's init: inside each ball, or on its sphere
       params = nnx.state(self, nnx.Param)
-      nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params()))
+      scale = "rms" if cfg.init == "rms" else "radius"
+      nnx.update(self, optax_lmo.init_params(rules(cfg), params, rngs.params(), scale=scale))
     if cfg.head_init_scale != 1.0:
       self.head.kernel.set_value(self.head.kernel.get_value() * cfg.head_init_scale)
 
@@ -205,104 +202,31 @@ class GPT(nnx.Module):
     return (logits_BxLxV, found) if max_logits else logits_BxLxV
 
 
-def gpt_rules(
-    *,
-    embed_radius: float = 1.0,
-    hidden_radius: float = 48.0,
-    output_radius: float = 160.0,
-    bias_radius: float = 1.0,
-    output_norm: str = "rownorm",
-    lr_mults: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> optax_lmo.Rules:
-  """Rules for this GPT (and models named like it), by parameter name.
-
-  ``embed/embedding`` and ``pos_embed/embedding`` -> ColNorm; ``head/kernel`` ->
-  RowNorm (or Sign); every other ``kernel`` -> Spectral; ``scale`` and ``bias``
-  -> BiasRMS. Radii 1, 48, 160 are the library's defaults (``infer_rules``):
-  constrained Scion's best 1000-step runs of ``benchmarks/ablation.py``.
-  ``lr_mults`` is (input, hidden, output). Strict: any other leaf is an error.
-  ``optax_lmo.infer_rules(model, tokens)`` gives the same routing from the model's
-  computation (tests/test_infer.py holds them equal).
-  """
-  if output_norm not in ("rownorm", "sign"):
-    raise ValueError(f"output_norm must be 'rownorm' or 'sign', got {output_norm!r}.")
-  head = norms.RowNorm() if output_norm == "rownorm" else norms.Sign()
-  li, lh, lo = lr_mults
-  g = functools.partial(optax_lmo.Group, evidence="name rule")
-  return optax_lmo.Rules(
-      (
-          (r"(^|/)(pos_)?embed/embedding$", g(norms.ColNorm(), embed_radius, li,
-                                               role="embedding")),
-          (r"(^|/)head/kernel$", g(head, output_radius, lo, role="output")),
-          (r"(^|/)kernel$", g(norms.Spectral(), hidden_radius, lh, role="hidden")),
-          (r"(^|/)scale$", g(norms.BiasRMS(), bias_radius, lh, role="gain")),
-          (r"(^|/)bias$", g(norms.BiasRMS(), bias_radius, lh, role="vector")),
-      ),
-      strict=True,
-  )
-
-
+@functools.cache
 def rules(cfg: GPTConfig) -> optax_lmo.Rules:
-  """The optimizer rules that match this model (same radii and qkv view as its scion init)."""
-  return with_qkv_view(gpt_rules(
-      embed_radius=cfg.embed_radius,
-      hidden_radius=cfg.hidden_radius,
-      output_radius=cfg.output_radius,
-      output_norm=cfg.output_norm,
-  ), cfg)
+  """``optax_lmo.infer_rules`` on this model's own call, at ``cfg``'s radii, head norm and
+  ``blocks``: what the optimizers and both library inits read. Traced once per config on
+  an abstract model (nothing runs)."""
+  abstract = nnx.eval_shape(lambda: GPT(dataclasses.replace(cfg, init="standard"),
+                                        rngs=nnx.Rngs(0)))
+  tokens = jax.ShapeDtypeStruct((1, cfg.seq_len), jnp.int32)
+  return optax_lmo.infer_rules(abstract, tokens, embed_radius=cfg.embed_radius,
+                               hidden_radius=cfg.hidden_radius, output_radius=cfg.output_radius,
+                               output_norm=cfg.output_norm, blocks=cfg.blocks)
 
 
-def qkv_spec(cfg: GPTConfig) -> optax_lmo.MatrixSpec | None:
-  """The matrix view of ``attn/qkv/kernel`` that ``cfg.qkv_view`` names (``None``: fused)."""
-  if cfg.qkv_view == "fused":
-    return None
-  return optax_lmo.MatrixSpec(out_blocks=3 if cfg.qkv_view == "split" else 3 * cfg.heads)
+def muon_rules(cfg: GPTConfig, radius: float = 1.0) -> optax_lmo.Rules:
+  """Muon's routing of this model: its hidden matrices (their view from :func:`rules`) at
+  ``radius``; the embeddings, head and gains to the fallback optimizer (AdamW)."""
+  inferred = rules(cfg)
 
+  def group(path, leaf):
+    g = inferred.group_for(path, leaf)
+    if g.role == "hidden":
+      return dataclasses.replace(g, radius=radius)
+    return optax_lmo.Group(None, role=g.role, evidence=g.evidence)
 
-def with_qkv_view(base: optax_lmo.Rules, cfg: GPTConfig) -> optax_lmo.Rules:
-  """``base`` with each ``attn/qkv/kernel`` seen as ``cfg.qkv_view`` (fused: ``base`` itself).
-
-  The kernel keeps the group ``base`` gives it (norm, radius, lr multiplier) and
-  takes the view's :func:`qkv_spec`; every other leaf is routed by ``base``.
-  """
-  spec = qkv_spec(cfg)
-  if spec is None:
-    return base
-
-  def qkv(path, leaf):
-    if not re.search(QKV_KERNEL, path):
-      return None
-    g = base.group_for(path, leaf)
-    return g if g is None or g.norm is None else dataclasses.replace(g, spec=spec)
-
-  return optax_lmo.Rules(qkv, fallback=base.group_for, strict=base.strict, check=base.check)
-
-
-def scion_init(model: GPT, cfg: GPTConfig, key: jax.Array) -> None:
-  """Re-initializes every parameter with its norm's initializer times its radius.
-
-  Embedding tables: ColNorm rows (norm ``embed_radius``); hidden kernels:
-  semi-orthogonal x sqrt(d_out/d_in) (Spectral, ``hidden_radius``); the head:
-  RowNorm columns (or random signs, ``output_radius``); RMSNorm scales stay at 1.
-  The qkv kernel is semi-orthogonal per block of its view (``cfg.qkv_view``).
-  """
-  head = norms.RowNorm() if cfg.output_norm == "rownorm" else norms.Sign()
-  named = [(path, v) for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)]
-  for (path, var), k in zip(named, jax.random.split(key, len(named)), strict=True):
-    name = "/".join(str(p) for p in path)
-    shape, dtype = var.get_value().shape, var.get_value().dtype
-    if name.endswith("embed/embedding"):
-      new = cfg.embed_radius * norms.ColNorm().init(k, shape)
-    elif name.endswith("head/kernel"):
-      new = cfg.output_radius * head.init(k, shape)
-    elif name.endswith("kernel"):
-      spec = qkv_spec(cfg) if re.search(QKV_KERNEL, name) else None
-      new = cfg.hidden_radius * norms.Spectral().init(k, shape, spec=spec)
-    elif name.endswith("scale"):
-      continue  # RMSNorm gains keep their init of ones (in the BiasRMS ball of radius 1)
-    else:
-      raise ValueError(f"{name}: scion_init has no initializer for this parameter.")
-    var.set_value(new.astype(dtype))
+  return optax_lmo.Rules(group, strict=True)
 
 
 def qk_clip(cfg: GPTConfig, tau: float) -> optax.GradientTransformationExtraArgs:

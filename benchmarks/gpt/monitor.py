@@ -76,7 +76,7 @@ class BallCheck:
     violations: every :func:`violations` line so far.
   """
 
-  def __init__(self, rules: ol.Rules, tol: float, *, verbose: bool = False):
+  def __init__(self, rules: ol.Rules | None, tol: float, *, verbose: bool = False):
     self.rules, self.tol, self.verbose = rules, tol, verbose
     self.evals: list[dict] = []
     self.leaves: dict[str, dict] = {}
@@ -89,6 +89,10 @@ class BallCheck:
       return  # the example evaluates the last step again when it stops between evaluations
     params = nnx.state(model, nnx.Param)
     if self._norms is None:
+      if self.rules is None:  # the rules of the model at hand (its own trace)
+        from benchmarks.gpt import model as model_lib
+
+        self.rules = model_lib.rules(model.cfg)
       self._norms = leaf_norms_fn(self.rules, params)
     rows = self._norms(params)
     self.violations += violations(step, val_loss, rows, self.tol)

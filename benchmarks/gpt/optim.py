@@ -45,12 +45,12 @@ NS_PRECONDITIONINGS = ("frobenius", "aol")  # ol.Polar's preconditioning
 # Muon's 0.01 moves a Flax-initialized 128 x 128 matrix by about 1% of its norm).
 DEFAULT_LR = {"scion": 2**-11, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
               "optax_muon": 0.01, "scion_hybrid": 2**-12, "hyperball": 2**-6}
-# (hidden, output): the model's defaults, gpt_rules()'s and infer_rules()'s
+# (hidden, output): the model's defaults, infer_rules()'s
 LIBRARY_RADII = (model_lib.GPTConfig.hidden_radius, model_lib.GPTConfig.output_radius)
 DEFAULT_RADII = {"unconstrained_scion": (3.0, 10.0)}  # the others: the library's
 DEFAULT_DECAY_FRAC = {"scion": 0.5}  # the share of the steps the lr decays over; the others: 0.3
 DEFAULT_INIT = {"scion": "rms", "unconstrained_scion": "scion"}  # the others: Flax's (standard)
-ROUTED = ("scion", "unconstrained_scion", "muon", "scion_hybrid", "hyperball")  # --qkv-view
+ROUTED = ("scion", "unconstrained_scion", "muon", "scion_hybrid", "hyperball")  # --blocks
 ROW_NORM = ("scion", "unconstrained_scion", "muon", "scion_hybrid")  # take --row-norm
 
 
@@ -113,15 +113,15 @@ def base_optimizer(cfg, gcfg: model_lib.GPTConfig, lr, adam_lr) -> optax.Gradien
                     **row)
   if cfg.optimizer == "unconstrained_scion":
     return ol.unconstrained_scion(lr, rules=model_lib.rules(gcfg), polar=polar, **kw, **row)
-  if cfg.optimizer == "muon":  # ol.muon's own routing, with the model's qkv view
-    rules = model_lib.with_qkv_view(ol.muon_rules(), gcfg)
+  if cfg.optimizer == "muon":  # the model's hidden matrices (in its --blocks view), AdamW else
+    rules = model_lib.muon_rules(gcfg)
     return ol.muon(lr, rules=rules, adam_learning_rate=adam_lr, polar=polar, **kw, **row)
   if cfg.optimizer == "scion_hybrid":  # constrained Scion on the hidden matrices, AdamW elsewhere
-    rules = model_lib.with_qkv_view(ol.muon_rules(radius=cfg.hidden_radius), gcfg)
+    rules = model_lib.muon_rules(gcfg, radius=cfg.hidden_radius)
     return ol.muon(lr, rules=rules, beta=cfg.beta, nesterov=bool(cfg.nesterov), weight_decay=1.0,
                    adam_learning_rate=adam_lr, polar=polar, **row)
   if cfg.optimizer == "hyperball":  # MuonH on the hidden matrices, AdamH on the head, AdamW else
-    rules = model_lib.with_qkv_view(ol.muon_rules(), gcfg)
+    rules = model_lib.muon_rules(gcfg)
     return ol.contrib.hyperball(lr, rules=rules, beta=cfg.beta, adam_learning_rate=adam_lr,
                                 polar=polar, **nesterov)
   if cfg.optimizer == "optax_muon":

@@ -90,9 +90,9 @@ class TrainConfig:
                                      " unset: 10 for unconstrained_scion, else 160")
   output_norm: str = flag("rownorm", "output-head norm: RMS->inf or 1->inf", ("rownorm", "sign"))
   head_init_scale: float = flag(1.0, "the initial head kernel times this (0: a zero head)")
-  qkv_view: str = flag("fused", "matrix view of the fused qkv kernel (d, 3d) for the rules and"
-                       " the inits that read them: one matrix, q/k/v (3 blocks) or per head"
-                       " (3 x --heads blocks); not adamw, optax_muon", model_lib.QKV_VIEWS)
+  blocks: str = flag("fused", "infer_rules(blocks=): the fused qkv kernel (d, 3d) as one matrix,"
+                     " as q, k and v (3 blocks) or per head (3 x --heads blocks), for the rules"
+                     " and the inits that read them; not adamw, optax_muon", model_lib.BLOCKS)
   nesterov: bool | None = flag(None, "Nesterov momentum (feed beta d + (1 - beta) g to the LMO);"
                               " unset: the optimizer's (on for muon, off for the Scions)")
   row_norm: bool = flag(False, "NorMuon's row normalization of the spectral directions (each"
@@ -164,12 +164,17 @@ def make_config(**overrides) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
   """Raises ``ValueError`` naming the first invalid flag of ``cfg`` and what it must be."""
   flags.check(cfg, RANGES)
+  for name in ("lr", "adam_lr"):  # the step runs in float32
+    value = getattr(cfg, name)
+    if value is not None and not np.isfinite(np.float32(value)):
+      raise ValueError(f"--{name.replace('_', '-')} {value:g} is infinite in float32, the"
+                       " parameters' dtype; give one below 3.4e38.")
   model_lib.GPTConfig(width=cfg.width, heads=cfg.heads, rotary=cfg.rotary)  # heads | width
   if cfg.optimizer == "scion" and cfg.weight_decay:
     raise ValueError("--weight-decay: scion has none to set (its constraint is its decay);"
                      " use --optimizer unconstrained_scion.")
-  if cfg.qkv_view != "fused" and cfg.optimizer not in ROUTED:
-    raise ValueError(f"--qkv-view {cfg.qkv_view}: {cfg.optimizer} does not route by the"
+  if cfg.blocks != "fused" and cfg.optimizer not in ROUTED:
+    raise ValueError(f"--blocks {cfg.blocks}: {cfg.optimizer} does not route by the"
                      f" example's rules; use it with --optimizer {', '.join(ROUTED)}, or leave"
                      " it fused.")
   if cfg.optimizer not in ROUTED and (cfg.nesterov is not None or polar_of(cfg) is not None):

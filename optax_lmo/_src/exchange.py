@@ -2,7 +2,7 @@
 
 It serves every norm whose LMO needs whole matrices (``Norm.whole_matrices``: the
 polar factor of Spectral and SpectralConv); the function it runs is the norm's own
-``lmo_matrices``.
+``whole_lmo_matrices``.
 
 Under plain GSPMD a sharded matrix is re-gathered inside every Newton–Schulz
 step and the work is replicated. Here, on a mesh, the stacks handed in are
@@ -249,7 +249,7 @@ def lmo_stacks(
 
   Args:
     fns: per group, a pure function on float32 ``(B, d_in, d_out)`` stacks that
-      acts on each matrix separately (a norm's ``lmo_matrices``).
+      acts on each matrix separately (a norm's ``whole_lmo_matrices``).
     groups: per group, float32 stacks ``(b, d_in, d_out)`` of one matrix shape.
     mesh: ``None`` concatenates each group and calls its function once where the
       data lives; a mesh from :func:`find_mesh` gives every matrix one owner.
@@ -269,7 +269,8 @@ def lmo_stacks(
   Examples:
     >>> import jax.numpy as jnp, optax_lmo as ol
     >>> from optax_lmo._src import exchange
-    >>> [[u]] = exchange.lmo_stacks([ol.norms.Spectral().lmo_matrices], [[jnp.ones((1, 4, 8))]])
+    >>> polar = ol.norms.Spectral().whole_lmo_matrices
+    >>> [[u]] = exchange.lmo_stacks([polar], [[jnp.ones((1, 4, 8))]])
     >>> u.shape
     (1, 4, 8)
   """

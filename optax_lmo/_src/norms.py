@@ -39,9 +39,10 @@ class Norm:
   name: ClassVar[str] = "norm"
   # True when the norm needs a (d_in, d_out) matrix view; False: whole-leaf vector view.
   needs_matrix: ClassVar[bool] = True
-  # True when the LMO couples every entry of a matrix (a polar factor): scale_by_norm then
-  # batches the leaf's matrices with others of its norm and shape and, on a mesh, hands each
-  # matrix whole to one owner device. False: the LMO is row-local and runs where the data is.
+  # True when the LMO couples every entry of a matrix (a polar factor): its lmo_matrices is
+  # lmo_scale(d_in, d_out) * whole_lmo_matrices(m), and scale_by_norm runs the whole-matrix
+  # part batched with the other matrices of its norm and shape (on a mesh: each matrix whole
+  # on one owner device), the scale where the data is. False: the LMO is row-local.
   whole_matrices: ClassVar[bool] = False
 
   def with_polar(self, polar: Polar) -> Norm:
@@ -138,6 +139,15 @@ class Norm:
     """The LMO of each matrix of the stack."""
     raise NotImplementedError
 
+  def whole_lmo_matrices(self, m_BxIxO: jax.Array) -> jax.Array:
+    """A norm whose LMO needs whole matrices: the part that does (the polar factor), per matrix;
+    ``lmo_matrices`` is it times :meth:`lmo_scale`."""
+    raise NotImplementedError(f"{self!r}: its LMO is row-local (whole_matrices is False).")
+
+  def lmo_scale(self, i: int, o: int) -> float:
+    """What :meth:`whole_lmo_matrices` of an ``i x o`` stack matrix is multiplied by."""
+    return 1.0
+
   def norm_matrices(self, m_BxIxO: jax.Array) -> jax.Array:
     """The norm of each matrix of the stack, shape ``(B,)``."""
     raise NotImplementedError
@@ -204,7 +214,13 @@ class Spectral(Norm):
     return max(1.0, f) if self.input_layer else f
 
   def lmo_matrices(self, m):
-    return self.factor(*m.shape[-2:]) * self.polar.apply(m)
+    return self.lmo_scale(*m.shape[-2:]) * self.whole_lmo_matrices(m)
+
+  def whole_lmo_matrices(self, m):
+    return self.polar.apply(m)
+
+  def lmo_scale(self, i, o):
+    return self.factor(i, o)
 
   def norm_matrices(self, m):
     return jnp.max(numerics.singular_values(m), axis=-1) / self.factor(*m.shape[-2:])

@@ -96,10 +96,11 @@ def scale_by_norm(
   beyond the LMO.
 
   Each norm computes its own LMO on a stack of matrices (``Norm.lmo_matrices``).
-  Leaves of a norm whose LMO needs whole matrices (``Norm.whole_matrices``: the
-  polar factor of Spectral and SpectralConv) are stacked with the others of the
-  same norm and matrix shape and computed in one batched call (``batch=True``),
-  then unstacked; on a mesh each matrix goes whole to one owner device.
+  A norm whose LMO needs whole matrices (``Norm.whole_matrices``: Spectral and
+  SpectralConv) splits it into that part (``whole_lmo_matrices``: the polar
+  factor) and a scale (``lmo_scale``: the dimension factor): the part runs for
+  the leaves of one norm and matrix shape in one batched call (``batch=True``;
+  on a mesh each matrix whole on one owner device), the scale where the data is.
 
   ``update`` takes an optional extra argument ``keep``: a pytree of booleans
   matched to the updates by path (``None`` entries: always computed), as
@@ -175,11 +176,11 @@ def scale_by_norm(
     mesh = exchange_lib.find_mesh([m for ms in stacks for m in ms], distribute)
     keeps = [[keep_l[idx] for idx, _ in items] for items in whole.values()]
     lmos = exchange_lib.lmo_stacks(
-        [key[0].lmo_matrices for key in whole], stacks, mesh, exchange_dtype=wire, keeps=keeps
-    )
-    for items, us in zip(whole.values(), lmos, strict=True):
+        [key[0].whole_lmo_matrices for key in whole], stacks, mesh, exchange_dtype=wire,
+        keeps=keeps)
+    for (nrm, *_), items, us in zip(whole, whole.values(), lmos, strict=True):
       for (idx, st), u in zip(items, us, strict=True):
-        out[idx] = finish(idx, u, st)
+        out[idx] = finish(idx, nrm.lmo_scale(*u.shape[-2:]) * u, st)
     return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
