@@ -232,10 +232,7 @@ def polar(
     restarts = range(restart_every, table.shape[0], restart_every)
     iterate = lambda x: _gram_newton_schulz(x, table, precision, tall, restarts, aol)
   if x0.ndim > 2 and jax.default_backend() == "cpu":
-    # XLA:CPU runs the matrices one at a time as fast or faster than batched dots
-    # (measured: 7-15% on lone 4 x 768 x n stacks, 2-5% on the GPT trees of
-    # benchmarks/orthogonalize.py, up to 25% on 256 x 64 x 64); accelerators want
-    # the batch.
+    # One matrix at a time on CPU, batched on accelerators (docs/polar.md, "Batches").
     flat = x0.reshape((-1,) + x0.shape[-2:])
     out = jax.lax.map(iterate, flat).reshape(x0.shape)
   else:
@@ -251,11 +248,8 @@ def choose_method(
   The Gram iteration carries its rounding from step to step in the Gram matrix,
   where the standard iteration re-forms it from the iterate. It is only picked
   where the Gram matrix's products are exact float32: on CPU, or at
-  ``precision="highest"``. At an accelerator's default precision (TF32 or
-  bfloat16 passes) ``auto`` keeps the standard iteration: on an H100 a 512 x 128
-  MLP gradient of condition 92 sent the TF32 Gram iteration to singular values
-  of 5e5 (an early version without a float32 Gram matrix and restarts), and the
-  standard iteration is the fast one there anyway.
+  ``precision="highest"``; at an accelerator's default precision (TF32 or
+  bfloat16 passes) ``auto`` keeps the standard iteration (docs/polar.md).
   """
   m, n = sorted(shape[-2:])
   work = jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float32)
