@@ -1,4 +1,6 @@
 # Two commands: `make demo` and `make test`. Both create .venv on first use.
+# `make test` runs the library's tests (tests/) and the benchmarks', examples' and docs'
+# (tests/harness/); `make test-lib` the library's alone.
 # `make test-min` runs the suite again in .venv-min, on the oldest supported versions.
 # `make wheel-smoke` builds the wheel and sdist and tries the wheel in a fresh .venv-wheel.
 PYTHON ?= python3
@@ -12,11 +14,11 @@ WHEEL_VENV := .venv-wheel
 
 # pytest exits 5 when it collects no test; say so plainly instead of failing CI on it.
 define run_pytest
-@$(1) -m pytest -n 2 -q tests; rc=$$?; \
+@$(1) -m pytest -n 2 --dist loadfile -q $(2); rc=$$?; \
 if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 endef
 
-.PHONY: install test test-min wheel-smoke lint demo docs notebook clean
+.PHONY: install test test-lib test-min wheel-smoke lint demo docs notebook clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +32,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(call run_pytest,$(PY))
+	$(call run_pytest,$(PY),tests)
+
+test-lib: lint
+	$(call run_pytest,$(PY),tests --ignore=tests/harness)
 
 # Every dependency pinned to its `>=` bound in pyproject.toml (scripts/min_constraints.py).
 $(MIN_STAMP): pyproject.toml scripts/min_constraints.py
@@ -42,7 +47,7 @@ $(MIN_STAMP): pyproject.toml scripts/min_constraints.py
 
 test-min: $(MIN_STAMP)
 	$(MIN_VENV)/bin/ruff check .
-	$(call run_pytest,$(MIN_PY))
+	$(call run_pytest,$(MIN_PY),tests)
 
 # dist/: the sdist and the wheel (built from the sdist). The wheel goes into a fresh venv with
 # only its core dependencies; scripts/smoke_wheel.py runs from inside that venv, without

@@ -19,7 +19,7 @@ extensions = [
 ]
 
 # The notebook is saved with its outputs (`make notebook`), which the pages show; it is
-# executed by the test suite (tests/test_notebook.py), not here.
+# executed by the test suite (tests/harness/test_notebook.py), not here.
 nb_execution_mode = "off"
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}

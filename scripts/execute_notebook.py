@@ -3,7 +3,7 @@
 ``make notebook`` runs ``examples/quickstart.ipynb`` this way, from the
 repository root. The docs show the saved outputs (they do not execute the
 notebook), so run it again after changing the notebook or what it calls;
-``tests/test_notebook.py`` executes it too and checks the saved outputs are
+``tests/harness/test_notebook.py`` executes it too and checks the saved outputs are
 those of the current cells.
 """
 

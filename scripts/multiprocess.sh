@@ -13,7 +13,7 @@
 #
 # Usage: scripts/multiprocess.sh [--short] [PORT]   (from the repository root)
 #   --short: a tiny GPT (width 64, depth 2, 10 steps) and no update check; what
-#            tests/test_multiprocess.py runs.
+#            tests/harness/test_multiprocess.py runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"

@@ -23,7 +23,8 @@ def run_worker(script: str, *args: str, devices: int = 8, timeout: float = 300) 
       env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
   ).strip()
   env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+  here = str(pathlib.Path(__file__).resolve().parent)  # _simulated itself, for the worker
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), here, env.get("PYTHONPATH")]))
   proc = subprocess.run(
       [sys.executable, script, "--worker", *args],
       env=env,

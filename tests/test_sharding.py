@@ -22,6 +22,12 @@ from _simulated import run_worker
 from optax_lmo._src import momentum as momentum_lib
 
 N_DEVICES = 8
+
+
+def _alias(ol, name: str):
+  """The optimizer ``name`` (PolarGrad is in ``ol.contrib``)."""
+  return getattr(ol.contrib if name == "polargrad" else ol, name)
+
 # Relative to the largest entry: float32 Newton–Schulz on batches of another
 # size sums in another order (measured ~1e-5); a shard orthogonalized on its own
 # would be off by O(1).
@@ -236,7 +242,7 @@ def _worker() -> dict:
   out["alias"] = {}
   refs = {}  # one device: `distribute` changes nothing there
   for name, distribute in ALIAS_CASES:
-    opt = getattr(ol, name)(0.1, distribute=distribute)
+    opt = _alias(ol, name)(0.1, distribute=distribute)
 
     def two_steps(p, opt=opt):
       state = opt.init(p)
@@ -264,12 +270,12 @@ def _worker() -> dict:
     return opt.update(jax.tree.map(jnp.sin, p), opt.init(p), p)[0]
 
   def injected(name, **kw):
-    return optax.inject_hyperparams(getattr(ol, name), static_args=("exchange_dtype",))(
+    return optax.inject_hyperparams(_alias(ol, name), static_args=("exchange_dtype",))(
         learning_rate=0.1, **kw
     )
 
   exchanged = {  # name: (with bfloat16 exchange, the same without)
-      name: (getattr(ol, name)(0.1, exchange_dtype=jnp.bfloat16), getattr(ol, name)(0.1))
+      name: (_alias(ol, name)(0.1, exchange_dtype=jnp.bfloat16), _alias(ol, name)(0.1))
       for name in BF16_ALIASES
   }
   for name in ("scion", "polargrad"):
@@ -383,7 +389,7 @@ def test_exchange_dtype_must_be_floating(name, bad):
   import optax_lmo as ol
 
   make = (lambda: ol.scale_by_norm(ol.norms.Spectral(), exchange_dtype=bad)) if (
-      name == "scale_by_norm") else (lambda: getattr(ol, name)(0.1, exchange_dtype=bad))
+      name == "scale_by_norm") else (lambda: _alias(ol, name)(0.1, exchange_dtype=bad))
   with pytest.raises(ValueError, match=f"{name}: exchange_dtype must be None or a floating"):
     make()
 

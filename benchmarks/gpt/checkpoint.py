@@ -23,7 +23,7 @@ Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it to
 ``<step>`` only once all of it is written, so the latest step is always a
 complete one; a damaged one is an error, never silently skipped. A process
 killed mid-save leaves that temporary directory behind: the next start deletes
-it (``tests/test_crash_resume.py`` kills the example mid-save and checks).
+it (``tests/harness/test_crash_resume.py`` kills the example mid-save and checks).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import pytest
 
 from benchmarks.gpt import checkpoint as ckpt_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, CKPT_EVERY = 36, 3
 FLAGS = ["--steps", str(STEPS), "--ckpt-every", str(CKPT_EVERY), "--batch", "8", "--seq", "32",
          "--width", "32", "--depth", "1", "--heads", "2", "--eval-every", str(STEPS),

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPTH_FLAGS = ["--only", "depth", "--depths", "1", "2", "--depth-width", "16", "--depth-steps",
                "3", "--optimizers", "scion", "--points", "3", "--extend", "0", "--batch", "2",
                "--seq", "8", "--eval-batches", "1", "--heads", "2"]

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PARTS = ["convergence", "polar_accuracy", "step_overhead"]
 CALL_S = 600  # the longest single command on the device machine
 

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "multiprocess.sh"
 TOL = 1e-4  # the script's own tolerance (nats), checked here again from its output
 

@@ -10,7 +10,7 @@ import pytest
 import optax_lmo
 import optax_lmo.norms
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 
