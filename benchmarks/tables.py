@@ -505,6 +505,59 @@ def qk_clip() -> str | None:
           f"![largest attention logit and validation loss](../benchmarks/results/qk_clip.png)")
 
 
+def transfer() -> str | None:
+  """``benchmarks/transfer.py``'s tables and plot (it writes ``results/transfer.{md,png}``)."""
+  if (found := _with_table("transfer")) is None:
+    return None
+  d, text = found
+  b = d["base"]
+  return (f"Constrained Scion at the library's defaults (radii 48 and 160 from `ol.init_params`, "
+          f"the decay over the last half) against tuned AdamW, off the cpu base point (width "
+          f"{b['width']}, depth {b['depth']}, {b['batch']}x{b['seq']} tokens per step, "
+          f"{b['steps']} steps of {b['corpus']}), one axis at a time; each point's grid is "
+          f"centred on the learning rate the [NT] law (`ol.contrib.transfer_lr`) predicts from "
+          f"the base, spaced 2x, extended past a winning edge; {d['machine']['device']}; "
+          f"`{d['command']}`.\n\n{text}\n\n"
+          f"![final loss against the learning rate per point](../benchmarks/results/transfer.png)")
+
+
+def newest() -> str | None:
+  """``benchmarks/newest.py``'s table (it writes ``results/newest.md`` beside its JSON)."""
+  if (found := _with_table("newest")) is None:
+    return None
+  d, text = found
+  c = d["config"]
+  return (f"The newest of the family at the cpu base point (width {c['width']}, depth "
+          f"{c['depth']}, {c['batch']}x{c['seq']} tokens per step, {c['steps']} steps), each "
+          f"row on its own learning-rate grid, its best again at seed 1; steps to AdamW's best "
+          f"final loss as a multiple of AdamW's; {d['machine']['device']}; "
+          f"`{d['command']}`.\n\n{text}")
+
+
+def init_gpt2() -> str | None:
+  """``benchmarks/init_gpt2.py``'s table (it writes ``results/init_gpt2.md`` beside its JSON)."""
+  if (found := _with_table("init_gpt2")) is None:
+    return None
+  d, text = found
+  sh = d["shape"]
+  return (f"`ol.init_params` against the model's own init on transformers' Flax GPT-2 (random "
+          f"config: {sh['layers']} layers, width {sh['width']}, {sh['heads']} heads, context "
+          f"{sh['seq']}, batch {sh['batch']}; character-level text), each start on its own "
+          f"learning-rate grid; {d['machine']['device']}, transformers "
+          f"{d['machine'].get('transformers', '?')}; `{d['command']}`.\n\n{text}")
+
+
+def polar_aol() -> str | None:
+  """``benchmarks/polar_aol.py``'s table (it writes ``results/polar_aol.md`` beside its JSON)."""
+  if (found := _with_table("polar_aol")) is None:
+    return None
+  d, text = found
+  return (f"AOL-preconditioned Newton–Schulz against Polar Express and optax's "
+          f"`preconditioning=\"aol\"`: relative Frobenius error to the SVD polar factor per "
+          f"input spectrum, and the median time of one call; {d['device']}, jax {d['jax']}, "
+          f"optax {d['optax']}; `{d['command']}`.\n\n{text}")
+
+
 # -- gpu ---------------------------------------------------------------------------------------
 
 GPU_MISSING = ("No GPU figures yet: no accelerator has run `benchmarks/gpu.sh`. On a machine "
@@ -643,16 +696,19 @@ def gpu() -> str:
 SECTIONS = {"orthogonalize": orthogonalize, "step_overhead": step_overhead,
             "sharding": sharding, "lr_transfer": lr_transfer, "convergence": convergence,
             "stability": stability, "digits": digits, "drop": drop, "ablation": ablation,
-            "qk_clip": qk_clip, "adaptive_batch": adaptive_batch, "gpu": gpu}
-BLOCK = re.compile(r'(<!-- python -m benchmarks\.tables: the "(\w+)" section -->\n)(.*?)'
-                   r'(\n<!-- end of the "\2" section -->)', re.S)
+            "qk_clip": qk_clip, "adaptive_batch": adaptive_batch, "transfer": transfer,
+            "newest": newest, "init_gpt2": init_gpt2, "polar_aol": polar_aol, "gpu": gpu}
+BLOCK = re.compile(r'(<!-- python -m benchmarks\.tables: the "(\w+)" section -->\n)(?:(.*?)\n)?'
+                   r'(<!-- end of the "\2" section -->)', re.S)
 
 
 def refresh(page: str) -> str:
-  """``page`` with every marked block rendered again from the JSON (left as is if it has none)."""
+  """``page`` with every marked block rendered again from the JSON (left as is if it has none;
+  an empty block is filled too)."""
   def one(m):
     text = SECTIONS[m.group(2)]()
-    return m.group(1) + (m.group(3) if text is None else text) + m.group(4)
+    body = m.group(3) if text is None else text
+    return m.group(1) + ("" if body is None else body + "\n") + m.group(4)
 
   return BLOCK.sub(one, page)
 
