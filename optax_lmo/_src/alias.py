@@ -281,20 +281,30 @@ def muon(
       weight_decay=weight_decay, polar=polar, mu_dtype=mu_dtype, distribute=distribute,
       exchange_dtype=exchange_dtype, keep_prob=keep_prob, seed=seed, row_norm=row_norm,
   )
-  checks.hyperparams("muon", adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
-                     adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay)
-  adam_tx = transforms.with_float32_state(optax.adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=adam_weight_decay,
-      nesterov=adam_nesterov,
-  ))
+  adam_tx = adamw("muon", learning_rate, adam_learning_rate, adam_b1, adam_b2, adam_eps,
+                  adam_weight_decay, nesterov=adam_nesterov)
+  return lmo_or_adamw("muon", opts, adam_tx, rules)
 
+
+def adamw(name, learning_rate, adam_learning_rate, b1, b2, eps, weight_decay, nesterov=False):
+  """AdamW with float32 state (the Muons' fallback), its hyperparameters checked under
+  ``name``; ``adam_learning_rate=None`` takes ``learning_rate``."""
+  checks.hyperparams(name, adam_learning_rate=adam_learning_rate, adam_b1=b1, adam_b2=b2,
+                     adam_eps=eps, adam_weight_decay=weight_decay)
+  return transforms.with_float32_state(optax.adamw(
+      learning_rate if adam_learning_rate is None else adam_learning_rate,
+      b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, nesterov=nesterov))
+
+
+def lmo_or_adamw(name, opts, adam_tx, rules):
+  """The LMO chain of ``opts`` on the leaves the rules give a norm, ``adam_tx`` on the rest
+  (``rules=None``: :func:`~optax_lmo.muon_rules`)."""
   def build(plan):
     labels = plan.treedef.unflatten(
         ["adam" if leaf.norm is None else "lmo" for leaf in plan.leaves])
     return optax.partition({"lmo": lmo_chain.chain(opts, plan), "adam": adam_tx}, labels)
 
-  return route(rules_lib.muon_rules() if rules is None else rules, build, name="muon",
+  return route(rules_lib.muon_rules() if rules is None else rules, build, name=name,
                options=opts, needs_norm=False, fallback="AdamW")
 
 

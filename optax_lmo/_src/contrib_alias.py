@@ -18,22 +18,13 @@ from typing import Any
 import chex
 import optax
 
-from optax_lmo._src import checks, lmo_chain, transforms
+from optax_lmo._src import alias, transforms
 from optax_lmo._src import momentum as momentum_lib
 from optax_lmo._src import rules as rules_lib
 from optax_lmo._src.hyperball import scale_by_hyperball
 from optax_lmo._src.polar import Polar
 from optax_lmo._src.route import route
 from optax_lmo._src.settings import Options
-
-
-def _adamw(name, learning_rate, adam_learning_rate, b1, b2, eps, weight_decay):
-  """AdamW with float32 state, its hyperparameters checked under ``name``."""
-  checks.hyperparams(name, adam_learning_rate=adam_learning_rate, adam_b1=b1, adam_b2=b2,
-                     adam_eps=eps, adam_weight_decay=weight_decay)
-  return transforms.with_float32_state(optax.adamw(
-      learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 def normuon(
@@ -93,16 +84,9 @@ def normuon(
   opts = Options("normuon", learning_rate, beta=beta, nesterov=nesterov,
                  weight_decay=weight_decay, polar=polar, mu_dtype=mu_dtype, row_norm=True,
                  row_norm_beta2=beta2)
-  adam_tx = _adamw("normuon", learning_rate, adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                   adam_weight_decay)
-
-  def build(plan):
-    labels = plan.treedef.unflatten(
-        ["adam" if leaf.norm is None else "lmo" for leaf in plan.leaves])
-    return optax.partition({"lmo": lmo_chain.chain(opts, plan), "adam": adam_tx}, labels)
-
-  return route(rules_lib.muon_rules() if rules is None else rules, build, name="normuon",
-               options=opts, needs_norm=False, fallback="AdamW")
+  adam_tx = alias.adamw("normuon", learning_rate, adam_learning_rate, adam_b1, adam_b2,
+                        adam_eps, adam_weight_decay)
+  return alias.lmo_or_adamw("normuon", opts, adam_tx, rules)
 
 
 def hyperball(
@@ -179,8 +163,8 @@ def hyperball(
   """
   # The options settle the polar factor and the state dtype into the plan (route).
   opts = Options("hyperball", learning_rate, beta=beta, polar=polar, mu_dtype=mu_dtype)
-  adam_tx = _adamw("hyperball", learning_rate, adam_learning_rate, adam_b1, adam_b2, adam_eps,
-                   adam_weight_decay)
+  adam_tx = alias.adamw("hyperball", learning_rate, adam_learning_rate, adam_b1, adam_b2,
+                        adam_eps, adam_weight_decay)
   adamh_tx = transforms.with_float32_state(optax.chain(
       optax.scale_by_adam(b1=adam_b1, b2=adam_b2, eps=adam_eps),
       scale_by_hyperball(learning_rate)))
