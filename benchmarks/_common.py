@@ -124,6 +124,25 @@ def crossing(curve, target: float) -> float | None:
   return None
 
 
+def extend_past_edges(points: list, loss, step, most: int) -> list:
+  """``points`` (ordered along one axis), extended past a winning edge by ``step(point, +-1)``,
+  at most ``most`` times. ``loss(point)``: the final loss (``inf`` diverged), ``None`` while
+  the point has not run; the list stops growing at the first such point."""
+  points = list(points)
+  for _ in range(most):
+    losses = [loss(p) for p in points]
+    if any(v is None for v in losses):
+      return points
+    best = min(range(len(points)), key=lambda i: losses[i])
+    if best == 0:
+      points.insert(0, step(points[0], -1))
+    elif best == len(points) - 1:
+      points.append(step(points[-1], +1))
+    else:
+      return points
+  return points
+
+
 def train_logged(cfg) -> tuple[dict, list[dict], float]:
   """Trains the GPT trainer run ``cfg``; its summary, ``log.jsonl`` records and seconds.
 

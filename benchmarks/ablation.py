@@ -121,18 +121,8 @@ def _best(runs: dict, candidates: list[dict]) -> dict | None:
 
 def _grid(runs, points: list[dict], step) -> list[dict]:
   """``points`` (ordered along one axis), extended past a winning edge by ``step(point, +-1)``."""
-  points = list(points)
-  for _ in range(MAX_EXTEND):
-    if any(key(p) not in runs for p in points):
-      return points
-    best = _best(runs, points)
-    if best is points[0]:
-      points.insert(0, step(points[0], -1))
-    elif best is points[-1]:
-      points.append(step(points[-1], +1))
-    else:
-      return points
-  return points
+  return _common.extend_past_edges(
+      points, lambda p: _loss(runs, p) if key(p) in runs else None, step, MAX_EXTEND)
 
 
 def _diagonal_point(hidden: float) -> dict:

@@ -147,20 +147,12 @@ def key(start_name, opt, lr, steps) -> str:
 
 
 def grid(runs: dict, start_name: str, opt: str, steps: int) -> list[float]:
-  lrs = list(GRID[opt])
-  for _ in range(MAX_EXTEND):
-    losses = [runs.get(key(start_name, opt, lr, steps)) for lr in lrs]
-    if any(r is None for r in losses):
-      return lrs
-    vals = [r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf for r in losses]
-    best = int(np.argmin(vals))
-    if best == 0:
-      lrs.insert(0, lrs[0] / 2)
-    elif best == len(lrs) - 1:
-      lrs.append(lrs[-1] * 2)
-    else:
-      return lrs
-  return lrs
+  def loss(lr):
+    r = runs.get(key(start_name, opt, lr, steps))
+    return None if r is None else r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf
+
+  return _common.extend_past_edges(list(GRID[opt]), loss, lambda lr, s: lr * 2.0**s,
+                                   MAX_EXTEND)
 
 
 def markdown(runs: dict, horizons: list[int]) -> str:

@@ -115,19 +115,9 @@ def run_key(point: dict, optimizer: str, lr: float, seed: int = 0) -> str:
 def grid(runs: dict, point: dict, optimizer: str) -> list[float]:
   """The learning rates to run: the prediction x1/2, x1, x2, extended past a winning edge."""
   centre = predicted_lr(optimizer, point)
-  lrs = [centre * 2.0**k for k in (-1, 0, 1)]
-  for _ in range(MAX_EXTEND):
-    losses = [_loss(runs, point, optimizer, lr) for lr in lrs]
-    if any(v is None for v in losses):
-      return lrs
-    best = int(np.argmin(losses))
-    if best == 0:
-      lrs.insert(0, lrs[0] / 2)
-    elif best == len(lrs) - 1:
-      lrs.append(lrs[-1] * 2)
-    else:
-      return lrs
-  return lrs
+  return _common.extend_past_edges([centre * 2.0**k for k in (-1, 0, 1)],
+                                   lambda lr: _loss(runs, point, optimizer, lr),
+                                   lambda lr, s: lr * 2.0**s, MAX_EXTEND)
 
 
 def _loss(runs: dict, point: dict, optimizer: str, lr: float) -> float | None:
