@@ -310,7 +310,10 @@ def markdown(result: dict) -> str:
   lines = ["| axis | point | Scion: predicted lr | best lr | octaves off | final loss |"
            " loss at predicted | output norm | AdamW: best lr, loss | steps to AdamW's best |"
            " optax Muon: best lr, loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in summary(result):
+  order = {"horizon": "steps", "batch": "batch", "width": "width"}
+  rows = sorted(summary(result),  # along each axis in order (the base among them)
+                key=lambda r: (AXES.index(r["axis"]), r.get(order.get(r["axis"]), 0)))
+  for r in rows:
     point = (f"{r['steps']} steps, batch {r['batch']}, width {r['width']}"
              + ("" if r["corpus"] == BASE["corpus"] else f", {r['corpus']}"))
     edge = lambda e: " (edge)" if e else ""
