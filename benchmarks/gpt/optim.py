@@ -41,10 +41,10 @@ NS_PRECONDITIONINGS = ("frobenius", "aol")  # ol.Polar's preconditioning
 # scion_hybrid (ablation.py) at hidden radius 48 from Flax's init; unconstrained_scion
 # (benchmarks/convergence.py) at radii 3 and 10 from the init on the norm sphere; AdamW and both
 # Muons (convergence.py) from Flax's init.
-# hyperball: not measured yet; the centre of its grid in benchmarks/newest.py (a relative step:
-# Muon's 0.01 moves a Flax-initialized 128 x 128 matrix by about 1% of its norm).
+# hyperball (benchmarks/newest.py) from Flax's init: its lr is a relative step, the fraction of
+# each matrix's Frobenius norm it moves by.
 DEFAULT_LR = {"scion": 2**-11, "unconstrained_scion": 2**-7, "muon": 0.01, "adamw": 1.5e-3,
-              "optax_muon": 0.01, "scion_hybrid": 2**-12, "hyperball": 2**-6}
+              "optax_muon": 0.01, "scion_hybrid": 2**-12, "hyperball": 2**-7}
 # (hidden, output): the model's defaults, infer_rules()'s
 LIBRARY_RADII = (model_lib.GPTConfig.hidden_radius, model_lib.GPTConfig.output_radius)
 DEFAULT_RADII = {"unconstrained_scion": (3.0, 10.0)}  # the others: the library's
