@@ -355,7 +355,9 @@ def plot(result: dict, path: str) -> None:
   styles = {"scion": "-", "adamw": "--", "optax_muon": ":"}
   for ax, axis in zip(axes, AXES, strict=True):
     pts = [p for p in result["points"] if p["axis"] == axis]
-    names = list(dict.fromkeys(p["name"] for p in pts))
+    value = {"horizon": "steps", "batch": "batch", "width": "width"}.get(axis)
+    names = list(dict.fromkeys(p["name"] for p in sorted(  # colours in the axis's order
+        pts, key=lambda p: p[value] if value else p["name"] != "base")))
     colors = dict(zip(names, plt.cm.viridis(np.linspace(0, 0.9, max(1, len(names)))),
                       strict=True))
     for p in pts:

@@ -47,6 +47,23 @@ class TransferLawTest(parameterized.TestCase):
     got = sch.transfer_lr(0.1, 8, 1e9, 32, 4e9, batch_exponent=0.5, tokens_exponent=-0.25)
     np.testing.assert_allclose(got, 0.1 * 4**0.5 * 4**-0.25, rtol=1e-6)
 
+  def test_laws_pick_the_exponents_and_numbers_override_them(self):
+    b0, d0, b, d = 16 * 128, 2.048e6, 64 * 128, 8.192e6
+    for law, (a, e) in sch.LAWS.items():
+      np.testing.assert_allclose(sch.transfer_lr(0.01, b0, d0, b, d, law=law),
+                                 0.01 * (b / b0) ** a * (d / d0) ** e, rtol=1e-5)
+    np.testing.assert_allclose(sch.transfer_lr(0.01, b0, d0, b, d),  # "nt" by default
+                               sch.transfer_lr(0.01, b0, d0, b, d, law="nt"), rtol=0)
+    a_scion = sch.LAWS["scion"][0]
+    np.testing.assert_allclose(sch.transfer_lr(0.01, b0, d0, b, d, law="scion", tokens_exponent=0),
+                               0.01 * (b / b0) ** a_scion, rtol=1e-5)
+    np.testing.assert_allclose(sch.transfer_lr(0.01, b0, d0, b, d, law="scion", batch_exponent=1,
+                                               tokens_exponent=-1), 0.01 * 4 / 4, rtol=1e-5)
+
+  def test_unknown_law_is_refused_naming_the_choices(self):
+    with self.assertRaisesRegex(ValueError, r"unknown law='muon'; choose from \['nt', 'scion'\]"):
+      sch.transfer_lr(0.01, 16, 1e6, 64, 1e6, law="muon")
+
   @parameterized.parameters(*POINTS)
   def test_transfer_batch(self, b0, d0, b, d):
     del b

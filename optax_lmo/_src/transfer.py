@@ -7,6 +7,8 @@ of 4096 tokens and the horizon ``D`` in tokens:
 
   ``log2 lr* = 0.62 log2 B - 0.56 log2 D + 9.8``,  ``B* ~ D^0.45``.
 
+Constrained Scion at this library's defaults keeps its best learning rate
+across run lengths (``transfer_lr(..., law="scion")``, fitted on a small GPT).
 Other models, data, norms or radii shift the constant and may shift the
 exponents: treat the defaults as a starting point and re-fit them from a small
 sweep of your own with :func:`fit_transfer_exponents`. All results are float32.
@@ -33,6 +35,9 @@ TOKENS_EXPONENT = -0.56
 LOG2_CONSTANT = 9.8
 BATCH_TOKENS_EXPONENT = 0.45
 SEQUENCE_LENGTH = 4096
+# (batch exponent, tokens exponent) per law of transfer_lr: [NT]'s, and the fit to constrained
+# Scion at the library's defaults (benchmarks/results/transfer.json, between grid points).
+LAWS = {"nt": (BATCH_EXPONENT, TOKENS_EXPONENT), "scion": (0.42, -0.04)}
 
 
 def _f32(x) -> jax.Array:
@@ -95,20 +100,32 @@ def transfer_lr(
     batch: jax.typing.ArrayLike,
     tokens: jax.typing.ArrayLike,
     *,
-    batch_exponent: jax.typing.ArrayLike = BATCH_EXPONENT,
-    tokens_exponent: jax.typing.ArrayLike = TOKENS_EXPONENT,
+    law: str = "nt",
+    batch_exponent: jax.typing.ArrayLike | None = None,
+    tokens_exponent: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Moves a learning rate tuned at ``(batch0, tokens0)`` to ``(batch, tokens)``.
 
   .. math::
-    \eta = \eta_0 \, (B / B_0)^{a} \, (D / D_0)^{b}, \qquad (a, b) = (0.62, -0.56)
+    \eta = \eta_0 \, (B / B_0)^{a} \, (D / D_0)^{b}
 
   The ratio form of :func:`optimal_lr`: the constant cancels, and so do the
-  units of ``B`` and ``D`` (use the same ones on both sides). When the batch
-  also follows :func:`transfer_batch` (``B ~ D^0.45``) the net law is
-  ``lr ~ D^-0.28``. Exponents from [NT] (Llama-style models, Nemotron-CC, up to
-  1.3B parameters and 138B tokens): re-fit them with
-  :func:`fit_transfer_exponents` when your setup differs.
+  units of ``B`` and ``D`` (use the same ones on both sides; tokens per step for
+  ``B`` when the sequence length changes too). ``law`` picks ``(a, b)``:
+
+  * ``"nt"``: [NT]'s ``(0.62, -0.56)`` (Llama-style models, Nemotron-CC, up to
+    1.3B parameters and 138B tokens). When the batch also follows
+    :func:`transfer_batch` (``B ~ D^0.45``) the net law is ``lr ~ D^-0.28``.
+  * ``"scion"``: ``(0.42, -0.04)``, fitted to constrained Scion at the
+    library's defaults (radii 48 and 160 from :func:`~optax_lmo.init_params`, the
+    learning rate decaying over the last half) on a 4-layer, width-128 character
+    GPT from 250 to 2000 steps and batches 8 to 64 (``benchmarks/transfer.py``;
+    one model, one seed per run). The horizon barely moves it; the batch does.
+    From the base point: ``transfer_lr(2**-11, 16 * 128, 16 * 128 * 1000,
+    batch * seq, tokens, law="scion")``.
+
+  An exponent passed as a number replaces the law's (re-fit yours with
+  :func:`fit_transfer_exponents`).
 
   Args:
     lr0: the learning rate tuned on the proxy run.
@@ -116,8 +133,9 @@ def transfer_lr(
     tokens0: the proxy run's horizon in tokens.
     batch: the new batch size (same units as ``batch0``).
     tokens: the new horizon in tokens.
-    batch_exponent: ``a``.
-    tokens_exponent: ``b``.
+    law: ``"nt"`` or ``"scion"``, where the exponents come from.
+    batch_exponent: ``a``, instead of the law's.
+    tokens_exponent: ``b``, instead of the law's.
 
   Returns:
     The learning rate, a float32 scalar (or the broadcast shape of the inputs).
@@ -127,10 +145,20 @@ def transfer_lr(
     >>> lr = ol.contrib.transfer_lr(2**-6, batch0=32, tokens0=2**30, batch=128, tokens=2**33)
     >>> round(float(lr), 6)   # 2^(-6 + 0.62*2 - 0.56*3)
     0.011518
+    >>> import math
+    >>> lr = ol.contrib.transfer_lr(2**-11, 16 * 128, 16 * 128 * 1000,   # Scion's base point
+    ...                             64 * 128, 64 * 128 * 4000, law="scion")
+    >>> round(math.log2(float(lr)), 2)   # -11 + 2 a + 4 b: batch x4, tokens x16
+    -10.32
 
   References:
     Filatov et al., Optimal Scaling Needs Optimal Norm, arXiv:2510.03871, 2025.
   """
+  if law not in LAWS:
+    raise ValueError(f"transfer_lr: unknown law={law!r}; choose from {sorted(LAWS)}.")
+  a, b = LAWS[law]
+  batch_exponent = a if batch_exponent is None else batch_exponent
+  tokens_exponent = b if tokens_exponent is None else tokens_exponent
   log2_ratio = _f32(batch_exponent) * (jnp.log2(_f32(batch)) - jnp.log2(_f32(batch0))) + _f32(
       tokens_exponent
   ) * (jnp.log2(_f32(tokens)) - jnp.log2(_f32(tokens0)))

@@ -112,3 +112,15 @@ def test_the_recorded_result_follows_the_contract():
             e["val_loss"], rel=1e-6)
   for axis in axes:
     assert any(p["axis"] == axis and p["name"] == "base" for p in result["points"]), axis
+
+
+@pytest.mark.skipif(not os.path.exists(RESULT), reason="no recorded transfer.json")
+def test_the_shipped_scion_law_is_the_recorded_fit():
+  """ol.contrib.transfer_lr(law="scion")'s exponents are the fit between grid points of the
+  recorded runs, to the two decimals shipped."""
+  from optax_lmo._src import transfer as law_lib
+
+  with open(RESULT) as f:
+    fit = tr.fit(json.load(f), refined=True)
+  assert law_lib.LAWS["scion"] == pytest.approx(
+      (fit["batch_exponent"], fit["tokens_exponent"]), abs=0.0051)
