@@ -75,6 +75,7 @@ POINTS = {
     "w256": ("width", dict(width=256, heads=8)),
 }
 AXES = ("horizon", "batch", "width", "corpus")
+AXIS_FIELD = {"horizon": "steps", "batch": "batch", "width": "width"}  # what each axis moves
 MUON_POINTS = ("base", "h250", "h2000")  # where optax's Muon runs too
 # The law the predictions come from, fixed before any point ran: [NT]'s exponents, as
 # ol.contrib.transfer_lr shipped them.
@@ -310,9 +311,8 @@ def markdown(result: dict) -> str:
   lines = ["| axis | point | Scion: predicted lr | best lr | octaves off | final loss |"
            " loss at predicted | output norm | AdamW: best lr, loss | steps to AdamW's best |"
            " optax Muon: best lr, loss |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-  order = {"horizon": "steps", "batch": "batch", "width": "width"}
   rows = sorted(summary(result),  # along each axis in order (the base among them)
-                key=lambda r: (AXES.index(r["axis"]), r.get(order.get(r["axis"]), 0)))
+                key=lambda r: (AXES.index(r["axis"]), r.get(AXIS_FIELD.get(r["axis"]), 0)))
   for r in rows:
     point = (f"{r['steps']} steps, batch {r['batch']}, width {r['width']}"
              + ("" if r["corpus"] == BASE["corpus"] else f", {r['corpus']}"))
@@ -355,7 +355,7 @@ def plot(result: dict, path: str) -> None:
   styles = {"scion": "-", "adamw": "--", "optax_muon": ":"}
   for ax, axis in zip(axes, AXES, strict=True):
     pts = [p for p in result["points"] if p["axis"] == axis]
-    value = {"horizon": "steps", "batch": "batch", "width": "width"}.get(axis)
+    value = AXIS_FIELD.get(axis)
     names = list(dict.fromkeys(p["name"] for p in sorted(  # colours in the axis's order
         pts, key=lambda p: p[value] if value else p["name"] != "base")))
     colors = dict(zip(names, plt.cm.viridis(np.linspace(0, 0.9, max(1, len(names)))),
