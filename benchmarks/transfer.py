@@ -36,6 +36,10 @@ Writes ``benchmarks/results/transfer.json``: ``{"base": {...}, "law": {...},
 Usage, from the repository root (one run at a time; ``--resume`` keeps what is done)::
 
   python -m benchmarks.transfer --data PATH [--resume] [--report] [--points h250,b64]
+
+Two processes (one a core) can share the points: give each its own ``--out`` and
+``--points`` (or ``--optimizers``), then ``--resume --merge OTHER.json --points ""``
+writes the union to ``--out``.
 """
 
 from __future__ import annotations
@@ -133,12 +137,14 @@ def optimizers_at(name: str) -> tuple[str, ...]:
   return ("scion", "adamw", "optax_muon") if name in MUON_POINTS else ("scion", "adamw")
 
 
-def todo(runs: dict, names: list[str]) -> list[tuple[str, dict, str, float]]:
-  """The runs still to do at the points ``names``: ``(name, point, optimizer, lr)``."""
+def todo(runs: dict, names: list[str], optimizers: tuple[str, ...] = tuple(SETTINGS)
+         ) -> list[tuple[str, dict, str, float]]:
+  """The runs still to do at the points ``names`` for ``optimizers``:
+  ``(name, point, optimizer, lr)``."""
   out = []
   for name in names:
     point = POINTS[name][1] if name != "base" else {}
-    for opt in optimizers_at(name):
+    for opt in (o for o in optimizers_at(name) if o in optimizers):
       out += [(name, point, opt, lr) for lr in grid(runs, point, opt)
               if run_key(point, opt, lr) not in runs]
   return out
@@ -387,6 +393,12 @@ def parse(argv):
                  " tinyshakespeare.txt)")
   p.add_argument("--points", default=",".join(POINTS),
                  help=f"which points to run, comma-separated, from {tuple(POINTS)}")
+  p.add_argument("--optimizers", default=",".join(SETTINGS),
+                 help="run only these (comma-separated), e.g. to share a point between two "
+                      "processes writing two --out files")
+  p.add_argument("--merge", default="",
+                 help="also keep the runs of these transfer.json files (comma-separated), "
+                      "e.g. those of another process's --out; the merged result is written")
   p.add_argument("--resume", action="store_true", help="keep the runs already in --out")
   p.add_argument("--report", action="store_true",
                  help="no training: print the tables, write them (.md) and the plot (.png)")
@@ -408,30 +420,41 @@ def load_runs(path: str) -> dict:
   return runs
 
 
+def _write(result: dict, runs: dict, path: str) -> None:
+  result.update(points=points(runs), date=datetime.datetime.now(datetime.UTC).isoformat())
+  _common.write_json(result, path)
+
+
 def main(argv: list[str] | None = None) -> None:
   args = parse(argv)
   names = [n for n in args.points.split(",") if n]
   unknown = [n for n in names if n not in POINTS]
   if unknown:
     raise SystemExit(f"error: --points {','.join(unknown)}: choose from {tuple(POINTS)}")
+  optimizers = tuple(o for o in args.optimizers.split(",") if o)
+  if not optimizers or set(optimizers) - set(SETTINGS):
+    raise SystemExit(f"error: --optimizers {args.optimizers!r}: choose from {tuple(SETTINGS)}")
   runs = base_runs(args.ablation, args.convergence)
   if (args.resume or args.report) and os.path.exists(args.out):
     runs.update({k: v for k, v in load_runs(args.out).items() if "source" not in v})
+  for path in (p for p in args.merge.split(",") if p):
+    runs.update({k: v for k, v in load_runs(path).items() if "source" not in v})
   result = dict(benchmark="transfer", command=_common.command("transfer", argv),
                 base=dict(BASE, data=args.data, lr=BASE_LR, settings=SETTINGS), law=LAW,
                 machine=dict(device=_common.device_name(), jax=jax.__version__,
                              optax=optax.__version__), points=points(runs))
   with tempfile.TemporaryDirectory() as root:
     while not args.report:
-      left = todo(runs, names)
+      left = todo(runs, names, optimizers)
       if not left:
         break
       name, point, opt, lr = left[0]
       print(f"[{name}] {opt} lr {lr:.3g}", flush=True)
       runs[run_key(point, opt, lr)] = run_one(point, opt, lr, args.data, root)
       print(f"  val {runs[run_key(point, opt, lr)]['val_loss']:.4f}", flush=True)
-      result.update(points=points(runs), date=datetime.datetime.now(datetime.UTC).isoformat())
-      _common.write_json(result, args.out)
+      _write(result, runs, args.out)
+    if args.merge and not args.report:
+      _write(result, runs, args.out)
   table = markdown(result)
   print(table)
   stem = os.path.splitext(args.out)[0]

@@ -124,3 +124,30 @@ def test_the_shipped_scion_law_is_the_recorded_fit():
     fit = tr.fit(json.load(f), refined=True)
   assert law_lib.LAWS["scion"] == pytest.approx(
       (fit["batch_exponent"], fit["tokens_exponent"]), abs=0.0051)
+
+
+def test_two_processes_share_a_point_and_merge(tmp_path, monkeypatch):
+  """``--optimizers`` splits a point between two ``--out`` files; ``--merge`` writes their
+  union, every run once, to a third."""
+  calls = []
+
+  def fake_run(point, opt, lr, data, root):
+    calls.append(opt)
+    loss = 1.0 + (math.log2(lr) - math.log2(tr.predicted_lr(opt, point))) ** 2
+    return dict(lr=lr, seed=0, val_loss=loss, curve=[[tr.shape(point)["steps"], loss]],
+                output_norm=1.0, seconds=0.0)
+
+  monkeypatch.setattr(tr, "run_one", fake_run)
+  monkeypatch.setattr(tr, "plot", lambda result, path: None)
+  a, b, c = (str(tmp_path / f"{n}.json") for n in "abc")
+  tr.main(["--points", "w64", "--optimizers", "scion", "--out", a])
+  assert calls == ["scion"] * 3
+  tr.main(["--points", "w64", "--optimizers", "adamw", "--out", b])
+  assert calls == ["scion"] * 3 + ["adamw"] * 3
+  tr.main(["--points", "", "--out", c, "--merge", f"{a},{b}"])
+  assert len(calls) == 6  # merging runs nothing
+  runs = tr.load_runs(c)
+  assert runs == {**tr.load_runs(a), **tr.load_runs(b)}
+  assert not tr.todo(runs, ["w64"])  # both optimizers' grids are complete
+  with pytest.raises(SystemExit, match="--optimizers"):
+    tr.main(["--points", "w64", "--optimizers", "sgd", "--out", a])
