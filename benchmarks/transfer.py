@@ -435,9 +435,8 @@ def main(argv: list[str] | None = None) -> None:
   if not optimizers or set(optimizers) - set(SETTINGS):
     raise SystemExit(f"error: --optimizers {args.optimizers!r}: choose from {tuple(SETTINGS)}")
   runs = base_runs(args.ablation, args.convergence)
-  if (args.resume or args.report) and os.path.exists(args.out):
-    runs.update({k: v for k, v in load_runs(args.out).items() if "source" not in v})
-  for path in (p for p in args.merge.split(",") if p):
+  kept = [args.out] if (args.resume or args.report) and os.path.exists(args.out) else []
+  for path in kept + [p for p in args.merge.split(",") if p]:
     runs.update({k: v for k, v in load_runs(path).items() if "source" not in v})
   result = dict(benchmark="transfer", command=_common.command("transfer", argv),
                 base=dict(BASE, data=args.data, lr=BASE_LR, settings=SETTINGS), law=LAW,
